@@ -1,0 +1,31 @@
+"""The masked ("dense") way to run depth-adaptive BERT: every layer computes every token
+with transformers' own BertLayer, and halted tokens are frozen with torch.where.
+
+It defines the semantics AdaptiveEncoder must reproduce, and it is the baseline that saves
+nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
+"""
+import torch
+
+from .encoder import _bert_encoder
+
+
+def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None, stop_at_n_max: bool = True) -> torch.Tensor:
+    """(B,T,D) states after each token's own last layer; all layers computed on all tokens.
+
+    stop_at_n_max=False runs all N layers even when no token is that deep.
+    """
+    enc = _bert_encoder(bert)
+    B, T, _ = hidden_states.shape
+    mask = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None \
+        else attention_mask != 0
+    # Additive key mask (B,1,1,T): what both transformers' eager and SDPA attention accept.
+    additive = torch.zeros(B, 1, 1, T, dtype=hidden_states.dtype, device=hidden_states.device)
+    additive = additive.masked_fill(~mask[:, None, None, :], torch.finfo(hidden_states.dtype).min)
+    n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(enc.layer)
+    h = hidden_states
+    for n, layer in enumerate(enc.layer[:n_run]):
+        y = layer(h, additive)
+        y = y[0] if isinstance(y, tuple) else y  # transformers 4.x layers return tuples
+        h = torch.where(((depths > n) & mask).unsqueeze(-1), y, h)
+    return h

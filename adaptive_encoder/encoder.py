@@ -1,0 +1,122 @@
+"""AdaptiveEncoder: a BERT encoder that computes, at layer n, only the tokens with depth >= n.
+
+Per layer: gather the active rows of the state into a compact (A, D) tensor, run query
+projection, attention, output projection and FFN on those A rows only (keys and values
+come from every real token of the sequence, halted ones included), scatter the results
+back; halted rows are copied through. Layers above n_max = max depth are not run.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import ops
+from .attention import varlen_attention
+from .plan import Plan, make_plan
+
+
+@dataclass
+class AdaptiveEncoderOutput:
+    last_hidden_state: torch.Tensor  # (B, T, D): each token's state after its own last layer
+    plan: Plan
+
+
+def _bert_encoder(bert) -> nn.Module:
+    """The BertEncoder-like module (has .layer and .config) inside `bert`."""
+    enc = getattr(bert, "encoder", bert)
+    if not (hasattr(enc, "layer") and hasattr(enc, "config")):
+        raise TypeError(f"from_bert expects a transformers BertModel or BertEncoder, got {type(bert).__name__}")
+    return enc
+
+
+class AdaptiveEncoder(nn.Module):
+    """Depth-adaptive drop-in for a transformers BERT encoder; shares (does not copy) its weights.
+
+    forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
+            attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
+    """
+
+    def __init__(self, layers: nn.ModuleList, config, backend: str | None = None):
+        super().__init__()
+        self.layer = layers
+        self.config = config
+        self.num_layers = len(layers)
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.backend = backend
+
+    @classmethod
+    def from_bert(cls, bert, backend: str | None = None) -> "AdaptiveEncoder":
+        enc = _bert_encoder(bert)
+        if getattr(enc.config, "is_decoder", False):
+            raise ValueError("AdaptiveEncoder supports encoder (bidirectional) BERT models only")
+        return cls(enc.layer, enc.config, backend=backend)
+
+    # -- input checks: one message per bad argument, naming it --
+    def _check(self, hidden_states, depths, attention_mask):
+        if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point():
+            raise TypeError("hidden_states must be a floating-point tensor")
+        if hidden_states.dim() != 3:
+            raise ValueError(f"hidden_states must be (batch, seq, hidden), got shape {tuple(hidden_states.shape)}")
+        B, T, D = hidden_states.shape
+        if D != self.hidden_size:
+            raise ValueError(f"hidden_states has hidden size {D}, the model has {self.hidden_size}")
+        if B == 0 or T == 0:
+            raise ValueError(f"hidden_states is an empty batch (shape {tuple(hidden_states.shape)})")
+        weight = self.layer[0].attention.self.query.weight
+        if hidden_states.dtype != weight.dtype:
+            raise TypeError(f"hidden_states dtype {hidden_states.dtype} differs from the model's {weight.dtype}")
+        if hidden_states.device != weight.device:
+            raise ValueError(f"hidden_states is on {hidden_states.device}, the model on {weight.device}")
+        if depths is None:
+            depths = torch.full((B, T), self.num_layers, dtype=torch.int64, device=hidden_states.device)
+        if not isinstance(depths, torch.Tensor) or depths.is_floating_point() or depths.is_complex() \
+                or depths.dtype == torch.bool:
+            raise TypeError(f"depths must be an integer tensor, got {getattr(depths, 'dtype', type(depths))}")
+        if depths.shape != (B, T):
+            raise ValueError(f"depths must have shape {(B, T)} (batch, seq), got {tuple(depths.shape)}")
+        if depths.device != hidden_states.device:
+            raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}")
+        if attention_mask is None:
+            mask = torch.ones((B, T), dtype=torch.bool, device=hidden_states.device)
+        else:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise TypeError("attention_mask must be a tensor or None")
+            if attention_mask.shape != (B, T):
+                raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
+            if attention_mask.device != hidden_states.device:
+                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}")
+            mask = attention_mask != 0
+        return depths.to(torch.int64), mask
+
+    def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, backend: str | None = None) -> AdaptiveEncoderOutput:
+        depths, mask = self._check(hidden_states, depths, attention_mask)
+        backend = backend or self.backend
+        B, T, D = hidden_states.shape
+        plan = make_plan(depths, mask, self.num_layers, backend=backend)
+        state = hidden_states.reshape(B * T, D)
+        for n in range(plan.n_max):
+            lp = plan.layer(n)
+            keys = state if plan.key_rows is None else ops.gather(state, plan.key_rows, backend=backend)
+            if lp.count == plan.num_real:  # every real token is active: nothing to compact
+                out = self._layer(self.layer[n], keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k)
+                state = out if plan.key_rows is None else ops.scatter(state, out, plan.key_rows, backend=backend)
+            else:
+                queries = ops.gather(state, lp.rows, backend=backend)
+                out = self._layer(self.layer[n], queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k)
+                state = ops.scatter(state, out, lp.rows, backend=backend)
+        return AdaptiveEncoderOutput(last_hidden_state=state.view(B, T, D), plan=plan)
+
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int) -> torch.Tensor:
+        """One BertLayer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""
+        sa = layer.attention.self
+        H, Dh = self.num_heads, self.head_dim
+        q = sa.query(xq).view(-1, H, Dh)
+        k = sa.key(xkv).view(-1, H, Dh)
+        v = sa.value(xkv).view(-1, H, Dh)
+        p = sa.dropout.p if self.training else 0.0
+        ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p)
+        h = layer.attention.output(ctx.reshape(-1, H * Dh), xq)  # dense, dropout, LayerNorm(+ residual)
+        return layer.output(layer.intermediate(h), h)

@@ -1,0 +1,207 @@
+"""The library's ops (plan, gather, scatter) with one place that picks the backend.
+
+Backends:
+    "torch"  plain PyTorch (adaptive_encoder.reference), any device
+    "cpu"    the C++ extension's CPU kernels (torch.ops.adaptive_encoder.*)
+    "cuda"   the C++ extension's CUDA kernels (same ops, CUDA dispatch key)
+    "triton" Triton kernels (GPU, or CPU under TRITON_INTERPRET=1)
+
+Choose by argument (`backend=`) or the ADAPTIVE_ENCODER_BACKEND environment variable;
+otherwise: CUDA tensors -> cuda, else triton, else torch; CPU tensors -> cpu, else torch.
+
+gather/scatter are differentiable on every backend: gather's backward is a scatter onto
+zeros, scatter's backward is a gather (for src) and a scatter of zeros (for base), each
+through the same backend's ops. Row indices must be unique (the plan guarantees it).
+"""
+import os
+
+import torch
+
+from . import reference
+
+BACKENDS = ("torch", "cpu", "cuda", "triton")
+ENV_VAR = "ADAPTIVE_ENCODER_BACKEND"
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.adaptive_encoder.*)
+
+    _EXT_ERROR = None
+except ImportError as e:  # the package still works through the torch/triton backends
+    _EXT_ERROR = e
+
+
+def cpp_available(device_type: str) -> bool:
+    """Whether the C++ extension has kernels for `device_type` ("cpu" or "cuda")."""
+    if _EXT_ERROR is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("adaptive_encoder::gather", key)
+
+
+def triton_available(device_type: str) -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _unavailable_reason(name: str, device_type: str) -> str | None:
+    if name == "torch":
+        return None
+    if name in ("cpu", "cuda"):
+        if name != device_type:
+            return f"backend {name!r} runs on {name} tensors, these are on {device_type}"
+        if _EXT_ERROR is not None:
+            return f"the C++ extension did not load ({_EXT_ERROR}); reinstall with `pip install -e . --no-build-isolation`"
+        if not cpp_available(name):
+            return f"the C++ extension was built without {name} kernels"
+        return None
+    if not triton_available(device_type):
+        if device_type == "cpu":
+            return "Triton on CPU tensors needs TRITON_INTERPRET=1 set before the first import"
+        return "triton is not installed or no GPU is visible"
+    return None
+
+
+def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """Name of the backend to use for tensors on `device`; raises if it cannot run there."""
+    device_type = torch.device(device).type
+    name = backend or os.environ.get(ENV_VAR) or None
+    if name is None:
+        order = ("cuda", "triton", "torch") if device_type == "cuda" else ("cpu", "torch")
+        return next(n for n in order if _unavailable_reason(n, device_type) is None)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    reason = _unavailable_reason(name, device_type)
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+    return name
+
+
+# --- Triton backend as custom ops, so torch.compile / opcheck see it like the C++ ops ---
+
+@torch.library.custom_op("adaptive_encoder::triton_plan", mutates_args=())
+def _triton_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels import triton_plan  # imported late: TRITON_INTERPRET is read at import
+
+    return triton_plan(depths, mask, num_layers)
+
+
+@torch.library.custom_op("adaptive_encoder::triton_gather", mutates_args=())
+def _triton_gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    from .kernels import triton_gather
+
+    return triton_gather(x, rows)
+
+
+@torch.library.custom_op("adaptive_encoder::triton_scatter", mutates_args=())
+def _triton_scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    from .kernels import triton_scatter
+
+    return triton_scatter(base, src, rows)
+
+
+def _plan_fake(depths, mask, num_layers):
+    size = torch.library.get_ctx().new_dynamic_size()
+    return (depths.new_empty((size,), dtype=torch.int64),
+            depths.new_empty((num_layers * depths.shape[0] + 1,), dtype=torch.int64))
+
+
+def _gather_fake(x, rows):
+    return x.new_empty((rows.shape[0], x.shape[1]))
+
+
+def _scatter_fake(base, src, rows):
+    return torch.empty_like(base, memory_format=torch.contiguous_format)
+
+
+def _register_autograd(gather_op, scatter_op) -> None:
+    def gather_setup(ctx, inputs, output):
+        x, rows = inputs
+        ctx.save_for_backward(rows)
+        ctx.num_rows = x.shape[0]
+
+    def gather_backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        zeros = grad.new_zeros((ctx.num_rows, grad.shape[1]))
+        return scatter_op(zeros, grad, rows), None
+
+    def scatter_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+
+    def scatter_backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        grad_base = scatter_op(grad, grad.new_zeros((rows.shape[0], grad.shape[1])), rows)
+        return grad_base, gather_op(grad, rows), None
+
+    torch.library.register_autograd(gather_op, gather_backward, setup_context=gather_setup)
+    torch.library.register_autograd(scatter_op, scatter_backward, setup_context=scatter_setup)
+
+
+def _register(prefix: str) -> dict:
+    ns = torch.ops.adaptive_encoder
+    ops = {name: getattr(ns, prefix + name).default for name in ("plan", "gather", "scatter")}
+    for name, fake in (("plan", _plan_fake), ("gather", _gather_fake), ("scatter", _scatter_fake)):
+        torch.library.register_fake(ops[name])(fake)
+    _register_autograd(ops["gather"], ops["scatter"])
+    return ops
+
+
+_OPS = {"triton": _register("triton_")}
+if _EXT_ERROR is None:
+    _OPS["cpu"] = _OPS["cuda"] = _register("")
+_OPS["torch"] = {"plan": reference.plan, "gather": reference.gather, "scatter": reference.scatter}
+
+
+# --- public entry points: argument checks, then dispatch ---
+
+def _check_rows(x: torch.Tensor, rows: torch.Tensor, op: str, x_name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(rows, torch.Tensor):
+        raise TypeError(f"{op}: {x_name} and rows must be tensors")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: {x_name} must be 2-D (rows, hidden), got shape {tuple(x.shape)}")
+    if rows.dim() != 1:
+        raise ValueError(f"{op}: rows must be 1-D, got shape {tuple(rows.shape)}")
+    if rows.dtype != torch.int64:
+        raise TypeError(f"{op}: rows must be int64, got {rows.dtype}")
+    if rows.device != x.device:
+        raise ValueError(f"{op}: {x_name} is on {x.device} but rows on {rows.device}")
+
+
+def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None):
+    """Active rows of every layer. depths (B,T) int64, mask (B,T) bool -> (rows, offsets).
+
+    See adaptive_encoder.reference.plan for the exact layout.
+    """
+    if depths.dtype != torch.int64:
+        raise TypeError(f"plan: depths must be int64, got {depths.dtype}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"plan: mask must be bool, got {mask.dtype}")
+    if depths.dim() != 2 or mask.shape != depths.shape:
+        raise ValueError(f"plan: depths (B,T) and mask must match, got {tuple(depths.shape)} and {tuple(mask.shape)}")
+    if mask.device != depths.device:
+        raise ValueError(f"plan: depths on {depths.device} but mask on {mask.device}")
+    if num_layers < 1:
+        raise ValueError(f"plan: num_layers must be >= 1, got {num_layers}")
+    return _OPS[resolve_backend(depths.device, backend)]["plan"](depths, mask, int(num_layers))
+
+
+def gather(x: torch.Tensor, rows: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """out[i] = x[rows[i]]. x (R,D) any dtype, rows (A,) int64 unique -> (A,D)."""
+    _check_rows(x, rows, "gather")
+    return _OPS[resolve_backend(x.device, backend)]["gather"](x, rows)
+
+
+def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """out = base with out[rows[i]] = src[i]. base (R,D), src (A,D) same dtype, rows (A,) int64 unique."""
+    _check_rows(base, rows, "scatter", "base")
+    if src.dim() != 2 or src.shape[0] != rows.shape[0] or src.shape[1] != base.shape[1]:
+        raise ValueError(f"scatter: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(src.shape)}")
+    if src.dtype != base.dtype:
+        raise TypeError(f"scatter: src dtype {src.dtype} differs from base dtype {base.dtype}")
+    if src.device != base.device:
+        raise ValueError(f"scatter: base is on {base.device} but src on {src.device}")
+    return _OPS[resolve_backend(base.device, backend)]["scatter"](base, src, rows)

@@ -1,0 +1,57 @@
+"""Plain PyTorch references: the definition every kernel is tested against.
+
+Shapes and dtypes:
+    plan(depths (B,T) int64, mask (B,T) bool, L) -> rows (S,) int64, offsets (L*B+1,) int64
+        rows[offsets[n*B+b] : offsets[n*B+b+1]] are the flattened indices b*T+t of the real
+        tokens of sequence b with depth > n (i.e. active at the paper's layer n+1), ascending.
+    gather(x (R,D), rows (A,) int64) -> (A,D)              out[i] = x[rows[i]]
+    scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)  out = base; out[rows] = src
+    varlen_attention(q (Aq,H,Dh), k, v (Ak,H,Dh), cu_q, cu_k (B+1,) int64, max_q, max_k)
+        -> (Aq,H,Dh): the queries of sequence b (rows cu_q[b]:cu_q[b+1]) attend to the keys
+        of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int):
+    B, T = depths.shape
+    layers = torch.arange(num_layers, device=depths.device).view(-1, 1, 1)
+    active = mask.unsqueeze(0) & (depths.unsqueeze(0) > layers)  # (L, B, T)
+    rows = active.reshape(num_layers, B * T).nonzero()[:, 1]  # row-major: layer, then b*T+t
+    counts = active.sum(-1).reshape(-1)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return rows, offsets
+
+
+def gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return x[rows]
+
+
+def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return base.index_copy(0, rows, src)
+
+
+def _padded_index(cu: torch.Tensor, total: int):
+    """(sequence id, position within sequence) of each of `total` packed rows."""
+    lengths = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths, output_size=total)
+    pos = torch.arange(total, device=cu.device) - cu[seq]
+    return seq, pos
+
+
+def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dropout_p: float = 0.0):
+    """Pad to (B, H, max_q, Dh) / (B, H, max_k, Dh), run SDPA with a key-padding mask, unpad."""
+    B = cu_q.numel() - 1
+    H, Dh = q.shape[1], q.shape[2]
+    seq_q, pos_q = _padded_index(cu_q, q.shape[0])
+    seq_k, pos_k = _padded_index(cu_k, k.shape[0])
+    qp = q.new_zeros(B, max_q, H, Dh).index_put((seq_q, pos_q), q)
+    kp = k.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), k)
+    vp = v.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), v)
+    key_ok = torch.arange(max_k, device=q.device).unsqueeze(0) < (cu_k[1:] - cu_k[:-1]).unsqueeze(1)
+    out = F.scaled_dot_product_attention(
+        qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
+        attn_mask=key_ok[:, None, None, :], dropout_p=dropout_p, scale=scale,
+    )
+    return out.transpose(1, 2)[seq_q, pos_q]

@@ -1,0 +1,153 @@
+// Op schemas (registered once, here) and the CPU implementations.
+//
+//   plan(depths (B,T) int64, mask (B,T) bool, num_layers L) -> (rows (S,) int64, offsets (L*B+1,) int64)
+//       For layer n (0-based, i.e. the paper's layer n+1) and sequence b, the active rows
+//       (flattened b*T+t with mask[b,t] and depths[b,t] > n, ascending) are
+//       rows[offsets[n*B+b] : offsets[n*B+b+1]].  Layer-major, then sequence, then token.
+//   gather(x (R,D), rows (A,) int64) -> (A,D)            out[i] = x[rows[i]]
+//   scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)
+//       out = base; out[rows[i]] = src[i]   (rows must be unique: the plan guarantees it)
+//
+// gather/scatter copy whole rows as raw bytes, so every dtype works with one code path.
+#include <Python.h>
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <cstring>
+
+#include "ops.h"
+
+extern "C" {
+// The module has no Python functions: importing it runs the static TORCH_LIBRARY
+// registrations below, after which the ops live under torch.ops.adaptive_encoder.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace adaptive_encoder {
+
+void check_rows_args(const at::Tensor& x, const at::Tensor& rows, const char* op) {
+  TORCH_CHECK(x.dim() == 2, op, ": expected a 2-D (rows, hidden) tensor, got ", x.dim(), "-D");
+  TORCH_CHECK(rows.dim() == 1, op, ": rows must be 1-D, got ", rows.dim(), "-D");
+  TORCH_CHECK(rows.scalar_type() == at::kLong, op, ": rows must be int64, got ", rows.scalar_type());
+  TORCH_CHECK(x.device() == rows.device(), op, ": x and rows are on different devices (", x.device(),
+              " vs ", rows.device(), ")");
+}
+
+namespace {
+
+// dst[dst_rows ? dst_rows[i] : i] = src[src_rows ? src_rows[i] : i] for i < n, rows of row_bytes.
+void copy_rows_cpu(char* dst, const int64_t* dst_rows, const char* src, const int64_t* src_rows,
+                   int64_t n, int64_t row_bytes) {
+  // ~32 KiB of copying per task keeps the thread-pool overhead small against the memcpy.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t d = dst_rows ? dst_rows[i] : i;
+      const int64_t s = src_rows ? src_rows[i] : i;
+      std::memcpy(dst + d * row_bytes, src + s * row_bytes, row_bytes);
+    }
+  });
+}
+
+void check_bounds_cpu(const at::Tensor& rows, int64_t limit, const char* op) {
+  const int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    TORCH_CHECK(r[i] >= 0 && r[i] < limit, op, ": row index ", r[i], " out of range [0, ", limit, ")");
+  }
+}
+
+at::Tensor gather_cpu(const at::Tensor& x, const at::Tensor& rows) {
+  check_rows_args(x, rows, "gather");
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  check_bounds_cpu(rc, xc.size(0), "gather");
+  at::Tensor out = at::empty({rc.size(0), xc.size(1)}, xc.options());
+  const int64_t row_bytes = xc.size(1) * xc.element_size();
+  copy_rows_cpu(static_cast<char*>(out.data_ptr()), nullptr, static_cast<const char*>(xc.data_ptr()),
+                rc.data_ptr<int64_t>(), rc.size(0), row_bytes);
+  return out;
+}
+
+at::Tensor scatter_cpu(const at::Tensor& base, const at::Tensor& src, const at::Tensor& rows) {
+  check_rows_args(base, rows, "scatter");
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
+              "scatter: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
+  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter: src dtype ", src.scalar_type(),
+              " differs from base dtype ", base.scalar_type());
+  const at::Tensor sc = src.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  check_bounds_cpu(rc, base.size(0), "scatter");
+  at::Tensor out = base.contiguous().clone();
+  const int64_t row_bytes = out.size(1) * out.element_size();
+  copy_rows_cpu(static_cast<char*>(out.data_ptr()), rc.data_ptr<int64_t>(),
+                static_cast<const char*>(sc.data_ptr()), nullptr, rc.size(0), row_bytes);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> plan_cpu(const at::Tensor& depths, const at::Tensor& mask,
+                                            int64_t num_layers) {
+  check_plan_args(depths, mask, num_layers);
+  const at::Tensor d = depths.contiguous();
+  const at::Tensor m = mask.contiguous();
+  const int64_t B = d.size(0), T = d.size(1), L = num_layers;
+  const int64_t* dp = d.data_ptr<int64_t>();
+  const bool* mp = m.data_ptr<bool>();
+
+  // counts[n*B+b] = real tokens of sequence b with depth > n.
+  at::Tensor offsets = at::zeros({L * B + 1}, d.options());
+  int64_t* off = offsets.data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        if (!mp[b * T + t]) continue;
+        const int64_t depth = std::min<int64_t>(dp[b * T + t], L);
+        for (int64_t n = 0; n < depth; ++n) off[n * B + b + 1] += 1;
+      }
+    }
+  });
+  for (int64_t i = 0; i < L * B; ++i) off[i + 1] += off[i];
+
+  at::Tensor rows = at::empty({off[L * B]}, d.options());
+  int64_t* r = rows.data_ptr<int64_t>();
+  at::parallel_for(0, L * B, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / B, b = i % B;
+      int64_t pos = off[i];
+      for (int64_t t = 0; t < T; ++t) {
+        if (mp[b * T + t] && dp[b * T + t] > n) r[pos++] = b * T + t;
+      }
+    }
+  });
+  return {rows, offsets};
+}
+
+}  // namespace
+
+void check_plan_args(const at::Tensor& depths, const at::Tensor& mask, int64_t num_layers) {
+  TORCH_CHECK(depths.dim() == 2, "plan: depths must be (batch, seq), got ", depths.dim(), "-D");
+  TORCH_CHECK(depths.scalar_type() == at::kLong, "plan: depths must be int64, got ", depths.scalar_type());
+  TORCH_CHECK(mask.sizes() == depths.sizes(), "plan: mask shape ", mask.sizes(), " != depths shape ",
+              depths.sizes());
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "plan: mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(mask.device() == depths.device(), "plan: depths and mask are on different devices");
+  TORCH_CHECK(num_layers >= 1, "plan: num_layers must be >= 1, got ", num_layers);
+}
+
+TORCH_LIBRARY(adaptive_encoder, m) {
+  m.def("plan(Tensor depths, Tensor mask, int num_layers) -> (Tensor, Tensor)");
+  m.def("gather(Tensor x, Tensor rows) -> Tensor");
+  m.def("scatter(Tensor base, Tensor src, Tensor rows) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(adaptive_encoder, CPU, m) {
+  m.impl("plan", &plan_cpu);
+  m.impl("gather", &gather_cpu);
+  m.impl("scatter", &scatter_cpu);
+}
+
+}  // namespace adaptive_encoder

@@ -1,0 +1,145 @@
+// CUDA implementations of plan / gather / scatter (schemas and semantics: ops.cpp).
+//
+// gather and scatter are one row-copy kernel: each thread moves one vector of the widest
+// type (16, 8, 4, 2 or 1 bytes) that divides the row size and both base addresses, so
+// bf16/fp16 rows with hidden % 8 == 0 move as 16-byte accesses, coalesced across a warp.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "ops.h"
+
+namespace adaptive_encoder {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename V>
+__global__ void copy_rows_kernel(V* __restrict__ dst, const int64_t* __restrict__ dst_rows,
+                                 const V* __restrict__ src, const int64_t* __restrict__ src_rows,
+                                 int64_t n, int64_t row_vecs) {
+  const int64_t total = n * row_vecs;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    const int64_t i = idx / row_vecs;
+    const int64_t c = idx - i * row_vecs;
+    const int64_t d = dst_rows ? dst_rows[i] : i;
+    const int64_t s = src_rows ? src_rows[i] : i;
+    dst[d * row_vecs + c] = src[s * row_vecs + c];
+  }
+}
+
+template <typename V>
+void launch_copy(void* dst, const int64_t* dst_rows, const void* src, const int64_t* src_rows,
+                 int64_t n, int64_t row_bytes) {
+  const int64_t row_vecs = row_bytes / static_cast<int64_t>(sizeof(V));
+  const int64_t total = n * row_vecs;
+  if (total == 0) return;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  // Enough blocks to fill the machine several times over; the grid-stride loop does the rest.
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(sms) * 16);
+  copy_rows_kernel<V><<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      static_cast<V*>(dst), dst_rows, static_cast<const V*>(src), src_rows, n, row_vecs);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void copy_rows_cuda(void* dst, const int64_t* dst_rows, const void* src, const int64_t* src_rows,
+                    int64_t n, int64_t row_bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                 static_cast<uintptr_t>(row_bytes);
+  if (a % 16 == 0) return launch_copy<uint4>(dst, dst_rows, src, src_rows, n, row_bytes);
+  if (a % 8 == 0) return launch_copy<uint2>(dst, dst_rows, src, src_rows, n, row_bytes);
+  if (a % 4 == 0) return launch_copy<uint32_t>(dst, dst_rows, src, src_rows, n, row_bytes);
+  if (a % 2 == 0) return launch_copy<uint16_t>(dst, dst_rows, src, src_rows, n, row_bytes);
+  launch_copy<uint8_t>(dst, dst_rows, src, src_rows, n, row_bytes);
+}
+
+at::Tensor gather_cuda(const at::Tensor& x, const at::Tensor& rows) {
+  check_rows_args(x, rows, "gather");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  at::Tensor out = at::empty({rc.size(0), xc.size(1)}, xc.options());
+  copy_rows_cuda(out.data_ptr(), nullptr, xc.data_ptr(), rc.data_ptr<int64_t>(), rc.size(0),
+                 xc.size(1) * xc.element_size());
+  return out;
+}
+
+at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at::Tensor& rows) {
+  check_rows_args(base, rows, "scatter");
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
+              "scatter: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
+  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter: src dtype differs from base dtype");
+  const c10::cuda::CUDAGuard guard(base.device());
+  const at::Tensor sc = src.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  at::Tensor out = base.contiguous().clone();
+  copy_rows_cuda(out.data_ptr(), rc.data_ptr<int64_t>(), sc.data_ptr(), nullptr, rc.size(0),
+                 out.size(1) * out.element_size());
+  return out;
+}
+
+// One thread per (layer n, sequence b), walking the sequence's T tokens in order: simple,
+// and T <= 512 keeps it to microseconds. counts[n*B+b] = real tokens with depth > n.
+__global__ void plan_count_kernel(const int64_t* __restrict__ depths, const bool* __restrict__ mask,
+                                  int64_t B, int64_t T, int64_t L, int64_t* __restrict__ counts) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= L * B) return;
+  const int64_t n = i / B, b = i % B;
+  int64_t c = 0;
+  for (int64_t t = 0; t < T; ++t) c += (mask[b * T + t] && depths[b * T + t] > n) ? 1 : 0;
+  counts[i] = c;
+}
+
+__global__ void plan_fill_kernel(const int64_t* __restrict__ depths, const bool* __restrict__ mask,
+                                 int64_t B, int64_t T, int64_t L, const int64_t* __restrict__ offsets,
+                                 int64_t* __restrict__ rows) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= L * B) return;
+  const int64_t n = i / B, b = i % B;
+  int64_t pos = offsets[i];
+  for (int64_t t = 0; t < T; ++t) {
+    if (mask[b * T + t] && depths[b * T + t] > n) rows[pos++] = b * T + t;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> plan_cuda(const at::Tensor& depths, const at::Tensor& mask,
+                                             int64_t num_layers) {
+  check_plan_args(depths, mask, num_layers);
+  const c10::cuda::CUDAGuard guard(depths.device());
+  const at::Tensor d = depths.contiguous();
+  const at::Tensor m = mask.contiguous();
+  const int64_t B = d.size(0), T = d.size(1), L = num_layers;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const unsigned blocks = static_cast<unsigned>((L * B + kThreads - 1) / kThreads);
+
+  at::Tensor counts = at::empty({L * B}, d.options());
+  if (L * B > 0) {
+    plan_count_kernel<<<blocks, kThreads, 0, stream>>>(d.data_ptr<int64_t>(), m.data_ptr<bool>(), B, T, L,
+                                                       counts.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor offsets = at::cat({at::zeros({1}, d.options()), at::cumsum(counts, 0)});
+  // The one host synchronisation of the plan: the output size depends on the data.
+  const int64_t total = offsets[L * B].item<int64_t>();
+  at::Tensor rows = at::empty({total}, d.options());
+  if (total > 0) {
+    plan_fill_kernel<<<blocks, kThreads, 0, stream>>>(d.data_ptr<int64_t>(), m.data_ptr<bool>(), B, T, L,
+                                                      offsets.data_ptr<int64_t>(), rows.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {rows, offsets};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaptive_encoder, CUDA, m) {
+  m.impl("plan", &plan_cuda);
+  m.impl("gather", &gather_cuda);
+  m.impl("scatter", &scatter_cuda);
+}
+
+}  // namespace adaptive_encoder

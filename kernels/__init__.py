@@ -1,0 +1,9 @@
+"""Triton kernels, installed as `adaptive_encoder.kernels`.
+
+On a CPU machine they run only through the Triton interpreter: set TRITON_INTERPRET=1
+before this package is imported.
+"""
+from .gather import triton_gather, triton_scatter
+from .plan import triton_plan
+
+__all__ = ["triton_gather", "triton_scatter", "triton_plan"]
