@@ -51,7 +51,7 @@ class AdaptiveEncoder(nn.Module):
         enc = _bert_encoder(bert)
         if getattr(enc.config, "is_decoder", False):
             raise ValueError("AdaptiveEncoder supports encoder (bidirectional) BERT models only")
-        return cls(enc.layer, enc.config, backend=backend)
+        return cls(enc.layer, enc.config, backend=backend).train(enc.training)
 
     # -- input checks: one message per bad argument, naming it --
     def _check(self, hidden_states, depths, attention_mask):
@@ -116,7 +116,7 @@ class AdaptiveEncoder(nn.Module):
         q = sa.query(xq).view(-1, H, Dh)
         k = sa.key(xkv).view(-1, H, Dh)
         v = sa.value(xkv).view(-1, H, Dh)
-        p = sa.dropout.p if self.training else 0.0
+        p = sa.dropout.p if sa.training else 0.0  # the shared layer's mode, as transformers does
         ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p)
         h = layer.attention.output(ctx.reshape(-1, H * Dh), xq)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(h), h)

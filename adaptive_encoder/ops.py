@@ -13,6 +13,7 @@ gather/scatter are differentiable on every backend: gather's backward is a scatt
 zeros, scatter's backward is a gather (for src) and a scatter of zeros (for base), each
 through the same backend's ops. Row indices must be unique (the plan guarantees it).
 """
+import importlib.util
 import os
 
 import torch
@@ -30,18 +31,21 @@ except ImportError as e:  # the package still works through the torch/triton bac
     _EXT_ERROR = e
 
 
+# Availability cannot change after import; reading it once keeps resolve_backend traceable.
+_CPP_DEVICES = frozenset() if _EXT_ERROR is not None else frozenset(
+    dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if torch._C._dispatch_has_kernel_for_dispatch_key("adaptive_encoder::gather", key)
+)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def cpp_available(device_type: str) -> bool:
     """Whether the C++ extension has kernels for `device_type` ("cpu" or "cuda")."""
-    if _EXT_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("adaptive_encoder::gather", key)
+    return device_type in _CPP_DEVICES
 
 
 def triton_available(device_type: str) -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if not _HAS_TRITON:
         return False
     if device_type == "cuda":
         return torch.cuda.is_available()

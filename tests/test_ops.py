@@ -1,0 +1,175 @@
+"""plan / gather / scatter: every backend against the PyTorch reference, autograd, opcheck."""
+import pytest
+import torch
+
+from adaptive_encoder import ops, reference
+from conftest import DEVICE_BACKENDS, DEVICES
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (rows R, hidden D, active A): empty, all-active, T=1-like single row, D not a block multiple.
+SHAPES = [(1, 1, 1), (7, 5, 0), (9, 33, 9), (40, 100, 17), (64, 1030, 23), (300, 8, 150)]
+
+
+def _rows(R, A, device, gen):
+    return torch.randperm(R, generator=gen)[:A].sort().values.to(device)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R,D,A", SHAPES)
+def test_gather_scatter_match_reference(device, backend, dtype, R, D, A, poison):
+    gen = torch.Generator().manual_seed(R * 1000 + D + A)
+    x = torch.randn(R, D, generator=gen).to(device, dtype)
+    rows = _rows(R, A, device, gen)
+    src = torch.randn(A, D, generator=gen).to(device, dtype)
+
+    out = ops.gather(x, rows, backend=backend)
+    assert out.shape == (A, D) and out.dtype == dtype
+    assert torch.equal(out, reference.gather(x, rows))  # bitwise: copies must be exact
+
+    out = ops.scatter(x, src, rows, backend=backend)
+    expect = reference.scatter(x, src, rows)
+    assert torch.equal(out, expect)
+    halted = torch.ones(R, dtype=torch.bool, device=device)
+    halted[rows] = False
+    assert torch.equal(out[halted], x[halted])  # copy-through of rows not in the plan
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_unsorted_rows_and_noncontiguous_input(device, backend, poison):
+    x = torch.randn(16, 24, device=device).t().contiguous().t()[:, :20]  # strided view
+    rows = torch.tensor([9, 2, 15, 0], device=device)
+    assert torch.equal(ops.gather(x, rows, backend=backend), x[rows])
+    src = torch.randn(4, 20, device=device)
+    assert torch.equal(ops.scatter(x, src, rows, backend=backend), x.index_copy(0, rows, src))
+
+
+def _plan_inputs(B, T, L, gen, p_pad=0.3, device="cpu"):
+    depths = torch.randint(0, L + 1, (B, T), generator=gen)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    return depths.to(device), mask.to(device)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("B,T,L", [(1, 1, 1), (1, 1, 6), (3, 7, 4), (5, 33, 12), (2, 130, 3)])
+def test_plan_matches_reference(device, backend, B, T, L, poison):
+    gen = torch.Generator().manual_seed(B * 100 + T + L)
+    depths, mask = _plan_inputs(B, T, L, gen, device=device)
+    rows, offsets = ops.plan(depths, mask, L, backend=backend)
+    ref_rows, ref_offsets = reference.plan(depths, mask, L)
+    assert torch.equal(offsets, ref_offsets)
+    assert torch.equal(rows, ref_rows)
+    # The definition, spelled out for one (layer, sequence): active = real and depth > n.
+    n, b = L - 1, B - 1
+    sel = rows[offsets[n * B + b]:offsets[n * B + b + 1]]
+    t = torch.arange(T, device=device)
+    expect = b * T + t[mask[b] & (depths[b] > n)]
+    assert torch.equal(sel, expect)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_plan_edge_sets(device, backend, poison):
+    mask = torch.ones(2, 5, dtype=torch.bool, device=device)
+    rows, offsets = ops.plan(torch.zeros(2, 5, dtype=torch.int64, device=device), mask, 3, backend=backend)
+    assert rows.numel() == 0 and torch.equal(offsets, torch.zeros(7, dtype=torch.int64, device=device))
+    rows, offsets = ops.plan(torch.full((2, 5), 3, device=device), mask, 3, backend=backend)
+    assert torch.equal(rows, torch.arange(10, device=device).repeat(3))
+    assert offsets.tolist() == [0, 5, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_gradcheck(device, backend):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    src = torch.randn(4, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    rows = torch.tensor([7, 0, 3, 4], device=device)
+    assert torch.autograd.gradcheck(lambda a: ops.gather(a, rows, backend=backend), (x,))
+    assert torch.autograd.gradcheck(lambda a, s: ops.scatter(a, s, rows, backend=backend), (x, src))
+    assert torch.autograd.gradgradcheck(lambda a, s: ops.scatter(a, s, rows, backend=backend), (x, src))
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    assert torch.autograd.gradcheck(lambda a: ops.gather(a, empty, backend=backend).sum() + a.sum(), (x,))
+
+
+def _registered_ops():
+    out = []
+    for prefix in ("", "triton_"):
+        ns = torch.ops.adaptive_encoder
+        out += [(getattr(ns, prefix + "gather").default, "gather"),
+                (getattr(ns, prefix + "scatter").default, "scatter"),
+                (getattr(ns, prefix + "plan").default, "plan")]
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op,kind", _registered_ops(), ids=lambda v: str(v))
+def test_opcheck(op, kind, device):
+    x = torch.randn(8, 5, dtype=torch.float64, device=device, requires_grad=True)
+    rows = torch.tensor([1, 6, 2], device=device)
+    if kind == "gather":
+        args = (x, rows)
+    elif kind == "scatter":
+        args = (x, torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True), rows)
+    else:
+        gen = torch.Generator().manual_seed(1)
+        depths, mask = _plan_inputs(3, 6, 4, gen, device=device)
+        args = (depths, mask, 4)
+    # plan's output size depends on the data, which only the AOT-dispatch check cannot model.
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor") if kind == "plan" else None
+    torch.library.opcheck(op, args, test_utils=tests) if tests else torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device,backend", [db for db in DEVICE_BACKENDS if db[1] != "torch"])
+def test_torch_compile_traces_ops(device, backend):
+    def step(x, rows, w):
+        h = ops.gather(x, rows, backend=backend) @ w
+        return ops.scatter(x, h, rows, backend=backend)
+
+    x = torch.randn(12, 8, device=device)
+    w = torch.randn(8, 8, device=device)
+    rows = torch.tensor([0, 5, 11], device=device)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, rows, w), step(x, rows, w))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_bad_inputs_raise_clear_errors(device, backend):
+    x = torch.randn(5, 4, device=device)
+    rows = torch.tensor([1, 2], device=device)
+    with pytest.raises(TypeError, match="rows must be int64"):
+        ops.gather(x, rows.int(), backend=backend)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        ops.gather(x[None], rows, backend=backend)
+    with pytest.raises(ValueError, match="rows must be 1-D"):
+        ops.gather(x, rows[None], backend=backend)
+    with pytest.raises(ValueError, match=r"src must be \(2, 4\)"):
+        ops.scatter(x, torch.randn(3, 4, device=device), rows, backend=backend)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.scatter(x, torch.randn(2, 4, device=device, dtype=torch.float64), rows, backend=backend)
+    with pytest.raises(TypeError, match="depths must be int64"):
+        ops.plan(torch.zeros(2, 3, device=device), torch.ones(2, 3, dtype=torch.bool, device=device), 2)
+    with pytest.raises(ValueError, match="must match"):
+        ops.plan(torch.zeros(2, 3, dtype=torch.int64, device=device),
+                 torch.ones(2, 4, dtype=torch.bool, device=device), 2)
+
+
+def test_backend_selection_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.resolve_backend("cpu", "fast")
+    with pytest.raises(RuntimeError, match="runs on cuda tensors"):
+        ops.resolve_backend("cpu", "cuda")
+    monkeypatch.setenv(ops.ENV_VAR, "torch")
+    assert ops.resolve_backend("cpu") == "torch"
+    monkeypatch.delenv(ops.ENV_VAR)
+    assert ops.resolve_backend("cpu") == "cpu"  # the C++ extension is built in CI: no fallback
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        ops.resolve_backend("cpu", "triton")
+
+
+def test_cpu_kernel_checks_bounds():
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.gather(x, torch.tensor([0, 4]), backend="cpu")
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.scatter(x, torch.randn(1, 3), torch.tensor([-1]), backend="cpu")
