@@ -15,25 +15,24 @@ from torch import nn
 from .encoder import AdaptiveEncoder
 
 
-class PatchedBertEncoder(nn.Module):
-    """Stands in for transformers' BertEncoder; reads the depths the pre-hook stored."""
+class PatchedBertEncoder(AdaptiveEncoder):
+    """AdaptiveEncoder with transformers' BertEncoder call signature, reading the depths and
+    2-D mask the pre-hook stored. Its only submodule is the shared `layer` list, so the model's
+    state_dict keys are unchanged."""
 
-    def __init__(self, adaptive: AdaptiveEncoder, original: nn.Module, depth_fn=None):
-        super().__init__()
-        self.adaptive = adaptive
-        self.layer = adaptive.layer  # same parameter names as the BertEncoder it replaces
-        self.config = adaptive.config
+    def __init__(self, bert_encoder: nn.Module, depth_fn=None, backend: str | None = None):
+        super().__init__(bert_encoder.layer, bert_encoder.config, backend=backend)
+        self.train(bert_encoder.training)
         self.depth_fn = depth_fn
         self._call = None  # (depths, 2-D mask) of the forward under way
         self._pending_depths = None  # depths= taken from an outer model's call
-        object.__setattr__(self, "original", original)  # kept for unpatching, not a submodule
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
         depths, mask = self._call if self._call is not None else (None, None)
         self._call = None
-        out = self.adaptive(hidden_states, depths, mask)
+        out = super().forward(hidden_states, depths, mask)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out.last_hidden_state)
 
 
@@ -49,7 +48,7 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
     bert = _find_bert(model)
     if isinstance(bert.encoder, PatchedBertEncoder):
         raise ValueError("apply_adaptive_encoder: this model is already patched")
-    patched = PatchedBertEncoder(AdaptiveEncoder.from_bert(bert, backend=backend), bert.encoder, depth_fn)
+    patched = PatchedBertEncoder(bert.encoder, depth_fn, backend=backend)
     bert.encoder = patched
 
     def outer_hook(module, args, kwargs):

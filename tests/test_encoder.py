@@ -1,0 +1,228 @@
+"""AdaptiveEncoder against transformers (full depth) and the dense masked reference (mixed)."""
+import copy
+
+import pytest
+import torch
+
+from adaptive_encoder import AdaptiveEncoder, apply_adaptive_encoder
+from adaptive_encoder.dense import masked_forward
+from conftest import DEVICE_BACKENDS, small_bert_config
+
+
+def _bert(layers=4, seed=0, device="cpu", **kw):
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(small_bert_config(layers=layers, **kw)).to(device).eval()
+
+
+def _ragged(B, T, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    mask = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    ids = torch.randint(0, 120, (B, T), generator=gen)
+    return ids.to(device), mask.to(device), gen
+
+
+def _rel(a, b, mask):
+    m = mask.bool()
+    return ((a - b)[m].norm() / b[m].norm()).item()
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 9), (4, 30)])
+def test_full_depth_equals_transformers(device, backend, B, T):
+    bert = _bert(device=device)
+    ids, mask, _ = _ragged(B, T, seed=B + T, device=device)
+    enc = AdaptiveEncoder.from_bert(bert, backend=backend)
+    with torch.no_grad():
+        ref = bert(ids, attention_mask=mask).last_hidden_state
+        x = bert.embeddings(input_ids=ids)
+        out = enc(x, torch.full((B, T), 4, device=device), mask).last_hidden_state
+        out_none = enc(x, None, mask).last_hidden_state
+    assert _rel(out, ref, mask) < 1e-5
+    assert torch.equal(out, out_none)
+    assert torch.equal(out[mask == 0], x[mask == 0])  # padding is never computed
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixed_depths_equal_dense_reference(device, backend, seed):
+    bert = _bert(device=device, seed=seed)
+    ids, mask, gen = _ragged(5, 17, seed, device=device)
+    depths = torch.randint(0, 5, (5, 17), generator=gen).to(device)
+    enc = AdaptiveEncoder.from_bert(bert, backend=backend)
+    with torch.no_grad():
+        x = bert.embeddings(input_ids=ids)
+        out = enc(x, depths, mask)
+        ref = masked_forward(bert, x, depths, mask)
+    assert _rel(out.last_hidden_state, ref, mask) < 1e-5
+    # Tokens of depth 0 keep their input state exactly; so does padding.
+    keep = (depths == 0) | (mask == 0)
+    assert torch.equal(out.last_hidden_state[keep], x[keep])
+    assert out.plan.n_max == int(depths[mask.bool()].max())
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_all_depth_zero_and_single_token(device, backend):
+    bert = _bert(device=device)
+    enc = AdaptiveEncoder.from_bert(bert, backend=backend)
+    x = torch.randn(2, 6, 64, device=device)
+    out = enc(x, torch.zeros(2, 6, dtype=torch.int32, device=device))
+    assert out.plan.n_max == 0 and torch.equal(out.last_hidden_state, x)
+    x1 = torch.randn(1, 1, 64, device=device)
+    with torch.no_grad():
+        one = enc(x1, torch.tensor([[2]], device=device)).last_hidden_state
+        ref = masked_forward(bert, x1, torch.tensor([[2]], device=device))
+    torch.testing.assert_close(one, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compaction_computes_only_active_rows():
+    """The savings are real: each layer's query/FFN inputs have exactly the active rows,
+    keys/values cover all real tokens, and layers above n_max never run."""
+    bert = _bert(layers=6)
+    ids, mask, gen = _ragged(4, 20, seed=5)
+    depths = torch.randint(1, 4, (4, 20), generator=gen)  # n_max <= 3 of 6 layers
+    seen = {}
+    hooks = []
+    for n, layer in enumerate(bert.encoder.layer):
+        for name, mod in (("q", layer.attention.self.query), ("k", layer.attention.self.key),
+                          ("ffn", layer.intermediate.dense)):
+            hooks.append(mod.register_forward_hook(
+                lambda m, a, o, key=(n, name): seen.__setitem__(key, a[0].shape[0])))
+    enc = AdaptiveEncoder.from_bert(bert)
+    with torch.no_grad():
+        out = enc(bert.embeddings(input_ids=ids), depths, mask)
+    for h in hooks:
+        h.remove()
+    real = mask.bool()
+    n_max = int(depths[real].max())
+    for n in range(6):
+        active = int((real & (depths > n)).sum())
+        if n < n_max:
+            assert seen[(n, "q")] == active == out.plan.layer_counts[n]
+            assert seen[(n, "ffn")] == active
+            assert seen[(n, "k")] == int(real.sum())
+        else:
+            assert (n, "q") not in seen and (n, "k") not in seen
+    assert out.plan.active_fraction == pytest.approx(
+        sum(int((real & (depths > n)).sum()) for n in range(6)) / (int(real.sum()) * 6))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_bf16_close_to_fp32_reference(device, backend):
+    bert = _bert(device=device)
+    ids, mask, gen = _ragged(3, 12, seed=3, device=device)
+    depths = torch.randint(0, 5, (3, 12), generator=gen).to(device)
+    with torch.no_grad():
+        x = bert.embeddings(input_ids=ids)
+        ref = masked_forward(bert, x, depths, mask)
+        bf = copy.deepcopy(bert).to(torch.bfloat16)
+        out = AdaptiveEncoder.from_bert(bf, backend=backend)(x.bfloat16(), depths, mask).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    assert _rel(out.float(), ref, mask) < 3e-2
+
+
+def test_bad_inputs_name_the_argument():
+    bert = _bert()
+    enc = AdaptiveEncoder.from_bert(bert)
+    x = torch.randn(2, 5, 64)
+    d = torch.ones(2, 5, dtype=torch.long)
+    cases = [
+        ((x, d.float()), TypeError, "depths must be an integer"),
+        ((x, d.bool()), TypeError, "depths must be an integer"),
+        ((x, d + 4), ValueError, r"depths must lie in \[0, 4\]"),
+        ((x, d - 2), ValueError, r"depths must lie in \[0, 4\]"),
+        ((x, d[:, :4]), ValueError, "depths must have shape"),
+        ((torch.randn(2, 5, 32), d), ValueError, "hidden size 32"),
+        ((x.double(), d), TypeError, "hidden_states dtype"),
+        ((x[0], d), ValueError, "hidden_states must be"),
+        ((torch.randn(0, 5, 64), d[:0]), ValueError, "empty batch"),
+        ((x.long(), d), TypeError, "hidden_states must be a floating"),
+        ((x, d, torch.ones(2, 4)), ValueError, "attention_mask must have shape"),
+        ((x, d, torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])), ValueError, "at least one real token"),
+    ]
+    for args, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            enc(*args)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="depths is on"):
+            enc(x, d.cuda())
+    with pytest.raises(TypeError, match="BertModel or BertEncoder"):
+        AdaptiveEncoder.from_bert(torch.nn.Linear(2, 2))
+
+
+def test_training_step_dropout_and_gradients():
+    torch.manual_seed(0)
+    bert = _bert(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()
+    ids, mask, gen = _ragged(4, 10, seed=7)
+    depths = torch.randint(1, 4, (4, 10), generator=gen)  # layer 4 never runs
+    depths[0, 0] = 3
+    enc = AdaptiveEncoder.from_bert(bert)
+    assert enc.training
+    x = bert.embeddings(input_ids=ids)
+    a = enc(x, depths, mask).last_hidden_state
+    b = enc(x, depths, mask).last_hidden_state
+    assert not torch.equal(a, b)  # dropout is active in training mode
+
+    target = torch.randn(4, 10, 64)
+    opt = torch.optim.Adam(bert.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        out = enc(bert.embeddings(input_ids=ids), depths, mask).last_hidden_state
+        loss = ((out - target) ** 2)[mask.bool()].mean()
+        loss.backward()
+        losses.append(loss.item())
+        if len(losses) == 1:
+            for n, layer in enumerate(bert.encoder.layer):
+                grads = [p.grad for p in layer.parameters()]
+                if n < 3:
+                    assert all(g is not None and g.abs().sum() > 0 for g in grads), f"layer {n}"
+                else:
+                    assert all(g is None for g in grads), "layer above n_max must not run"
+            assert bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+        opt.step()
+    assert losses[-1] < losses[0]
+
+
+def test_patch_bert_for_sequence_classification():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(small_bert_config(num_labels=3)).eval()
+    plain = copy.deepcopy(model)
+    ids, mask, gen = _ragged(3, 11, seed=9)
+    depths = torch.randint(1, 5, (3, 11), generator=gen)
+
+    apply_adaptive_encoder(model)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        ref_full = plain(ids, attention_mask=mask).logits
+        adaptive = model(ids, attention_mask=mask, depths=depths).logits
+        x = plain.bert.embeddings(input_ids=ids)
+        h = masked_forward(plain.bert, x, depths, mask)
+        ref_adaptive = plain.classifier(plain.bert.pooler(h))
+    torch.testing.assert_close(full, ref_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adaptive, ref_adaptive, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(adaptive, full)
+    # Same parameters, same names: checkpoints of the original model still load.
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    with pytest.raises(ValueError, match="already patched"):
+        apply_adaptive_encoder(model)
+
+
+def test_patch_with_depth_fn_on_bert_model():
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(small_bert_config()).eval()
+    plain = copy.deepcopy(model)
+    table = torch.randint(1, 5, (120,))
+    apply_adaptive_encoder(model, depth_fn=lambda ids, m: table[ids])
+    ids, mask, _ = _ragged(2, 8, seed=4)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = masked_forward(plain, plain.embeddings(input_ids=ids), table[ids], mask)
+    assert _rel(out, ref, mask) < 1e-5
