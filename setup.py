@@ -42,7 +42,7 @@ def _cuda_wanted() -> bool:
 def _extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
     if _cuda_wanted():
         sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
         # sm_90 unless the user names targets; headers of pip-installed CUDA (cusparse.h etc.).
@@ -59,7 +59,7 @@ def _extension():
             "adaptive_encoder._C",
             sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
         )
     return cpp_extension.CppExtension(
         "adaptive_encoder._C", sources, include_dirs=[os.path.join(here, "csrc")], extra_compile_args=cxx
