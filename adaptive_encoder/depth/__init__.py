@@ -1,4 +1,6 @@
 """Depth estimation in advance (no halting unit): MI (supervised) and reconstruction (unsupervised)."""
-from .mi import MIDepthEstimator
+from .mi import MIDepthEstimator, TokenDepthLookup, lookup_table
+from .reconstruction import AnytimeMLM, depths_from_losses, loss_tables, table_depths, train_anytime_mlm
 
-__all__ = ["MIDepthEstimator"]
+__all__ = ["MIDepthEstimator", "TokenDepthLookup", "lookup_table", "AnytimeMLM", "depths_from_losses",
+           "loss_tables", "table_depths", "train_anytime_mlm"]

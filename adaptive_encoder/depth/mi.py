@@ -138,3 +138,71 @@ class MIDepthEstimator:
         est.mi, est.word_depth = state["mi"], state["word_depth"]
         est.bin_edges = None if state["bin_edges"] is None else np.asarray(state["bin_edges"])
         return est
+
+
+INHERIT = -1  # table value of a '##' continuation piece: the depth of its word's first piece
+SEQ_MAX = -2  # table value of [CLS]/[SEP]: the largest word depth of the sequence
+
+
+def lookup_table(est: MIDepthEstimator, tokenizer) -> torch.Tensor:
+    """(vocab,) int64 table for TokenDepthLookup from a fitted estimator and a WordPiece tokenizer.
+
+    Exact for words that are one vocabulary entry (most words). A word split into pieces is
+    looked up by its first piece: that entry keeps the depth of the piece as a word of its own
+    when it is one, else the smallest depth of the fitted words that start with it. Entries
+    no fitted word reaches get N, like unseen words. For exact per-word depths of pre-split
+    text use `MIDepthEstimator.batch_depths`.
+    """
+    vocab = tokenizer.get_vocab()
+    N = est.num_layers
+    table = torch.full((len(tokenizer),), -100, dtype=torch.int64)
+    multi = {}
+    for word, depth in est.word_depth.items():
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) == 1 and pieces[0] in vocab:
+            table[vocab[pieces[0]]] = depth
+        elif pieces and pieces[0] in vocab:
+            first = vocab[pieces[0]]
+            multi[first] = min(multi.get(first, N), depth)
+    for first, depth in multi.items():
+        if table[first] == -100:
+            table[first] = depth
+    table[table == -100] = N
+    for token, idx in vocab.items():
+        if token.startswith("##"):
+            table[idx] = INHERIT
+    for idx in (tokenizer.cls_token_id, tokenizer.sep_token_id):
+        if idx is not None:
+            table[idx] = SEQ_MAX
+    if tokenizer.pad_token_id is not None:
+        table[tokenizer.pad_token_id] = 0
+    return table
+
+
+class TokenDepthLookup(torch.nn.Module):
+    """input_ids (B,T), attention_mask (B,T) or None -> depths (B,T) int64, all on the ids'
+    device: one table index and two vectorised passes, no Python loop, so MI depths cost
+    nothing at inference. Usable as `apply_adaptive_encoder(model, depth_fn=lookup)`."""
+
+    def __init__(self, table: torch.Tensor, num_layers: int):
+        super().__init__()
+        self.register_buffer("table", table.long())
+        self.num_layers = num_layers
+
+    @classmethod
+    def from_estimator(cls, est: MIDepthEstimator, tokenizer) -> "TokenDepthLookup":
+        return cls(lookup_table(est, tokenizer), est.num_layers)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        d = self.table[input_ids]
+        T = d.shape[1]
+        pos = torch.arange(T, device=d.device).expand_as(d)
+        # Continuation pieces take the depth of the closest word start to their left.
+        start = torch.where(d != INHERIT, pos, torch.zeros_like(pos)).cummax(dim=1).values
+        d = d.gather(1, start)
+        d = torch.where(d == INHERIT, torch.full_like(d, self.num_layers), d)  # a '##' piece at t=0
+        real = torch.ones_like(d, dtype=torch.bool) if attention_mask is None else attention_mask != 0
+        special = d == SEQ_MAX
+        word_max = torch.where(special | ~real, torch.zeros_like(d), d).amax(1, keepdim=True).clamp(min=1)
+        d = torch.where(special, word_max.expand_as(d), d)
+        return torch.where(real, d, torch.zeros_like(d))

@@ -1,0 +1,83 @@
+"""Dataset -> per-token depths with either estimator; what the CLI and the trainer call.
+
+Words are the tokenizer's own words: its normaliser (lower-casing, accent stripping for an
+uncased BERT) and its pre-tokeniser (whitespace and punctuation split). MI is fitted on
+them, and each token sequence is `tokenizer(words, is_split_into_words=True)`, so a word's
+depth lands on all its WordPiece pieces exactly.
+
+Depth lists: {split: [LongTensor (T_i,)]}, one per text, aligned with that tokenisation
+(truncated at max_length), specials included, no padding.
+"""
+import time
+
+import torch
+
+from .mi import MIDepthEstimator
+from .reconstruction import AnytimeMLM, cached_loss_tables, table_depths, train_anytime_mlm
+
+
+def tokenizer_words(tokenizer, text: str) -> list:
+    backend = tokenizer.backend_tokenizer
+    norm = backend.normalizer.normalize_str(text) if backend.normalizer else text
+    return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(norm)]
+
+
+def encode_words(tokenizer, docs, max_length: int):
+    return tokenizer(docs, is_split_into_words=True, truncation=True, max_length=max_length)
+
+
+def mi_depths(splits: dict, tokenizer, num_layers: int, max_length: int = 128, smoothing: float = 0.1):
+    """Fit on splits['train'] only; returns (estimator, depth lists for every split)."""
+    words = {name: [tokenizer_words(tokenizer, t) for t in s.texts] for name, s in splits.items()}
+    est = MIDepthEstimator(num_layers, smoothing=smoothing).fit(words["train"], splits["train"].labels)
+    out = {}
+    for name, docs in words.items():
+        enc = encode_words(tokenizer, docs, max_length)
+        out[name] = [torch.tensor(est.sequence_depths(docs[i], enc.word_ids(i))) for i in range(len(docs))]
+    return est, out
+
+
+def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps: int = 300,
+                          batch_size: int = 32, lr: float = 5e-5, max_length: int = 128,
+                          cache_dir: str | None = None, seed: int = 0, progress: bool = False):
+    """Train the anytime MLM on the training texts (no labels), then depths for every split.
+
+    Returns (model, depth lists, per-step training losses, loss tables)."""
+    torch.manual_seed(seed)
+    model = AnytimeMLM(bert)
+    texts = {name: [" ".join(tokenizer_words(tokenizer, t)) for t in s.texts] for name, s in splits.items()}
+    losses = train_anytime_mlm(model, tokenizer, texts["train"], steps=steps, batch_size=batch_size, lr=lr,
+                               max_length=max_length, seed=seed, progress=progress) if steps > 0 else []
+    tables, out = {}, {}
+    for name, ts in texts.items():
+        if cache_dir:
+            tables[name] = cached_loss_tables(model, tokenizer, ts, cache_dir, max_length=max_length,
+                                              progress=progress)
+        else:
+            from .reconstruction import loss_tables
+
+            tables[name] = loss_tables(model, tokenizer, ts, max_length=max_length, progress=progress)
+        out[name] = [table_depths(t, lam) for t in tables[name]]
+    return model, out, losses, tables
+
+
+def summarize(depth_lists: list, num_layers: int) -> dict:
+    """Average depth, histogram over 0..N and the token-layer fraction of a list of sequences."""
+    flat = torch.cat(depth_lists) if depth_lists else torch.zeros(0, dtype=torch.long)
+    hist = torch.bincount(flat, minlength=num_layers + 1)[: num_layers + 1]
+    return {
+        "tokens": int(flat.numel()),
+        "avg_depth": float(flat.float().mean()) if flat.numel() else 0.0,
+        "histogram": hist.tolist(),
+        "token_layer_fraction": float(flat.sum()) / max(flat.numel() * num_layers, 1),
+        "n_max_mean": float(torch.tensor([float(d.max()) for d in depth_lists]).mean()) if depth_lists else 0.0,
+    }
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,171 @@
+"""Depths from reconstruction loss (unsupervised): an anytime masked LM.
+
+AnytimeMLM: a BERT encoder with ONE masked-LM head shared by every layer (decoder tied to
+the word embeddings), trained with the sum over layers of the MLM losses, BERT-style
+masking (15 % of real tokens: 80 % [MASK], 10 % random, 10 % kept), no next-sentence task.
+
+Depth of token t: mask t alone, read each layer's loss on it, and take
+    d = argmin_n (loss_n + lam * n),  n = 1..N,  lam = 0.1 by default.
+The paper prints "- lam * n", but says the penalty encourages shallower layers and its
+table shows a larger lam giving a lower average depth, which only "+ lam * n" does; we
+implement "+". [CLS]/[SEP] get the largest depth of their sequence, padding 0 (as the MI
+estimator does).
+
+Loss tables (one (T, N) table per text, NaN at special tokens) are cached on disk, keyed by
+the model weights, texts and max length; depths for any lam are computed from them.
+"""
+import hashlib
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AnytimeMLM(nn.Module):
+    """bert: a transformers BertModel. forward -> per-layer mean MLM loss (N,) over masked tokens."""
+
+    def __init__(self, bert):
+        super().__init__()
+        cfg = bert.config
+        self.bert = bert
+        self.num_layers = cfg.num_hidden_layers
+        self.transform = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.GELU(),
+                                       nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps))
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) states of any layer -> (..., V) vocabulary logits (decoder tied to embeddings)."""
+        return F.linear(self.transform(h), self.bert.embeddings.word_embeddings.weight, self.bias)
+
+    def layer_states(self, input_ids, attention_mask) -> list:
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return list(out.hidden_states[1:])  # layers 1..N, each (B, T, D)
+
+    def forward(self, input_ids, attention_mask, labels) -> torch.Tensor:
+        """labels (B,T): original id at masked positions, -100 elsewhere. Returns (N,) losses."""
+        where = labels != -100
+        target = labels[where]
+        return torch.stack([F.cross_entropy(self.logits(h[where]), target) for h in
+                            self.layer_states(input_ids, attention_mask)])
+
+
+def mask_tokens(input_ids, attention_mask, special_mask, mask_id: int, vocab_size: int,
+                prob: float = 0.15, generator=None):
+    """BERT masking. Returns (masked input_ids, labels with -100 at unmasked positions)."""
+    can = (attention_mask != 0) & ~special_mask
+    pick = (torch.rand(input_ids.shape, generator=generator) < prob) & can
+    # At least one target per sequence that has any real word, so every batch has a loss.
+    none = ~pick.any(1) & can.any(1)
+    if none.any():
+        first = can.float().argmax(1)
+        pick[none, first[none]] = True
+    labels = torch.where(pick, input_ids, torch.full_like(input_ids, -100))
+    roll = torch.rand(input_ids.shape, generator=generator)
+    ids = input_ids.clone()
+    ids[pick & (roll < 0.8)] = mask_id
+    rand = pick & (roll >= 0.8) & (roll < 0.9)
+    ids[rand] = torch.randint(vocab_size, (int(rand.sum()),), generator=generator)
+    return ids, labels
+
+
+def train_anytime_mlm(model: AnytimeMLM, tokenizer, texts, steps: int, batch_size: int = 32,
+                      lr: float = 5e-5, max_length: int = 128, seed: int = 0, progress: bool = False) -> list:
+    """Train on `texts` for `steps` steps; returns the summed (over layers) loss per step."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="anytime MLM", disable=not progress):
+        idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt", return_special_tokens_mask=True)
+        ids, labels = mask_tokens(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"].bool(),
+                                  tokenizer.mask_token_id, len(tokenizer), generator=gen)
+        loss = model(ids, enc["attention_mask"], labels).sum()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def depths_from_losses(losses: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """losses (..., N) per-layer loss -> (...) int64 depth in 1..N = argmin_n loss_n + lam*n."""
+    n = torch.arange(1, losses.shape[-1] + 1, dtype=losses.dtype, device=losses.device)
+    return (losses + lam * n).argmin(-1) + 1
+
+
+@torch.no_grad()
+def loss_tables(model: AnytimeMLM, tokenizer, texts, max_length: int = 128, chunk: int = 256,
+                progress: bool = False) -> list:
+    """One (T_i, N) float32 table per text: layer losses of each token masked alone; NaN rows
+    at special tokens. Single-mask copies of many texts share each forward, `chunk` copies
+    at a time (bounded memory); texts are processed shortest first to limit padding."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    ids_list, special = enc["input_ids"], enc["special_tokens_mask"]
+    tables = [torch.full((len(ids), model.num_layers), float("nan")) for ids in ids_list]
+    jobs = [(i, t) for i in sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
+            for t in range(len(ids_list[i])) if not special[i][t]]
+    bar = tqdm(total=len(jobs), desc="reconstruction depths", unit="tok", disable=not progress)
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        T = max(len(ids_list[i]) for i, _ in part)
+        ids = torch.full((len(part), T), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(part), T), dtype=torch.long)
+        for r, (i, t) in enumerate(part):
+            ids[r, :len(ids_list[i])] = torch.tensor(ids_list[i])
+            mask[r, :len(ids_list[i])] = 1
+        rows = torch.arange(len(part))
+        pos = torch.tensor([t for _, t in part])
+        target = ids[rows, pos].clone()
+        ids[rows, pos] = tokenizer.mask_token_id
+        states = model.layer_states(ids, mask)
+        layer_loss = torch.stack([F.cross_entropy(model.logits(h[rows, pos]), target, reduction="none")
+                                  for h in states], dim=1)  # (copies, N)
+        for r, (i, t) in enumerate(part):
+            tables[i][t] = layer_loss[r].float()
+        bar.update(len(part))
+    bar.close()
+    return tables
+
+
+def table_depths(table: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """(T, N) loss table with NaN rows at special tokens -> (T,) depths; specials get the max."""
+    special = table.isnan().all(1)
+    d = depths_from_losses(table.nan_to_num(0.0), lam)
+    word = d[~special]
+    d[special] = int(word.max()) if word.numel() else table.shape[1]
+    return d
+
+
+def cache_key(model: nn.Module, texts, max_length: int) -> str:
+    h = hashlib.sha1()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])  # a fingerprint of each tensor
+        h.update(str(float(p.detach().float().sum())).encode())
+    h.update(str(max_length).encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def cached_loss_tables(model, tokenizer, texts, cache_dir, max_length: int = 128, chunk: int = 256,
+                       progress: bool = False) -> list:
+    """loss_tables, computed once per (model weights, texts, max_length) and kept in cache_dir."""
+    path = os.path.join(cache_dir, f"loss_tables_{cache_key(model, texts, max_length)}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    tables = loss_tables(model, tokenizer, texts, max_length=max_length, chunk=chunk, progress=progress)
+    os.makedirs(cache_dir, exist_ok=True)
+    torch.save(tables, path)
+    return tables
