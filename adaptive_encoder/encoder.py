@@ -93,7 +93,17 @@ class AdaptiveEncoder(nn.Module):
     def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, backend: str | None = None) -> AdaptiveEncoderOutput:
         depths, mask = self._check(hidden_states, depths, attention_mask)
-        backend = backend or self.backend
+        state, plan = self._run(hidden_states, depths, mask, backend or self.backend)
+        return AdaptiveEncoderOutput(last_hidden_state=state.view(hidden_states.shape), plan=plan)
+
+    def all_layer_states(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
+        """Full depth; the (B,T,D) state after each of the N layers (for anytime heads)."""
+        depths, mask = self._check(hidden_states, None, attention_mask)
+        states = []
+        self._run(hidden_states, depths, mask, self.backend, on_layer=lambda s: states.append(s.view(hidden_states.shape)))
+        return states
+
+    def _run(self, hidden_states, depths, mask, backend, on_layer=None):
         B, T, D = hidden_states.shape
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
         state = hidden_states.reshape(B * T, D)
@@ -107,7 +117,9 @@ class AdaptiveEncoder(nn.Module):
                 queries = ops.gather(state, lp.rows, backend=backend)
                 out = self._layer(self.layer[n], queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k)
                 state = ops.scatter(state, out, lp.rows, backend=backend)
-        return AdaptiveEncoderOutput(last_hidden_state=state.view(B, T, D), plan=plan)
+            if on_layer is not None:
+                on_layer(state)
+        return state, plan
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int) -> torch.Tensor:
         """One BertLayer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""

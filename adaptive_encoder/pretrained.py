@@ -26,3 +26,13 @@ def load_pretrained(path: str | None = None, attn_implementation: str = "sdpa"):
     model = BertModel.from_pretrained(path, attn_implementation=attn_implementation, local_files_only=True)
     tokenizer = BertTokenizerFast.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
+
+
+def truncate_layers(bert, num_layers: int):
+    """Keep the bottom `num_layers` layers of a BertModel in place (N < the model's depth)."""
+    have = len(bert.encoder.layer)
+    if not 1 <= num_layers <= have:
+        raise ValueError(f"num_layers must be in [1, {have}] for this model, got {num_layers}")
+    bert.encoder.layer = bert.encoder.layer[:num_layers]
+    bert.config.num_hidden_layers = num_layers
+    return bert

