@@ -1,0 +1,117 @@
+"""AdaptiveClassifier, halting baseline and trainer."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adaptive_encoder.classifier import AdaptiveClassifier, halting_pseudo_labels, pool
+from adaptive_encoder.train import Encoded, TrainConfig, batches, evaluate, train
+from conftest import small_bert_config
+
+
+def _model(halting=False, seed=0, layers=3):
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    return AdaptiveClassifier(BertModel(small_bert_config(layers=layers)), num_labels=3, halting=halting)
+
+
+def _data(n=24, seed=0, depths=True, layers=3):
+    gen = torch.Generator().manual_seed(seed)
+    ids, labels, ds = [], [], []
+    for i in range(n):
+        T = int(torch.randint(3, 12, (1,), generator=gen))
+        y = i % 3
+        seq = torch.randint(5, 120, (T,), generator=gen)
+        seq[1] = 100 + y  # a label-revealing token, so a few steps can learn something
+        ids.append([1] + seq.tolist() + [2])
+        labels.append(y)
+        ds.append(torch.randint(1, layers + 1, (T + 2,), generator=gen))
+    return Encoded(ids, labels, ds if depths else None)
+
+
+def _loss(model, data):
+    model.eval()
+    with torch.no_grad():
+        tot = 0.0
+        for ids, mask, d, y in batches(data, 64, pad_id=0):
+            tot += F.cross_entropy(model(ids, mask, d).logits, y, reduction="sum").item()
+    return tot / len(data)
+
+
+@pytest.mark.parametrize("variant", ["fixed", "mi", "reconstruction", "halting"])
+def test_few_training_steps_lower_the_loss(variant):
+    model = _model(halting=variant == "halting")
+    data = _data(depths=variant in ("mi", "reconstruction"))
+    before = _loss(model, data)
+    hist = train(model, data, TrainConfig(lr=1e-3, epochs=4, batch_size=8, halting_epochs=2), pad_id=0)
+    assert hist["losses"] and all(torch.isfinite(torch.tensor(hist["losses"])))
+    assert _loss(model, data) < before
+
+
+def test_pooling_ignores_padding():
+    states = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    a = pool(states, mask)
+    poisoned = states.clone()
+    poisoned[0, 3:] = 1e6
+    b = pool(poisoned, mask)
+    torch.testing.assert_close(a, b)
+    expect0 = F.relu(torch.cat([states[0, :3].amax(0), states[0, :3].mean(0)]))
+    torch.testing.assert_close(a[0], expect0)
+
+
+def test_halting_pseudo_labels_hand_case():
+    # 3 layers, 4 examples, label 0 everywhere; logits favour class (0 correct / 1 wrong).
+    right, wrong = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    pattern = [  # per example: correct at layers 1..3?
+        (True, True, True),    # -> 1
+        (False, True, True),   # -> 2
+        (True, False, True),   # -> 3 (layer 1 right but not stable)
+        (True, True, False),   # -> 3 (deepest wrong: use every layer)
+    ]
+    logits = torch.stack([torch.stack([right if p[n] else wrong for p in pattern]) for n in range(3)])
+    assert halting_pseudo_labels(logits, torch.zeros(4, dtype=torch.long)).tolist() == [1, 2, 3, 3]
+
+
+def test_halting_unit_depths_are_valid_and_cost_counted():
+    model = _model(halting=True).eval()
+    data = _data(depths=False)
+    ids, mask, _, _ = next(batches(data, 8, pad_id=0))
+    with torch.no_grad():
+        out = model(ids, mask)
+    real = mask != 0
+    assert out.depths.dtype == torch.int64
+    assert ((out.depths[real] >= 1) & (out.depths[real] <= 3)).all() and (out.depths[~real] == 0).all()
+    # layer 1 runs on every real token; layers 2..N on those the unit keeps.
+    expect = int(real.sum()) + sum(int((real & (out.depths > n)).sum()) for n in range(1, 3))
+    assert out.computed_token_layers == expect
+
+
+def test_evaluate_reports_depth_and_fraction():
+    model = _model()
+    data = _data()
+    ev = evaluate(model, data, pad_id=0)
+    all_d = torch.cat(data.depths).float()
+    assert ev["avg_depth"] == pytest.approx(all_d.mean().item())
+    assert 0 < ev["token_layer_fraction"] < 1 and 0 <= ev["accuracy"] <= 1 and ev["samples_per_s"] > 0
+
+
+def test_checkpoint_round_trip_identical_predictions(tmp_path):
+    from adaptive_encoder.train import build_model, load_checkpoint, save_checkpoint
+
+    model, tok = build_model(None, num_labels=3, layers=2, halting=True)
+    data = _data(n=12, depths=False, layers=2)
+    data = Encoded([[tok.cls_token_id] + [min(i, 30000) for i in s[1:-1]] + [tok.sep_token_id] for s in data.ids],
+                   data.labels, None)
+    train(model, data, TrainConfig(lr=1e-4, epochs=1, batch_size=6), pad_id=tok.pad_token_id)
+    meta = {"model_path": None, "num_labels": 3, "layers": 2, "halting": True, "dropout": 0.1}
+    path = tmp_path / "ck.pt"
+    save_checkpoint(str(path), model, meta)
+    back, _, meta2 = load_checkpoint(str(path))
+    assert meta2 == meta
+    a = evaluate(model, data, tok.pad_token_id)["predictions"]
+    ids, mask, _, _ = next(batches(data, 12, tok.pad_token_id))
+    with torch.no_grad():
+        la, lb = model(ids, mask), back(ids, mask)
+    assert torch.equal(la.logits, lb.logits) and torch.equal(la.depths, lb.depths)
+    assert evaluate(back, data, tok.pad_token_id)["predictions"] == a
