@@ -62,3 +62,70 @@ def skewed_depths(B: int, T: int, N: int, seed: int = 0) -> torch.Tensor:
     depths = torch.multinomial(p / p.sum(), B * T, replacement=True, generator=gen).view(B, T) + 1
     depths[:, 0] = N
     return depths
+
+
+# --- real depth distributions and IMDB-like lengths -------------------------------------
+
+SAMPLES_PATH = os.path.join(os.path.dirname(__file__), "data", "depth_samples.pt")
+_SAMPLES = None
+
+
+def _samples() -> dict:
+    global _SAMPLES
+    if _SAMPLES is None:
+        if not os.path.exists(SAMPLES_PATH):
+            raise FileNotFoundError(f"{SAMPLES_PATH} missing: run `python bench/make_depth_samples.py`")
+        _SAMPLES = torch.load(SAMPLES_PATH)
+    return _SAMPLES
+
+
+def sentence_depths(model: str, N: int) -> list:
+    """Real per-sentence word depths (TREC test) of `model` for an N-layer encoder.
+
+    mi: the estimator fitted with N bins. reconstruction / halting: the 6-layer model's
+    depths rescaled to N as ceil(d * N / 6) (only a 6-layer pretrained model exists here)."""
+    s = _samples()
+    if model == "mi":
+        flat = s["mi"][N].long()
+    else:
+        key = {"reconstruction": "reconstruction6", "halting": "halting6"}[model]
+        if key not in s:
+            raise KeyError(f"{SAMPLES_PATH} has no {key}: run bench/make_depth_samples.py with its inputs")
+        flat = torch.ceil(s[key].double() * N / 6).long().clamp(1, N)
+    return list(flat.split(s["lengths"].tolist()))
+
+
+def imdb_like_lengths(batch: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Token lengths like IMDB reviews (lognormal, median 180, mean ~230), clipped to [8, 512],
+    then multiplied by `scale` (CPU runs use shorter sequences). IMDB itself is not available
+    offline here; this stands in for its length distribution."""
+    mu, sigma = torch.log(torch.tensor(180.0)), 0.7
+    lengths = torch.exp(mu + sigma * torch.randn(batch, generator=gen)).clamp(8, 512)
+    return (lengths * scale).round().long().clamp(min=4)
+
+
+def document_depths(model: str, N: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """(length,) depths: real sentences' word depths concatenated, [CLS]/[SEP] at the max."""
+    if model in ("fixed", "hf_sdpa"):
+        return torch.full((length,), N, dtype=torch.long)
+    src = sentence_depths("mi" if model in ("masked_mi", "stop_only_mi") else model, N)
+    parts, have = [], 0
+    while have < length - 2:
+        d = src[int(torch.randint(len(src), (1,), generator=gen))]
+        parts.append(d)
+        have += len(d)
+    words = torch.cat(parts)[: length - 2]
+    top = words.max().view(1)
+    return torch.cat([top, words, top])
+
+
+def make_batch(model: str, N: int, batch: int, seed: int, scale: float = 1.0):
+    """depths (B,T) int64 (0 at padding), mask (B,T) bool."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = imdb_like_lengths(batch, gen, scale)
+    T = int(lengths.max())
+    depths = torch.zeros(batch, T, dtype=torch.long)
+    for b, n in enumerate(lengths.tolist()):
+        depths[b, :n] = document_depths(model, N, n, gen)
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    return depths, mask

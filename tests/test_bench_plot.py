@@ -1,0 +1,46 @@
+"""bench/plot.py: pytest-benchmark JSON -> summary.json, PNGs, Markdown."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def plot():
+    spec = importlib.util.spec_from_file_location("bench_plot", os.path.join(ROOT, "bench", "plot.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(group, model, N, batch, sps, meas=1.0, ideal=1.0):
+    return {"group": group, "model": model, "N": N, "batch": batch, "device": "cpu", "samples_per_s": sps,
+            "active_token_layer_fraction": 0.5, "measured_speedup": meas, "ideal_speedup": ideal,
+            "measured_over_ideal": meas / ideal}
+
+
+def test_summary_plots_and_markdown(plot, tmp_path):
+    recs = [_record("speed_vs_n", m, n, 1, 10.0 * n + (m == "mi")) for m in ("fixed", "mi") for n in (3, 1, 2)]
+    recs += [_record("speed_vs_batch", "mi", b, b, 5.0 * b, meas=1.5, ideal=2.0) for b in (2, 1)]
+    recs += [{"group": "kernels", "op": "gather", "backend": "cpu", "rows": 64, "gbps": 3.0, "copy_gbps": 6.0,
+              "fraction_of_copy_bw": 0.5}]
+    recs += [{"bench": "savings", "shape": "L8", "measured_speedup": 2.2, "ideal_speedup": 2.7,
+              "measured_over_ideal": 2.2 / 2.7, "active_token_layer_fraction": 0.26}]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [{"name": str(i), "extra_info": r} for i, r in enumerate(recs)]
+                                + [{"name": "no-info", "extra_info": {}}]}))
+    assert plot.main([str(path), "--out", str(tmp_path / "out"), "--command", "pytest bench"]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["device"] == "cpu" and s["command"] == "pytest bench"
+    assert s["speed_vs_n"] == {"fixed": [10.0, 20.0, 30.0], "mi": [11.0, 21.0, 31.0]}  # sorted by N
+    assert s["n_values"] == [1, 2, 3]
+    assert s["speed_vs_batch"] == {"mi": [5.0, 10.0]}
+    assert s["speedup_of_ideal"] == {"1": 0.75, "2": 0.75}
+    for name in ("speed_vs_n.png", "speed_vs_batch.png", "speedup_vs_batch.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| speed_vs_batch | mi | 2 | 2 | 10.0 |" in md and "| gather | cpu | 64 | 3.00 | 50% |" in md
+    assert "2.20x faster than full depth" in md
