@@ -2,20 +2,39 @@
 
 q (Aq, H, Dh), k/v (Ak, H, Dh); cu_q/cu_k (B+1,) int64 offsets of each sequence's queries
 and keys (they differ: halted tokens are keys but not queries). Output (Aq, H, Dh), the
-dtype of q. This is the interface the fused GPU kernel plugs into; today every device
-uses the padded-SDPA reference.
+dtype of q.
+
+Two implementations: the padded-SDPA reference (any case, differentiable, dropout) and the
+Triton kernel (kernels/attention.py: forward only, no dropout). The Triton kernel runs when
+the backend is "triton", or by default on CUDA tensors, and only where it applies: no
+gradient needed, no dropout, power-of-two head dim in [16, 256]. Everything else, e.g.
+training, takes the reference.
 """
 import torch
 
-from . import reference
+from . import ops, reference
+
+
+def _triton_applies(q, k, v, dropout_p: float) -> bool:
+    if dropout_p > 0 or not ops.triton_available(q.device.type):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return False
+    Dh = q.shape[-1]
+    return Dh & (Dh - 1) == 0 and 16 <= Dh <= 256
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
-                     scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+                     scale: float | None = None, dropout_p: float = 0.0, backend: str | None = None) -> torch.Tensor:
     if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"varlen_attention: q (Aq,H,Dh) and k, v (Ak,H,Dh) expected, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if cu_q.shape != cu_k.shape or cu_q.dim() != 1:
         raise ValueError("varlen_attention: cu_q and cu_k must both be (B+1,)")
+    wants_triton = backend == "triton" or (backend in (None, "cuda") and q.is_cuda)
+    if wants_triton and _triton_applies(q, k, v, dropout_p):
+        from .kernels import triton_varlen_attention
+
+        return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
     return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p)

@@ -105,23 +105,24 @@ class AdaptiveEncoder(nn.Module):
 
     def _run(self, hidden_states, depths, mask, backend, on_layer=None):
         B, T, D = hidden_states.shape
+        backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
         state = hidden_states.reshape(B * T, D)
         for n in range(plan.n_max):
             lp = plan.layer(n)
             keys = state if plan.key_rows is None else ops.gather(state, plan.key_rows, backend=backend)
             if lp.count == plan.num_real:  # every real token is active: nothing to compact
-                out = self._layer(self.layer[n], keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k)
+                out = self._layer(self.layer[n], keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)
                 state = out if plan.key_rows is None else ops.scatter(state, out, plan.key_rows, backend=backend)
             else:
                 queries = ops.gather(state, lp.rows, backend=backend)
-                out = self._layer(self.layer[n], queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k)
+                out = self._layer(self.layer[n], queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend)
                 state = ops.scatter(state, out, lp.rows, backend=backend)
             if on_layer is not None:
                 on_layer(state)
         return state, plan
 
-    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int) -> torch.Tensor:
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None) -> torch.Tensor:
         """One BertLayer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""
         sa = layer.attention.self
         H, Dh = self.num_heads, self.head_dim
@@ -129,6 +130,6 @@ class AdaptiveEncoder(nn.Module):
         k = sa.key(xkv).view(-1, H, Dh)
         v = sa.value(xkv).view(-1, H, Dh)
         p = sa.dropout.p if sa.training else 0.0  # the shared layer's mode, as transformers does
-        ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p)
+        ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p, backend=backend)
         h = layer.attention.output(ctx.reshape(-1, H * Dh), xq)  # dense, dropout, LayerNorm(+ residual)
         return layer.output(layer.intermediate(h), h)

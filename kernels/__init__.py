@@ -3,7 +3,8 @@
 On a CPU machine they run only through the Triton interpreter: set TRITON_INTERPRET=1
 before this package is imported.
 """
+from .attention import triton_varlen_attention
 from .gather import triton_gather, triton_scatter
 from .plan import triton_plan
 
-__all__ = ["triton_gather", "triton_scatter", "triton_plan"]
+__all__ = ["triton_gather", "triton_scatter", "triton_plan", "triton_varlen_attention"]

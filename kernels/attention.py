@@ -1,0 +1,77 @@
+"""Varlen attention in Triton: compact queries against all keys of their sequence.
+
+FlashAttention-style forward: one program per (query block, sequence, head) streams the
+sequence's keys in blocks with an online softmax, so the (queries x keys) score matrix is
+never written to memory. Query and key offsets differ (halted tokens are keys only).
+
+q (Aq, H, Dh), k/v (Ak, H, Dh) contiguous, cu_q/cu_k (B+1,) int64 -> out (Aq, H, Dh), q's dtype.
+Forward only (no dropout, no backward): the library uses it for inference.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    q_start = tl.load(cu_q_ptr + b)
+    q_len = tl.load(cu_q_ptr + b + 1) - q_start
+    if pid_m * BLOCK_M < q_len:
+        k_start = tl.load(cu_k_ptr + b)
+        k_len = tl.load(cu_k_ptr + b + 1) - k_start
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_stride = H * HEAD_DIM
+        q_rows = (q_start + offs_m).to(tl.int64) * row_stride + h * HEAD_DIM
+        q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=(offs_m < q_len)[:, None], other=0.0)
+        if UPCAST:  # the CPU interpreter computes bf16/fp16 wrongly: do the arithmetic in fp32
+            q = q.to(tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+        for n0 in range(0, k_len, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k_ok = offs_n < k_len
+            kv_rows = (k_start + offs_n).to(tl.int64) * row_stride + h * HEAD_DIM
+            k = tl.load(k_ptr + kv_rows[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+            v = tl.load(v_ptr + kv_rows[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(k_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=(offs_m < q_len)[:, None])
+
+
+def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | None = None):
+    Aq, H, Dh = q.shape
+    if Dh & (Dh - 1) or not 16 <= Dh <= 256:
+        raise ValueError(f"triton varlen attention needs a power-of-two head dim in [16, 256], got {Dh}")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(q)
+    B = cu_q.numel() - 1
+    if Aq == 0 or B == 0 or max_q == 0:
+        return out
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    # Interpreter: one large block per program (~ms per program). GPU: 64 x 64 tiles.
+    block_m = max(16, triton.next_power_of_2(max_q)) if interpret else 64
+    block_n = max(16, triton.next_power_of_2(max_k)) if interpret else 64
+    grid = (triton.cdiv(max_q, block_m), B, H)
+    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H,
+                              HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret)
+    return out
