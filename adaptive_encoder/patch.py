@@ -48,6 +48,8 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
     bert = _find_bert(model)
     if isinstance(bert.encoder, PatchedBertEncoder):
         raise ValueError("apply_adaptive_encoder: this model is already patched")
+    if getattr(bert.config, "is_decoder", False):
+        raise ValueError("apply_adaptive_encoder supports encoder (bidirectional) BERT models only")
     patched = PatchedBertEncoder(bert.encoder, depth_fn, backend=backend)
     bert.encoder = patched
 

@@ -53,6 +53,8 @@ class Plan:
 def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None) -> Plan:
     """depths (B,T) int64 in [0, num_layers], mask (B,T) bool -> Plan. Raises ValueError on bad depths."""
     B, T = depths.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
     rows, offsets = ops.plan(depths, mask, num_layers, backend=backend)
     counts = (offsets[1:] - offsets[:-1]).view(num_layers, B)
     lengths = mask.sum(1)

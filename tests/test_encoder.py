@@ -211,6 +211,14 @@ def test_patch_bert_for_sequence_classification():
     assert model.state_dict().keys() == plain.state_dict().keys()
     with pytest.raises(ValueError, match="already patched"):
         apply_adaptive_encoder(model)
+    from transformers import BertModel
+
+    with pytest.raises(ValueError, match="encoder"):
+        apply_adaptive_encoder(BertModel(small_bert_config(is_decoder=True)))
+    from adaptive_encoder import make_plan
+
+    with pytest.raises(ValueError, match="empty batch"):
+        make_plan(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.bool), 3)
 
 
 def test_patch_with_depth_fn_on_bert_model():
