@@ -6,6 +6,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _grouped_bars(ax, x, series: dict) -> None:
+    """One bar per series at each x, side by side. series: {label: heights}."""
+    width = 0.8 / max(len(series), 1)
+    for i, (name, heights) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+    ax.legend()
+
+
+def _finish(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def mi_figure(mi_values, histograms: dict, num_layers: int, path: str, title: str = "") -> None:
     """Paper's Figure 1: histogram of words' MI values (log scale) and depth histograms.
 
@@ -17,36 +31,29 @@ def mi_figure(mi_values, histograms: dict, num_layers: int, path: str, title: st
     a.set_ylabel("words")
     a.set_title("MI of training words")
     depths = np.arange(1, num_layers + 1)
-    width = 0.8 / max(len(histograms), 1)
-    for i, (name, counts) in enumerate(histograms.items()):
+    fractions = {}
+    for name, counts in histograms.items():
         counts = np.asarray(counts[1:num_layers + 1], dtype=float)
-        b.bar(depths + (i - (len(histograms) - 1) / 2) * width, counts / max(counts.sum(), 1), width, label=name)
+        fractions[name] = counts / max(counts.sum(), 1)
+    _grouped_bars(b, depths, fractions)
     b.set_xlabel("depth")
     b.set_ylabel("fraction of tokens")
     b.set_xticks(depths)
     b.set_title("estimated depths")
-    b.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def sentence_figure(tokens, depths_by_method: dict, num_layers: int, path: str, title: str = "") -> None:
     """Paper's Figure 5: one sentence's tokens with each method's depth."""
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(tokens)), 3.5))
     x = np.arange(len(tokens))
-    width = 0.8 / max(len(depths_by_method), 1)
-    for i, (name, d) in enumerate(depths_by_method.items()):
-        ax.bar(x + (i - (len(depths_by_method) - 1) / 2) * width, d, width, label=name)
+    _grouped_bars(ax, x, depths_by_method)
     ax.set_xticks(x)
     ax.set_xticklabels(tokens, rotation=60, ha="right")
     ax.set_yticks(range(0, num_layers + 1))
     ax.set_ylabel("depth")
-    ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, path)

@@ -234,3 +234,14 @@ def test_data_loader_rejects_malformed_line(tmp_path):
     p.write_text("1 fine text\nnolabel here\n")
     with pytest.raises(ValueError, match="bad.txt:2"):
         read_file(p, "utf-8")
+
+
+def test_figures_are_written_as_png(tmp_path):
+    from adaptive_encoder import plots
+
+    plots.mi_figure([0.2, 0.01, 1e-4, 0.0], {"mi": [0, 5, 3, 2], "reconstruction": [0, 2, 3, 5]}, 3,
+                    str(tmp_path / "fig1.png"), title="toy")
+    plots.sentence_figure(["[CLS]", "who", "[SEP]"], {"mi": [2, 1, 2], "reconstruction": [3, 3, 3]}, 3,
+                          str(tmp_path / "fig5.png"))
+    for name in ("fig1.png", "fig5.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
