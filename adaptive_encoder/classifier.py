@@ -8,7 +8,10 @@ at n_max, halted tokens copied upward) -> dropout -> linear. Depths come from ou
 Halting-unit baseline (Elbayad et al. 2020 as Liu et al. set it up): a halting unit on the
 bottom layer, a linear map of each token's layer-1 state to a softmax over depths 1..N.
 Layer 1 runs on every token (every depth is >= 1), the unit picks each token's depth, and
-layers 2..N run depth-adaptively. It is trained in a second stage on pseudo-labels (see
+layers 2..N run depth-adaptively. As in Elbayad et al.'s token-level halting, a token halts
+at the first depth d where the cumulative probability P(depth <= d) reaches
+`halting_threshold` (0.9). An argmax instead predicts the most common pseudo-label for
+every token. Measured on TREC, that was depth 1 everywhere, at 77.8 % accuracy. It is trained in a second stage on pseudo-labels (see
 `halting_pseudo_labels`); its cost, D*N multiply-adds per token, is counted in `flops`.
 """
 from dataclasses import dataclass
@@ -37,8 +40,12 @@ def pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptiveClassifier(nn.Module):
-    def __init__(self, bert, num_labels: int, dropout: float = 0.1, halting: bool = False):
+    def __init__(self, bert, num_labels: int, dropout: float = 0.1, halting: bool = False,
+                 halting_threshold: float = 0.9):
         super().__init__()
+        if not 0.0 < halting_threshold <= 1.0:
+            raise ValueError(f"halting_threshold must be in (0, 1], got {halting_threshold}")
+        self.halting_threshold = halting_threshold
         self.bert = bert
         self.num_layers = bert.config.num_hidden_layers
         D = bert.config.hidden_size
@@ -68,12 +75,17 @@ class AdaptiveClassifier(nn.Module):
     def halting_logits(self, layer1_states: torch.Tensor) -> torch.Tensor:
         return self.halting(layer1_states)  # (B, T, N): depth k+1 at index k
 
+    def halting_depths(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., N) logits -> (...) int64: first depth whose cumulative probability >= threshold."""
+        cum = logits.float().softmax(-1).cumsum(-1)
+        return ((cum < self.halting_threshold).sum(-1) + 1).clamp(max=self.num_layers)
+
     def _halting_forward(self, x, mask):
         if self.num_layers == 1:
             raise ValueError("the halting baseline needs at least 2 layers")
         first = self.encoder(x, mask.long(), mask)  # layer 1 on every real token
         h1 = first.last_hidden_state
-        depths = self.halting_logits(h1).argmax(-1) + 1
+        depths = self.halting_depths(self.halting_logits(h1))
         depths = torch.where(mask, depths, torch.zeros_like(depths))
         out = self.upper(h1, (depths - 1).clamp(min=0), mask)
         return depths, out.last_hidden_state, sum(first.plan.layer_counts) + sum(out.plan.layer_counts)

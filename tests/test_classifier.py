@@ -117,3 +117,16 @@ def test_checkpoint_round_trip_identical_predictions(tmp_path):
         la, lb = model(ids, mask), back(ids, mask)
     assert torch.equal(la.logits, lb.logits) and torch.equal(la.depths, lb.depths)
     assert evaluate(back, data, tok.pad_token_id)["predictions"] == a
+
+
+def test_halting_threshold_rule():
+    model = _model(halting=True)
+    # P(depth) = (0.6, 0.25, 0.15): argmax says 1; cumulative 0.6, 0.85, 1.0.
+    logits = torch.log(torch.tensor([[0.6, 0.25, 0.15]]))
+    assert model.halting_depths(logits).tolist() == [3]          # 0.9 needs depth 3
+    model.halting_threshold = 0.5
+    assert model.halting_depths(logits).tolist() == [1]
+    model.halting_threshold = 0.8
+    assert model.halting_depths(logits).tolist() == [2]
+    with pytest.raises(ValueError, match="halting_threshold"):
+        AdaptiveClassifier(model.bert, 3, halting=True, halting_threshold=0.0)
