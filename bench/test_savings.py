@@ -35,13 +35,13 @@ def test_adaptive_vs_full_depth(benchmark):
     ideal = ideal_speedup(depths, None, s["layers"], s["hidden"], s["ffn"])
     measured = med["full"] / med["adaptive"]
     info = dict(
-        shape=f"L{s['layers']} D{s['hidden']} B{s['batch']}xT{s['seq']}", device=str(dev),
+        bench="savings", shape=f"L{s['layers']} D{s['hidden']} B{s['batch']}xT{s['seq']}", device=str(dev),
         active_token_layer_fraction=plan.active_fraction, n_max=plan.n_max,
         full_s=med["full"], adaptive_s=med["adaptive"],
         samples_per_s=s["batch"] / med["adaptive"], measured_speedup=measured,
         ideal_speedup=ideal, measured_over_ideal=measured / ideal,
     )
     benchmark.extra_info.update(info)
-    benchlib.RESULTS.append({"bench": "savings", **info})
+    benchlib.RESULTS.append(info)
     assert plan.n_max == s["layers"]
     assert 0.2 < plan.active_fraction < 0.35
