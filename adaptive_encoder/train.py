@@ -18,10 +18,9 @@ Variants (same code path; only where depths come from differs):
 
 Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens.
 """
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +186,3 @@ def load_checkpoint(path: str):
                                    meta["halting"], meta.get("dropout", 0.1))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), tokenizer, meta
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))

@@ -13,7 +13,7 @@ import time
 import torch
 
 from .mi import MIDepthEstimator
-from .reconstruction import AnytimeMLM, cached_loss_tables, table_depths, train_anytime_mlm
+from .reconstruction import AnytimeMLM, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
 
 
 def tokenizer_words(tokenizer, text: str) -> list:
@@ -54,8 +54,6 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
             tables[name] = cached_loss_tables(model, tokenizer, ts, cache_dir, max_length=max_length,
                                               progress=progress)
         else:
-            from .reconstruction import loss_tables
-
             tables[name] = loss_tables(model, tokenizer, ts, max_length=max_length, progress=progress)
         out[name] = [table_depths(t, lam) for t in tables[name]]
     return model, out, losses, tables
