@@ -132,24 +132,18 @@ def _train(args) -> int:
 
     from adaptive_encoder.experiment import prepare, run_one
     from adaptive_encoder.pretrained import load_pretrained
-    from adaptive_encoder.train import build_model, evaluate, save_checkpoint, train
 
     cfg = _train_config(args)
     _, tokenizer = load_pretrained(args.model)
     data = prepare(args.dataset, tokenizer, args.layers, cfg.max_length, os.path.join(args.depths, args.dataset),
                    args.model, progress=True, limit=args.limit, variants=[args.depth])[args.depth]
     num_labels = max(data[0].labels + data[1].labels) + 1
-    model, tokenizer = build_model(args.model, num_labels, args.layers, args.depth == "halting", cfg.dropout)
-    hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=True)
-    ev = evaluate(model, data[1], tokenizer.pad_token_id)
-    meta = {"model_path": args.model, "num_labels": num_labels, "layers": args.layers,
-            "halting": args.depth == "halting", "dropout": cfg.dropout, "dataset": args.dataset,
-            "variant": args.depth, "config": cfg.__dict__, "limit": args.limit}
+    r = run_one(args.dataset, args.depth, args.seed, data, cfg, args.layers, num_labels, args.model,
+                progress=True, checkpoint_dir=args.out, limit=args.limit)
     path = os.path.join(args.out, f"{args.dataset}_{args.depth}_N{args.layers}_seed{args.seed}.pt")
-    save_checkpoint(path, model, meta)
-    print(f"trained {args.depth} on {args.dataset} in {hist['seconds']:.0f}s; test accuracy {100 * ev['accuracy']:.2f}%, "
-          f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
-          f"{ev['samples_per_s']:.0f} samples/s; checkpoint {path}")
+    print(f"trained {args.depth} on {args.dataset} in {r['train_seconds']:.0f}s; test accuracy "
+          f"{100 * r['accuracy']:.2f}%, avg depth {r['avg_depth']:.2f}, token-layers {r['token_layer_fraction']:.1%}, "
+          f"{r['eval_samples_per_s']:.0f} samples/s; checkpoint {path}")
     return 0
 
 

@@ -65,7 +65,8 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
 
 
 def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, model_path=None,
-            progress=False, checkpoint_dir: str | None = None) -> dict:
+            progress=False, checkpoint_dir: str | None = None, limit: int = 0) -> dict:
+    """Train and evaluate one variant; with checkpoint_dir, save <dataset>_<variant>_N<layers>_seed<seed>.pt."""
     model, tokenizer = build_model(model_path, num_labels, layers, halting=variant == "halting", dropout=cfg.dropout)
     cfg = TrainConfig(**{**cfg.__dict__, "seed": seed})
     hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
@@ -76,7 +77,7 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
         save_checkpoint(os.path.join(checkpoint_dir, f"{dataset}_{variant}_N{layers}_seed{seed}.pt"), model,
                         {"model_path": model_path, "num_labels": num_labels, "layers": layers,
                          "halting": variant == "halting", "dropout": cfg.dropout, "dataset": dataset,
-                         "variant": variant, "config": cfg.__dict__})
+                         "variant": variant, "config": cfg.__dict__, "limit": limit})
     return {"dataset": dataset, "variant": variant, "seed": seed, "accuracy": ev["accuracy"],
             "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
             "train_seconds": hist["seconds"], "eval_samples_per_s": ev["samples_per_s"], "layers": layers,
@@ -130,7 +131,7 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
             for v in variants:
                 if (ds, v, seed) in done:
                     continue
-                r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir)
+                r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit)
                 records.append(r)
                 log(f"{ds} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  avg depth {r['avg_depth']:.2f}  "
                     f"token-layers {r['token_layer_fraction']:.1%}  train {r['train_seconds']:.0f}s")
