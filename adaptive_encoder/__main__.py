@@ -5,6 +5,7 @@
     train            fine-tune one variant (fixed | mi | reconstruction | halting), save a checkpoint
     evaluate         accuracy, average depth, token-layer fraction, throughput of a checkpoint
     experiment       the accuracy table: variants x seeds x datasets -> accuracy.json / accuracy.md
+    sweep-layers     accuracy vs N (paper's Figure 3a) -> accuracy_vs_layers.json / .md / .png
 """
 import argparse
 import sys
@@ -93,7 +94,8 @@ def _estimate_depths(args) -> int:
                                      "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,
                                      **{k: summarize(v, N) for k, v in results["reconstruction"].items()}}
     for m in methods:
-        torch.save({"layers": N, "max_length": args.max_length, "depths": results[m]},
+        torch.save({"layers": N, "max_length": args.max_length, "depths": results[m],
+                    **({"lam": args.lam} if m == "reconstruction" else {})},
                    os.path.join(args.out, f"depths_{m}.pt"))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -175,8 +177,21 @@ def _experiment(args) -> int:
     return 0
 
 
-def _add_train_args(p) -> None:
-    p.add_argument("--layers", type=int, default=6, help="N (at most the model's depth)")
+def _sweep_layers(args) -> int:
+    import shlex
+
+    from adaptive_encoder.experiment import run_layer_sweep
+
+    command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
+                    command, depth_root=args.depths, model_path=args.model, limit=args.limit)
+    print(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
+    return 0
+
+
+def _add_train_args(p, layers: bool = True) -> None:
+    if layers:
+        p.add_argument("--layers", type=int, default=6, help="N (at most the model's depth)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
@@ -235,6 +250,16 @@ def main(argv=None) -> int:
     ex.add_argument("--checkpoints", default=None, help="also save every trained model here")
     _add_train_args(ex)
     ex.set_defaults(func=_experiment)
+
+    sw = sub.add_parser("sweep-layers", help="accuracy vs number of layers N (Figure 3a)")
+    sw.add_argument("--dataset", default="trec")
+    sw.add_argument("--layer-counts", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
+    sw.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"])
+    sw.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sw.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    sw.add_argument("--out", default="bench/results")
+    _add_train_args(sw, layers=False)
+    sw.set_defaults(func=_sweep_layers)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -4,6 +4,8 @@ Writes results incrementally (a long run that stops keeps what it finished):
     <out>/accuracy.json  list of {"dataset", "variant", "seed", "accuracy", "avg_depth",
                          "token_layer_fraction", "train_seconds", ...}
     <out>/accuracy.md    mean +- std per dataset and variant beside the paper's numbers
+The layer sweep (paper's Figure 3a) writes <out>/accuracy_vs_layers.{json,md} and a PNG: the same
+records for N = 1..6 (the bottom N layers of the pretrained model).
 """
 import json
 import os
@@ -12,7 +14,8 @@ import statistics
 import torch
 
 from .data import load_dataset
-from .depth.pipeline import encode_words, mi_depths, reconstruction_depths, tokenizer_words
+from .depth.pipeline import encode_words, mi_depths, reconstruction_depths, saved_loss_tables, tokenizer_words
+from .depth.reconstruction import table_depths
 from .train import VARIANTS, Encoded, TrainConfig, build_model, evaluate, train
 
 # Liu et al. 2021, Table 3 (BERT-base initialised): fixed / halting / MI / reconstruction.
@@ -29,7 +32,8 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
     """{variant: (train Encoded, test Encoded)} with each variant's depths.
 
     Reconstruction depths are read from <depth_dir>/depths_reconstruction.pt (written by
-    `estimate-depths`), or computed and written there when missing."""
+    `estimate-depths`), or computed and written there when missing. For N below the depth
+    there, they come from the saved anytime MLM's loss tables cut to the first N layers."""
     splits = load_dataset(dataset)
     if limit:
         splits = {k: v.subset(range(min(limit, len(v)))) for k, v in splits.items()}
@@ -43,9 +47,15 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
         pass
     elif recon_file and os.path.exists(recon_file):
         saved = torch.load(recon_file)
-        if saved["layers"] != layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
+        if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
             raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
-        depth_sets["reconstruction"] = saved["depths"]
+        if saved["layers"] == layers:
+            depth_sets["reconstruction"] = saved["depths"]
+        else:  # a shallower encoder: argmin over the first N layers' losses of the same anytime MLM
+            tables = saved_loss_tables(depth_dir, splits, tokenizer, model_path, max_length, progress)
+            lam = saved.get("lam", 0.1)
+            depth_sets["reconstruction"] = {k: [table_depths(t[:, :layers], lam) for t in ts]
+                                            for k, ts in tables.items()}
     else:
         from .pretrained import load_pretrained, truncate_layers
 
@@ -56,8 +66,8 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
             splits, bert, tokenizer, steps=mlm_steps, max_length=max_length, cache_dir=cache, progress=progress)
         if recon_file:
             os.makedirs(depth_dir, exist_ok=True)
-            torch.save({"layers": layers, "max_length": max_length, "depths": depth_sets["reconstruction"]},
-                       recon_file)
+            torch.save({"layers": layers, "max_length": max_length, "lam": 0.1,
+                        "depths": depth_sets["reconstruction"]}, recon_file)
     out = {}
     for v, d in depth_sets.items():
         out[v] = tuple(Encoded(ids[k], splits[k].labels, None if d is None else d[k]) for k in ("train", "test"))
@@ -138,4 +148,68 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
                 with open(json_path, "w") as f:
                     json.dump(records, f, indent=1)
                 write_markdown(records, os.path.join(out_dir, "accuracy.md"), command, notes)
+    return records
+
+
+def _mean_std(xs) -> tuple:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def write_sweep_markdown(records: list, path: str, command: str, figure: str = "") -> None:
+    """Accuracy (mean ± std over seeds) with token-layer fraction, one row per N, one column per variant."""
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
+    lines = ["# Accuracy vs number of layers N (paper's Figure 3a)", "", f"Command: `{command}`", "",
+             "Model: the bottom N layers of all-MiniLM-L6-v2. Each cell: test accuracy % (mean ± std over "
+             "seeds) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
+             "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
+             "halting unit predicts over 1..N.", ""] + ([f"![accuracy vs N]({figure})", ""] if figure else [])
+    for ds in sorted({r["dataset"] for r in records}):
+        lines += [f"## {ds}", "", "| N | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+        for n in sorted({r["layers"] for r in records if r["dataset"] == ds}):
+            cells = []
+            for v in variants:
+                rs = [r for r in records if r["dataset"] == ds and r["layers"] == n and r["variant"] == v]
+                if not rs:
+                    cells.append("")
+                    continue
+                m, sd = _mean_std([100 * r["accuracy"] for r in rs])
+                frac = statistics.mean(r["token_layer_fraction"] for r in rs)
+                cells.append(f"{m:.2f} ± {sd:.2f} / {frac:.0%} ({len(rs)})")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfig, out_dir: str, command: str,
+                    depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
+                    log=print) -> list:
+    """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json."""
+    from . import plots
+    from .pretrained import load_pretrained
+
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
+    records = json.load(open(json_path)) if os.path.exists(json_path) else []
+    done = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
+    _, tokenizer = load_pretrained(model_path)
+    need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
+    for n in layer_counts:
+        todo = [(s, v) for s in seeds for v in variants if (dataset, n, v, s) not in done]
+        if not todo:
+            continue
+        data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
+                       progress=progress, limit=limit, variants=need)
+        num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
+        for seed, v in todo:
+            r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
+            records.append(r)
+            log(f"{dataset} N={n} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  "
+                f"avg depth {r['avg_depth']:.2f}  token-layers {r['token_layer_fraction']:.1%}")
+            with open(json_path, "w") as f:
+                json.dump(records, f, indent=1)
+            figure = f"accuracy_vs_layers_{dataset}.png"
+            plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset],
+                                            os.path.join(out_dir, figure), title=dataset)
+            write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command, figure)
     return records

@@ -57,3 +57,27 @@ def sentence_figure(tokens, depths_by_method: dict, num_layers: int, path: str, 
     if title:
         ax.set_title(title)
     _finish(fig, path)
+
+
+def accuracy_vs_layers_figure(records: list, path: str, title: str = "") -> None:
+    """Paper's Figure 3a: test accuracy vs N per variant (mean, error bar = std over seeds),
+    beside the share of token-layers each variant computes.
+
+    records: dicts with "variant", "layers", "accuracy" (0..1) and "token_layer_fraction"."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for v in dict.fromkeys(r["variant"] for r in records):
+        ns = sorted({r["layers"] for r in records if r["variant"] == v})
+        acc = [[100 * r["accuracy"] for r in records if r["variant"] == v and r["layers"] == n] for n in ns]
+        frac = [np.mean([r["token_layer_fraction"] for r in records if r["variant"] == v and r["layers"] == n])
+                for n in ns]
+        a.errorbar(ns, [np.mean(x) for x in acc], yerr=[np.std(x, ddof=1) if len(x) > 1 else 0 for x in acc],
+                   marker="o", capsize=3, label=v)
+        b.plot(ns, [100 * f for f in frac], marker="o", label=v)
+    for ax, ylabel in ((a, "test accuracy %"), (b, "token-layers computed %")):
+        ax.set_xlabel("N (layers)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    _finish(fig, path)

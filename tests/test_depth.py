@@ -8,7 +8,7 @@ import torch
 
 from adaptive_encoder.depth import (AnytimeMLM, MIDepthEstimator, TokenDepthLookup, depths_from_losses,
                                     loss_tables, table_depths, train_anytime_mlm)
-from adaptive_encoder.depth.reconstruction import cached_loss_tables, mask_tokens
+from adaptive_encoder.depth.reconstruction import cache_key, cached_loss_tables, mask_tokens
 
 
 def test_mi_matches_hand_computation():
@@ -182,6 +182,46 @@ def test_loss_tables_shape_specials_and_chunking(tokenizer, tmp_path):
         torch.testing.assert_close(x, y, equal_nan=True)
 
 
+def test_cache_key_is_deterministic_and_sees_every_weight(tokenizer):
+    # The key once used a float sum of each tensor, which changes with torch's thread count:
+    # the same weights then missed the cache and hours of loss tables were recomputed.
+    model = _tiny_mlm(tokenizer)
+    threads = torch.get_num_threads()
+    try:
+        keys = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            keys.add(cache_key(model, TEXTS, 128))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 1
+    base = keys.pop()
+    assert cache_key(model, TEXTS, 64) != base and cache_key(model, TEXTS[:-1], 128) != base
+    with torch.no_grad():  # one ulp in the last element of the last layer's weights
+        w = model.bert.encoder.layer[-1].output.dense.weight
+        w.view(-1)[-1] = torch.nextafter(w.view(-1)[-1], torch.tensor(float("inf")))
+    assert cache_key(model, TEXTS, 128) != base
+
+
+def test_shallower_encoder_losses_are_a_prefix_of_the_table(tokenizer):
+    """Why one anytime MLM serves every N: layers 1..N of a deeper model give exactly the
+    losses of the same model cut to N layers, so N-layer depths are argmin over a prefix."""
+    from adaptive_encoder.pretrained import truncate_layers
+
+    deep = _tiny_mlm(tokenizer)
+    full = loss_tables(deep, tokenizer, TEXTS[:3])
+    shallow = _tiny_mlm(tokenizer)
+    truncate_layers(shallow.bert, 2)
+    shallow = AnytimeMLM(shallow.bert)
+    shallow.load_state_dict({k: v for k, v in deep.state_dict().items() if k in shallow.state_dict()})
+    cut = loss_tables(shallow, tokenizer, TEXTS[:3])
+    for f, c in zip(full, cut):
+        assert c.shape[1] == 2
+        torch.testing.assert_close(f[:, :2], c, equal_nan=True, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(table_depths(f[:, :2]), table_depths(c))
+        assert int(table_depths(f[:, :2]).max()) <= 2
+
+
 def test_pipeline_depths_plug_into_adaptive_encoder(tokenizer):
     """Real data, real pretrained model: MI depths from a small slice drive AdaptiveEncoder."""
     from adaptive_encoder import AdaptiveEncoder
@@ -243,5 +283,9 @@ def test_figures_are_written_as_png(tmp_path):
                     str(tmp_path / "fig1.png"), title="toy")
     plots.sentence_figure(["[CLS]", "who", "[SEP]"], {"mi": [2, 1, 2], "reconstruction": [3, 3, 3]}, 3,
                           str(tmp_path / "fig5.png"))
-    for name in ("fig1.png", "fig5.png"):
+    recs = [{"variant": v, "layers": n, "seed": s, "accuracy": 0.8 + 0.01 * n + 0.001 * s,
+             "token_layer_fraction": 1.0 if v == "fixed" else 0.6, "dataset": "toy"}
+            for v in ("fixed", "mi") for n in (1, 2, 3) for s in (0, 1)]
+    plots.accuracy_vs_layers_figure(recs, str(tmp_path / "fig3a.png"), title="toy")
+    for name in ("fig1.png", "fig5.png", "fig3a.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

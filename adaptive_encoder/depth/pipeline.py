@@ -8,9 +8,12 @@ depth lands on all its WordPiece pieces exactly.
 Depth lists: {split: [LongTensor (T_i,)]}, one per text, aligned with that tokenisation
 (truncated at max_length), specials included, no padding.
 """
+import os
 import time
 
 import torch
+
+from ..pretrained import load_pretrained, truncate_layers
 
 from .mi import MIDepthEstimator
 from .reconstruction import AnytimeMLM, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
@@ -45,7 +48,7 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
     Returns (model, depth lists, per-step training losses, loss tables)."""
     torch.manual_seed(seed)
     model = AnytimeMLM(bert)
-    texts = {name: [" ".join(tokenizer_words(tokenizer, t)) for t in s.texts] for name, s in splits.items()}
+    texts = mlm_texts(splits, tokenizer)
     losses = train_anytime_mlm(model, tokenizer, texts["train"], steps=steps, batch_size=batch_size, lr=lr,
                                max_length=max_length, seed=seed, progress=progress) if steps > 0 else []
     tables, out = {}, {}
@@ -57,6 +60,33 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
             tables[name] = loss_tables(model, tokenizer, ts, max_length=max_length, progress=progress)
         out[name] = [table_depths(t, lam) for t in tables[name]]
     return model, out, losses, tables
+
+
+def mlm_texts(splits: dict, tokenizer) -> dict:
+    """The texts the anytime MLM reads: the tokenizer's words joined by spaces (so the MLM's
+    tokenisation equals `encode_words` of the same words)."""
+    return {name: [" ".join(tokenizer_words(tokenizer, t)) for t in s.texts] for name, s in splits.items()}
+
+
+def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, model_path: str | None = None,
+                      max_length: int = 512, progress: bool = False) -> dict:
+    """{split: [(T_i, N_mlm) loss tables]} of the anytime MLM that `estimate-depths` saved in
+    depth_dir (anytime_mlm.pt). Read from depth_dir/cache when there (same weights, texts and
+    max length), otherwise recomputed and cached.
+
+    Why: depths for an encoder of N < N_mlm layers are argmin over the table's first N
+    columns. The losses of layers 1..N do not depend on the layers above them, so one MLM
+    serves every N (it was trained with the loss summed over all N_mlm layers; an MLM trained
+    on N layers alone could differ slightly)."""
+    state = torch.load(os.path.join(depth_dir, "anytime_mlm.pt"))
+    bert, _ = load_pretrained(model_path)
+    n_mlm = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("bert.encoder.layer."))
+    truncate_layers(bert, n_mlm)
+    model = AnytimeMLM(bert)
+    model.load_state_dict(state)
+    cache = os.path.join(depth_dir, "cache")
+    return {name: cached_loss_tables(model, tokenizer, ts, cache, max_length=max_length, progress=progress)
+            for name, ts in mlm_texts(splits, tokenizer).items()}
 
 
 def summarize(depth_lists: list, num_layers: int) -> dict:

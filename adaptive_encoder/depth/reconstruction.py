@@ -147,11 +147,13 @@ def table_depths(table: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
 
 
 def cache_key(model: nn.Module, texts, max_length: int) -> str:
+    # Every byte of every tensor: a float sum as a fingerprint was not deterministic (torch's
+    # CPU reduction order depends on the thread count), so the same weights missed the cache.
     h = hashlib.sha1()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])  # a fingerprint of each tensor
-        h.update(str(float(p.detach().float().sum())).encode())
+        h.update(str(p.dtype).encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(str(max_length).encode())
     for t in texts:
         h.update(t.encode("utf-8"))

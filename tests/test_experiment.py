@@ -1,0 +1,32 @@
+"""Result tables of the accuracy experiment and the layer sweep (formatting of real records)."""
+from adaptive_encoder.experiment import write_markdown, write_sweep_markdown
+
+
+def _records():
+    out = []
+    for n in (2, 6):
+        for v, frac in (("fixed", 1.0), ("mi", 0.5)):
+            for s, acc in ((0, 0.90), (1, 0.92)):
+                out.append({"dataset": "trec", "variant": v, "seed": s, "layers": n, "accuracy": acc + 0.01 * n,
+                            "avg_depth": n * frac, "token_layer_fraction": frac, "train_seconds": 10.0})
+    return out
+
+
+def test_sweep_markdown_rows_per_layer_count(tmp_path):
+    path = tmp_path / "sweep.md"
+    write_sweep_markdown(_records(), str(path), "python -m adaptive_encoder sweep-layers", "fig.png")
+    text = path.read_text()
+    assert "Command: `python -m adaptive_encoder sweep-layers`" in text and "![accuracy vs N](fig.png)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 2 ") or line.startswith("| 6 ")]
+    assert rows == ["| 2 | 93.00 ± 1.41 / 100% (2) | 93.00 ± 1.41 / 50% (2) |",
+                    "| 6 | 97.00 ± 1.41 / 100% (2) | 97.00 ± 1.41 / 50% (2) |"]
+    assert "| N | fixed | mi |" in text
+
+
+def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
+    path = tmp_path / "acc.md"
+    write_markdown([r for r in _records() if r["layers"] == 6], str(path), "cmd", notes="a note")
+    text = path.read_text()
+    assert "| trec | fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text
+    assert "| trec | mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 10 | 96.50 |" in text
+    assert "a note" in text
