@@ -184,7 +184,7 @@ def _sweep_layers(args) -> int:
 
     command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
-                    command, depth_root=args.depths, model_path=args.model, limit=args.limit)
+                    command, depth_root=args.depths, model_path=args.model, limit=args.limit, reuse=args.reuse)
     print(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
     return 0
 
@@ -258,6 +258,7 @@ def main(argv=None) -> int:
     sw.add_argument("--seeds", nargs="+", type=int, default=[0])
     sw.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     sw.add_argument("--out", default="bench/results")
+    sw.add_argument("--reuse", default=None, help="accuracy.json whose identical runs are taken, not retrained")
     _add_train_args(sw, layers=False)
     sw.set_defaults(func=_sweep_layers)
     args = parser.parse_args(argv)

@@ -163,6 +163,10 @@ def write_sweep_markdown(records: list, path: str, command: str, figure: str = "
              "seeds) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
              "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
              "halting unit predicts over 1..N.", ""] + ([f"![accuracy vs N]({figure})", ""] if figure else [])
+    reused = sorted({(r["layers"], r["reused_from"]) for r in records if r.get("reused_from")})
+    if reused:
+        lines += ["Runs of N = " + ", ".join(str(n) for n, _ in reused) + " are the identical runs of "
+                  + ", ".join(sorted({f for _, f in reused})) + " (taken, not retrained).", ""]
     for ds in sorted({r["dataset"] for r in records}):
         lines += [f"## {ds}", "", "| N | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
         for n in sorted({r["layers"] for r in records if r["dataset"] == ds}):
@@ -183,21 +187,45 @@ def write_sweep_markdown(records: list, path: str, command: str, figure: str = "
 
 def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfig, out_dir: str, command: str,
                     depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
-                    log=print) -> list:
-    """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json."""
+                    log=print, reuse: str | None = None) -> list:
+    """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json.
+
+    reuse: an accuracy.json whose records with the same dataset, N, variant, seed, epochs, lr
+    and batch size are taken instead of training again (the main table's N = 6 runs)."""
     from . import plots
     from .pretrained import load_pretrained
 
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
+    if reuse and not limit:
+        keys = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
+        for r in json.load(open(reuse)):
+            same = (r["dataset"] == dataset and r.get("layers") in layer_counts and r["variant"] in variants
+                    and r["seed"] in seeds and (r.get("epochs"), r.get("lr"), r.get("batch_size"))
+                    == (cfg.epochs, cfg.lr, cfg.batch_size))
+            key = (r["dataset"], r["layers"], r["variant"], r["seed"])
+            if same and key not in keys:
+                keys.add(key)
+                records.append({**r, "reused_from": os.path.basename(reuse)})
+    figure = f"accuracy_vs_layers_{dataset}.png"
+
+    def save():
+        with open(json_path, "w") as f:
+            json.dump(records, f, indent=1)
+        plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset],
+                                        os.path.join(out_dir, figure), title=dataset)
+        write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command, figure)
+
     done = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
-    _, tokenizer = load_pretrained(model_path)
     need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
+    tokenizer = None
     for n in layer_counts:
         todo = [(s, v) for s in seeds for v in variants if (dataset, n, v, s) not in done]
         if not todo:
             continue
+        if tokenizer is None:
+            _, tokenizer = load_pretrained(model_path)
         data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
                        progress=progress, limit=limit, variants=need)
         num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
@@ -206,10 +234,7 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
             records.append(r)
             log(f"{dataset} N={n} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  "
                 f"avg depth {r['avg_depth']:.2f}  token-layers {r['token_layer_fraction']:.1%}")
-            with open(json_path, "w") as f:
-                json.dump(records, f, indent=1)
-            figure = f"accuracy_vs_layers_{dataset}.png"
-            plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset],
-                                            os.path.join(out_dir, figure), title=dataset)
-            write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command, figure)
+            save()
+    if any(r["dataset"] == dataset for r in records):
+        save()
     return records

@@ -1,4 +1,6 @@
 """Result tables of the accuracy experiment and the layer sweep (formatting of real records)."""
+import pytest
+
 from adaptive_encoder.experiment import write_markdown, write_sweep_markdown
 
 
@@ -30,3 +32,27 @@ def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
     assert "| trec | fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text
     assert "| trec | mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 10 | 96.50 |" in text
     assert "a note" in text
+
+
+def test_layer_sweep_reuses_only_identical_runs(tmp_path):
+    import json
+
+    from adaptive_encoder.experiment import run_layer_sweep
+    from adaptive_encoder.train import TrainConfig
+
+    cfg = TrainConfig(epochs=3, lr=5e-5, batch_size=32)
+    recs = [r for r in _records() if r["layers"] == 6]
+    for r in recs:
+        r.update(epochs=3, lr=5e-5, batch_size=32)
+    other = dict(recs[0], lr=1e-4, seed=2)  # a different learning rate: must not be taken
+    (tmp_path / "accuracy.json").write_text(json.dumps(recs + recs[:1] + [other]))  # and no duplicates
+    with pytest.raises(OSError):  # seed 2 is not there to reuse: it would train (no such model here)
+        run_layer_sweep("trec", ["fixed", "mi"], [6], [0, 1, 2], cfg, str(tmp_path / "out"), "cmd",
+                        reuse=str(tmp_path / "accuracy.json"), model_path=str(tmp_path / "no-model"))
+    out = run_layer_sweep("trec", ["fixed", "mi"], [6], [0, 1], cfg, str(tmp_path / "out"), "cmd",
+                          reuse=str(tmp_path / "accuracy.json"), log=lambda *a: None)
+    assert len(out) == 4 and all(r["reused_from"] == "accuracy.json" for r in out)
+    assert sorted((r["variant"], r["seed"]) for r in out) == [("fixed", 0), ("fixed", 1), ("mi", 0), ("mi", 1)]
+    assert json.loads((tmp_path / "out" / "accuracy_vs_layers.json").read_text()) == out
+    assert (tmp_path / "out" / "accuracy_vs_layers_trec.png").exists()
+    assert "Runs of N = 6 are the identical runs of accuracy.json" in (tmp_path / "out" / "accuracy_vs_layers.md").read_text()
