@@ -221,7 +221,10 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
     need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
     tokenizer = None
     for n in layer_counts:
-        todo = [(s, v) for s in seeds for v in variants if (dataset, n, v, s) not in done]
+        # At N = 1 every token has depth 1: all variants are the fixed model, and a halting unit
+        # has nothing to choose between (build_model refuses it), so only the others run.
+        todo = [(s, v) for s in seeds for v in variants
+                if (dataset, n, v, s) not in done and not (v == "halting" and n < 2)]
         if not todo:
             continue
         if tokenizer is None:
