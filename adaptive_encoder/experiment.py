@@ -77,6 +77,7 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
 def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, model_path=None,
             progress=False, checkpoint_dir: str | None = None, limit: int = 0) -> dict:
     """Train and evaluate one variant; with checkpoint_dir, save <dataset>_<variant>_N<layers>_seed<seed>.pt."""
+    torch.manual_seed(seed)  # the new head's initialisation too, not only training (see the sweep notes)
     model, tokenizer = build_model(model_path, num_labels, layers, halting=variant == "halting", dropout=cfg.dropout)
     cfg = TrainConfig(**{**cfg.__dict__, "seed": seed})
     hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
@@ -162,7 +163,11 @@ def write_sweep_markdown(records: list, path: str, command: str, figure: str = "
              "Model: the bottom N layers of all-MiniLM-L6-v2. Each cell: test accuracy % (mean ± std over "
              "seeds) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
              "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
-             "halting unit predicts over 1..N.", ""] + ([f"![accuracy vs N]({figure})", ""] if figure else [])
+             "halting unit predicts over 1..N (none at N = 1, where there is nothing to choose). At N = 1 every "
+             "token has depth 1, so all variants compute the same function: their spread there is run-to-run "
+             "noise, a yardstick for single-seed differences. In these runs (as in accuracy.json) `seed` "
+             "seeded training but not the classifier head's initialisation, which depended on the runs "
+             "before it in the process; run_one now seeds both.", ""] + ([f"![accuracy vs N]({figure})", ""] if figure else [])
     reused = sorted({(r["layers"], r["reused_from"]) for r in records if r.get("reused_from")})
     if reused:
         lines += ["Runs of N = " + ", ".join(str(n) for n, _ in reused) + " are the identical runs of "

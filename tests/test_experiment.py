@@ -56,3 +56,20 @@ def test_layer_sweep_reuses_only_identical_runs(tmp_path):
     assert json.loads((tmp_path / "out" / "accuracy_vs_layers.json").read_text()) == out
     assert (tmp_path / "out" / "accuracy_vs_layers_trec.png").exists()
     assert "Runs of N = 6 are the identical runs of accuracy.json" in (tmp_path / "out" / "accuracy_vs_layers.md").read_text()
+
+
+def test_run_one_is_determined_by_its_seed():
+    """The seed fixes the whole run, the new classifier head included, whatever ran before."""
+    import torch
+
+    from adaptive_encoder.experiment import run_one
+    from adaptive_encoder.train import Encoded, TrainConfig
+
+    ids = [[101, 2129 + i, 2003, 1037, 3231, 102] for i in range(8)]
+    data = (Encoded(ids, [i % 2 for i in range(8)], None), Encoded(ids[:4], [0, 1, 0, 1], None))
+    cfg = TrainConfig(epochs=1, batch_size=4)
+    first = run_one("toy", "fixed", 3, data, cfg, layers=1, num_labels=2)
+    torch.randn(1000)  # whatever else consumed the global generator in between
+    second = run_one("toy", "fixed", 3, data, cfg, layers=1, num_labels=2)
+    assert first["final_train_loss"] == second["final_train_loss"]
+    assert first["accuracy"] == second["accuracy"]
