@@ -164,12 +164,17 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _experiment(args) -> int:
+def _command_line() -> str:
+    """This invocation, quoted so it can be pasted back into a shell (recorded beside results)."""
     import shlex
 
+    return "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _experiment(args) -> int:
     from adaptive_encoder.experiment import run_experiment
 
-    command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
                    command, depth_root=args.depths, model_path=args.model, limit=args.limit, notes=args.notes,
                    checkpoint_dir=args.checkpoints)
@@ -178,11 +183,9 @@ def _experiment(args) -> int:
 
 
 def _sweep_layers(args) -> int:
-    import shlex
-
     from adaptive_encoder.experiment import run_layer_sweep
 
-    command = "python -m adaptive_encoder " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
                     command, depth_root=args.depths, model_path=args.model, limit=args.limit, reuse=args.reuse)
     print(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")

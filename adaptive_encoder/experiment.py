@@ -52,7 +52,8 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
         if saved["layers"] == layers:
             depth_sets["reconstruction"] = saved["depths"]
         else:  # a shallower encoder: argmin over the first N layers' losses of the same anytime MLM
-            tables = saved_loss_tables(depth_dir, splits, tokenizer, model_path, max_length, progress)
+            tables = saved_loss_tables(depth_dir, splits, tokenizer, saved["layers"], model_path, max_length,
+                                       progress)
             lam = saved.get("lam", 0.1)
             depth_sets["reconstruction"] = {k: [table_depths(t[:, :layers], lam) for t in ts]
                                             for k, ts in tables.items()}
@@ -96,6 +97,10 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
             "final_train_loss": hist["losses"][-1] if hist["losses"] else None}
 
 
+def _mean_std(xs) -> tuple:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
 def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
              f"Command: `{command}`", "",
@@ -112,10 +117,9 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> N
             rs = [r for r in records if r["dataset"] == ds and r["variant"] == v]
             if not rs:
                 continue
-            acc = [100 * r["accuracy"] for r in rs]
-            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            mean, sd = _mean_std([100 * r["accuracy"] for r in rs])
             paper = PAPER.get(ds, {}).get(v)
-            lines.append(f"| {ds} | {v} | {len(rs)} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
+            lines.append(f"| {ds} | {v} | {len(rs)} | {mean:.2f} ± {sd:.2f} | "
                          f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | "
                          f"{statistics.mean(r['token_layer_fraction'] for r in rs):.1%} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
@@ -150,10 +154,6 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
                     json.dump(records, f, indent=1)
                 write_markdown(records, os.path.join(out_dir, "accuracy.md"), command, notes)
     return records
-
-
-def _mean_std(xs) -> tuple:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def write_sweep_markdown(records: list, path: str, command: str, figure: str = "") -> None:
@@ -203,15 +203,15 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
+    done = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
     if reuse and not limit:
-        keys = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
         for r in json.load(open(reuse)):
             same = (r["dataset"] == dataset and r.get("layers") in layer_counts and r["variant"] in variants
                     and r["seed"] in seeds and (r.get("epochs"), r.get("lr"), r.get("batch_size"))
                     == (cfg.epochs, cfg.lr, cfg.batch_size))
             key = (r["dataset"], r["layers"], r["variant"], r["seed"])
-            if same and key not in keys:
-                keys.add(key)
+            if same and key not in done:
+                done.add(key)
                 records.append({**r, "reused_from": os.path.basename(reuse)})
     figure = f"accuracy_vs_layers_{dataset}.png"
 
@@ -222,7 +222,6 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
                                         os.path.join(out_dir, figure), title=dataset)
         write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command, figure)
 
-    done = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
     need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
     tokenizer = None
     for n in layer_counts:

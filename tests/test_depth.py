@@ -184,7 +184,7 @@ def test_loss_tables_shape_specials_and_chunking(tokenizer, tmp_path):
 
 def test_cache_key_is_deterministic_and_sees_every_weight(tokenizer):
     # The key once used a float sum of each tensor, which changes with torch's thread count:
-    # the same weights then missed the cache and hours of loss tables were recomputed.
+    # the same weights then missed the cache and TREC's loss tables were recomputed (7 minutes).
     model = _tiny_mlm(tokenizer)
     threads = torch.get_num_threads()
     try:

@@ -68,10 +68,10 @@ def mlm_texts(splits: dict, tokenizer) -> dict:
     return {name: [" ".join(tokenizer_words(tokenizer, t)) for t in s.texts] for name, s in splits.items()}
 
 
-def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, model_path: str | None = None,
+def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, mlm_layers: int, model_path: str | None = None,
                       max_length: int = 512, progress: bool = False) -> dict:
     """{split: [(T_i, N_mlm) loss tables]} of the anytime MLM that `estimate-depths` saved in
-    depth_dir (anytime_mlm.pt). Read from depth_dir/cache when there (same weights, texts and
+    depth_dir (anytime_mlm.pt, mlm_layers = N_mlm layers, as recorded in depths_reconstruction.pt). Read from depth_dir/cache when there (same weights, texts and
     max length), otherwise recomputed and cached.
 
     Why: depths for an encoder of N < N_mlm layers are argmin over the table's first N
@@ -80,8 +80,7 @@ def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, model_path: str |
     on N layers alone could differ slightly)."""
     state = torch.load(os.path.join(depth_dir, "anytime_mlm.pt"))
     bert, _ = load_pretrained(model_path)
-    n_mlm = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("bert.encoder.layer."))
-    truncate_layers(bert, n_mlm)
+    truncate_layers(bert, mlm_layers)
     model = AnytimeMLM(bert)
     model.load_state_dict(state)
     cache = os.path.join(depth_dir, "cache")
