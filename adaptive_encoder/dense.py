@@ -1,5 +1,5 @@
-"""The masked ("dense") way to run depth-adaptive BERT: every layer computes every token
-with transformers' own BertLayer, and halted tokens are frozen with torch.where.
+"""The masked ("dense") way to run a depth-adaptive encoder: every layer computes every token
+with the model's own transformers layer, and halted tokens are frozen with torch.where.
 
 It defines the semantics AdaptiveEncoder must reproduce, and it is the baseline that saves
 nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
@@ -7,6 +7,7 @@ nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
 import torch
 
 from .encoder import _bert_encoder
+from .families import family_of
 
 
 def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
@@ -16,6 +17,7 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
     stop_at_n_max=False runs all N layers even when no token is that deep.
     """
     enc = _bert_encoder(bert)
+    family = family_of(enc.config)
     B, T, _ = hidden_states.shape
     mask = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None \
         else attention_mask != 0
@@ -25,7 +27,6 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
     n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(enc.layer)
     h = hidden_states
     for n, layer in enumerate(enc.layer[:n_run]):
-        y = layer(h, additive)
-        y = y[0] if isinstance(y, tuple) else y  # transformers 4.x layers return tuples
+        y = family.dense_layer(layer, h, additive)
         h = torch.where(((depths > n) & mask).unsqueeze(-1), y, h)
     return h

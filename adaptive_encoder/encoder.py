@@ -1,17 +1,23 @@
-"""AdaptiveEncoder: a BERT encoder that computes, at layer n, only the tokens with depth >= n.
+"""AdaptiveEncoder: an encoder that computes, at layer n, only the tokens with depth >= n.
 
 Per layer: gather the active rows of the state into a compact (A, D) tensor, run query
 projection, attention, output projection and FFN on those A rows only (keys and values
 come from every real token of the sequence, halted ones included), scatter the results
 back; halted rows are copied through. Layers above n_max = max depth are not run.
+
+The layer code is shared by every supported family (families.py maps a family's layer
+onto q/k/v, attention output and FFN); nothing here knows a family's module names.
 """
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from torch.utils.checkpoint import checkpoint
+
 from . import ops
 from .attention import varlen_attention
+from .families import check_supported
 from .plan import Plan, make_plan
 
 
@@ -21,23 +27,40 @@ class AdaptiveEncoderOutput:
     plan: Plan
 
 
-def _bert_encoder(bert) -> nn.Module:
-    """The BertEncoder-like module (has .layer and .config) inside `bert`."""
-    enc = getattr(bert, "encoder", bert)
-    if not (hasattr(enc, "layer") and hasattr(enc, "config")):
-        raise TypeError(f"from_bert expects a transformers BertModel or BertEncoder, got {type(bert).__name__}")
-    return enc
+def _base_and_encoder(model) -> tuple:
+    """(base model or None, encoder module with .layer and .config) of a transformers model,
+    its base model, or its encoder."""
+    base = getattr(model, "base_model", model)
+    config = getattr(base, "config", None)
+    if config is not None and getattr(config, "model_type", None) is not None:
+        from .families import family_of
+
+        enc = getattr(base, family_of(config).encoder_attr, None)
+        if enc is not None and hasattr(enc, "layer"):
+            return base, enc
+    if hasattr(model, "layer") and hasattr(model, "config"):  # the encoder itself
+        return None, model
+    raise TypeError(f"expected a transformers encoder model (or its encoder), got {type(model).__name__}")
+
+
+def _bert_encoder(model) -> nn.Module:
+    """The encoder module (has .layer and .config) inside `model`."""
+    return _base_and_encoder(model)[1]
 
 
 class AdaptiveEncoder(nn.Module):
-    """Depth-adaptive drop-in for a transformers BERT encoder; shares (does not copy) its weights.
+    """Depth-adaptive drop-in for a transformers encoder; shares (does not copy) its weights.
 
     forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
             attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
+
+    Supported: the model types in `adaptive_encoder.families.SUPPORTED`; anything else is
+    refused in the constructor.
     """
 
     def __init__(self, layers: nn.ModuleList, config, backend: str | None = None):
         super().__init__()
+        check_supported(config, layers)
         self.layer = layers
         self.config = config
         self.num_layers = len(layers)
@@ -46,12 +69,17 @@ class AdaptiveEncoder(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.backend = backend
 
+    @property
+    def family(self):
+        return check_supported(self.config, ())
+
     @classmethod
-    def from_bert(cls, bert, backend: str | None = None) -> "AdaptiveEncoder":
-        enc = _bert_encoder(bert)
-        if getattr(enc.config, "is_decoder", False):
-            raise ValueError("AdaptiveEncoder supports encoder (bidirectional) BERT models only")
+    def from_model(cls, model, backend: str | None = None) -> "AdaptiveEncoder":
+        """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, ...) or its encoder."""
+        enc = _bert_encoder(model)
         return cls(enc.layer, enc.config, backend=backend).train(enc.training)
+
+    from_bert = from_model  # the original name, kept
 
     # -- input checks: one message per bad argument, naming it --
     def _check(self, hidden_states, depths, attention_mask):
@@ -64,7 +92,7 @@ class AdaptiveEncoder(nn.Module):
             raise ValueError(f"hidden_states has hidden size {D}, the model has {self.hidden_size}")
         if B == 0 or T == 0:
             raise ValueError(f"hidden_states is an empty batch (shape {tuple(hidden_states.shape)})")
-        weight = self.layer[0].attention.self.query.weight
+        weight = self.family.parts(self.layer[0]).query.weight
         if hidden_states.dtype != weight.dtype:
             raise TypeError(f"hidden_states dtype {hidden_states.dtype} differs from the model's {weight.dtype}")
         if hidden_states.device != weight.device:
@@ -108,28 +136,37 @@ class AdaptiveEncoder(nn.Module):
         backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
         state = hidden_states.reshape(B * T, D)
+        # The plan's rows are in range and unique by construction (tests/test_properties.py),
+        # so the per-call bounds checks of the public ops are skipped here.
+        gather = lambda x, rows: ops.gather(x, rows, backend=backend, check=False)  # noqa: E731
+        scatter = lambda x, y, rows: ops.scatter(x, y, rows, backend=backend, check=False)  # noqa: E731
         for n in range(plan.n_max):
             lp = plan.layer(n)
-            keys = state if plan.key_rows is None else ops.gather(state, plan.key_rows, backend=backend)
+            layer = self.layer[n]
+            run = self._layer
+            if self.training and getattr(layer, "gradient_checkpointing", False) and torch.is_grad_enabled():
+                # gradient_checkpointing_enable() on the transformers model: recompute in backward.
+                run = lambda *a: checkpoint(self._layer, *a, use_reentrant=False)  # noqa: E731
+            keys = state if plan.key_rows is None else gather(state, plan.key_rows)
             if lp.count == plan.num_real:  # every real token is active: nothing to compact
-                out = self._layer(self.layer[n], keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)
-                state = out if plan.key_rows is None else ops.scatter(state, out, plan.key_rows, backend=backend)
+                out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)
+                state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
             else:
-                queries = ops.gather(state, lp.rows, backend=backend)
-                out = self._layer(self.layer[n], queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend)
-                state = ops.scatter(state, out, lp.rows, backend=backend)
+                queries = gather(state, lp.rows)
+                out = run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend)
+                state = scatter(state, out, lp.rows)
             if on_layer is not None:
                 on_layer(state)
         return state, plan
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None) -> torch.Tensor:
-        """One BertLayer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""
-        sa = layer.attention.self
+        """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""
+        parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
-        q = sa.query(xq).view(-1, H, Dh)
-        k = sa.key(xkv).view(-1, H, Dh)
-        v = sa.value(xkv).view(-1, H, Dh)
-        p = sa.dropout.p if sa.training else 0.0  # the shared layer's mode, as transformers does
+        q = parts.query(xq).view(-1, H, Dh)
+        k = parts.key(xkv).view(-1, H, Dh)
+        v = parts.value(xkv).view(-1, H, Dh)
+        p = parts.attn_dropout if layer.training else 0.0  # the shared layer's mode, as transformers does
         ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p, backend=backend)
-        h = layer.attention.output(ctx.reshape(-1, H * Dh), xq)  # dense, dropout, LayerNorm(+ residual)
-        return layer.output(layer.intermediate(h), h)
+        h = parts.attn_output(ctx.reshape(-1, H * Dh), xq)
+        return parts.ffn(h)

@@ -11,9 +11,17 @@ otherwise: CUDA tensors -> cuda, else triton, else torch; CPU tensors -> cpu, el
 
 gather/scatter are differentiable on every backend: gather's backward is a scatter onto
 zeros, scatter's backward is a gather (for src) and a scatter of zeros (for base), each
-through the same backend's ops. Row indices must be unique (the plan guarantees it).
+through the same backend's ops.
+
+Bounds: the public gather/scatter refuse out-of-range and negative rows and, for scatter,
+duplicate rows (ValueError), at the cost of one small reduction and one host sync.
+`check=False` skips that; it is for the encoder's internal path, whose rows come from the
+plan and are always in range and unique. Even unchecked, every kernel masks its loads and
+stores by the row bounds, so no input reads or writes outside the tensors (an unchecked
+out-of-range gather row reads zeros, an unchecked out-of-range scatter row is dropped).
 """
 import importlib.util
+import numbers
 import os
 
 import torch
@@ -175,11 +183,61 @@ def _check_rows(x: torch.Tensor, rows: torch.Tensor, op: str, x_name: str = "x")
         raise ValueError(f"{op}: {x_name} is on {x.device} but rows on {rows.device}")
 
 
-def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None):
+def check_rows_in_range(rows: torch.Tensor, limit: int, op: str, unique: bool) -> None:
+    """ValueError unless every row is in [0, limit) (and, if `unique`, no row repeats)."""
+    if rows.numel() == 0:
+        return
+    if torch.compiler.is_compiling():  # no host sync inside a graph: a traceable assertion instead
+        ok = (rows >= 0).all() & (rows < limit).all()
+        if unique:
+            ok = ok & _unique(rows, limit)
+        torch._assert_async(ok, f"{op}: a row index is out of range [0, {limit})" + (" or repeated" if unique else ""))
+        return
+    if limit == 0:
+        raise ValueError(f"{op}: row index {int(rows[0])} out of range [0, 0) (the tensor has no rows)")
+    lo, hi = rows.aminmax()
+    stats = [lo, hi]
+    if unique:  # duplicates: any row hit twice (out-of-range rows are clamped, reported first)
+        hits = torch.zeros(limit, dtype=torch.int32, device=rows.device)
+        hits.index_add_(0, rows.clamp(0, limit - 1), torch.ones_like(rows, dtype=torch.int32))
+        stats.append(hits.amax().to(rows.dtype))
+    stats = torch.stack(stats).tolist()  # the one host sync of the check
+    if stats[0] < 0 or stats[1] >= limit:
+        bad = stats[0] if stats[0] < 0 else stats[1]
+        raise ValueError(f"{op}: row index {bad} out of range [0, {limit})")
+    if unique and stats[2] > 1:
+        raise ValueError(f"{op}: rows must be unique (a row appears {stats[2]} times)")
+
+
+def _unique(rows: torch.Tensor, limit: int) -> torch.Tensor:
+    hits = torch.zeros(max(limit, 1), dtype=torch.int32, device=rows.device)
+    hits.index_add_(0, rows.clamp(0, max(limit, 1) - 1), torch.ones_like(rows, dtype=torch.int32))
+    return hits.amax() <= 1
+
+
+def check_depths(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, op: str = "plan") -> None:
+    """ValueError naming the first depth outside [0, num_layers], padding positions included."""
+    if depths.numel() == 0:
+        return
+    lo, hi = torch.stack(list(depths.aminmax())).tolist()
+    if lo >= 0 and hi <= num_layers:
+        return
+    b, t = ((depths < 0) | (depths > num_layers)).nonzero()[0].tolist()
+    where = "a real token" if bool(mask[b, t]) else "a padding position"
+    raise ValueError(f"{op}: depths must lie in [0, {num_layers}] (the number of layers); depth "
+                     f"{int(depths[b, t])} at (batch {b}, position {t}), {where}")
+
+
+def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None,
+         check: bool = True):
     """Active rows of every layer. depths (B,T) int64, mask (B,T) bool -> (rows, offsets).
 
-    See adaptive_encoder.reference.plan for the exact layout.
+    See adaptive_encoder.reference.plan for the exact layout. With `check` (default) a depth
+    outside [0, num_layers] is a ValueError naming where it is; unchecked, depths above
+    num_layers act as num_layers and negative ones as 0.
     """
+    if not isinstance(depths, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise TypeError("plan: depths and mask must be tensors")
     if depths.dtype != torch.int64:
         raise TypeError(f"plan: depths must be int64, got {depths.dtype}")
     if mask.dtype != torch.bool:
@@ -188,24 +246,38 @@ def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str
         raise ValueError(f"plan: depths (B,T) and mask must match, got {tuple(depths.shape)} and {tuple(mask.shape)}")
     if mask.device != depths.device:
         raise ValueError(f"plan: depths on {depths.device} but mask on {mask.device}")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral):
+        raise TypeError(f"plan: num_layers must be an integer, got {num_layers!r}")
     if num_layers < 1:
         raise ValueError(f"plan: num_layers must be >= 1, got {num_layers}")
-    return _OPS[resolve_backend(depths.device, backend)]["plan"](depths, mask, int(num_layers))
+    name = resolve_backend(depths.device, backend)
+    if check:
+        check_depths(depths, mask, int(num_layers))
+    return _OPS[name]["plan"](depths, mask, int(num_layers))
 
 
-def gather(x: torch.Tensor, rows: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """out[i] = x[rows[i]]. x (R,D) any dtype, rows (A,) int64 unique -> (A,D)."""
+def gather(x: torch.Tensor, rows: torch.Tensor, backend: str | None = None, check: bool = True) -> torch.Tensor:
+    """out[i] = x[rows[i]]. x (R,D) any dtype, rows (A,) int64 in [0, R) -> (A,D)."""
     _check_rows(x, rows, "gather")
-    return _OPS[resolve_backend(x.device, backend)]["gather"](x, rows)
+    name = resolve_backend(x.device, backend)
+    if check:
+        check_rows_in_range(rows, x.shape[0], "gather", unique=False)
+    return _OPS[name]["gather"](x, rows)
 
 
-def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """out = base with out[rows[i]] = src[i]. base (R,D), src (A,D) same dtype, rows (A,) int64 unique."""
+def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None,
+            check: bool = True) -> torch.Tensor:
+    """out = base with out[rows[i]] = src[i]. base (R,D), src (A,D) same dtype, rows (A,) int64
+    unique, in [0, R)."""
     _check_rows(base, rows, "scatter", "base")
-    if src.dim() != 2 or src.shape[0] != rows.shape[0] or src.shape[1] != base.shape[1]:
-        raise ValueError(f"scatter: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(src.shape)}")
+    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] != rows.shape[0] \
+            or src.shape[1] != base.shape[1]:
+        raise ValueError(f"scatter: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(getattr(src, 'shape', ()))}")
     if src.dtype != base.dtype:
         raise TypeError(f"scatter: src dtype {src.dtype} differs from base dtype {base.dtype}")
     if src.device != base.device:
         raise ValueError(f"scatter: base is on {base.device} but src on {src.device}")
-    return _OPS[resolve_backend(base.device, backend)]["scatter"](base, src, rows)
+    name = resolve_backend(base.device, backend)
+    if check:
+        check_rows_in_range(rows, base.shape[0], "scatter", unique=True)
+    return _OPS[name]["scatter"](base, src, rows)

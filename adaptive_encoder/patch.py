@@ -1,74 +1,170 @@
-"""One call to run an existing transformers BERT model through AdaptiveEncoder.
+"""One call to run an existing transformers encoder model through AdaptiveEncoder.
 
-    apply_adaptive_encoder(model)                 # BertModel, BertForSequenceClassification, ...
+    apply_adaptive_encoder(model)                 # BertModel, RobertaForSequenceClassification, ...
     model(input_ids, attention_mask=m, depths=d)  # d (B,T) ints in [0,N]; omit d for full depth
 
-Only `bert.encoder` is replaced; embeddings, pooler, heads and weights stay as they are.
-A forward pre-hook takes `depths=` out of the call (transformers never sees it) and keeps
-the 2-D attention mask, because the encoder itself only receives the 4-D/SDPA form.
-With `depth_fn(input_ids, attention_mask) -> depths` (e.g. an MI estimator's lookup), the
-depths are computed from the inputs when the call gives none.
+Supported model types: `adaptive_encoder.families.SUPPORTED`. Any other model, or a config
+the adapter cannot run exactly, is refused before anything is changed.
+
+Only the base model's encoder is replaced; embeddings, pooler, heads and weights stay, and
+so do the state-dict keys. Stateless: the depths travel with the call. transformers 5 passes
+a model's extra keyword arguments down to its encoder, so `depths=` reaches the patched
+encoder through the call itself; one forward pre-hook on the base model (a plain module-level
+function, so deepcopy and pickling work) adds the 2-D attention mask (the encoder is handed
+only the 4-D form) and, with `depth_fn(input_ids, attention_mask) -> depths`, the depths
+computed from the ids. Nothing is stored on a module between calls, so threads sharing one
+model each get their own result.
+
+`output_hidden_states=True` gives N+1 (B,T,D) states: the embeddings, then the state after
+each layer n, where a token past its depth carries its last state (and layers above the
+deepest token repeat the last state). `output_attentions=True` is an error: no attention
+probabilities are ever formed. Gradient checkpointing (`model.gradient_checkpointing_enable()`)
+is honoured per layer.
+
+After `save_pretrained` / `from_pretrained` the model is plain transformers again: apply
+this function again (and reload a depth table with `TokenDepthLookup.load`).
 """
 import torch
 from torch import nn
 
-from .encoder import AdaptiveEncoder
+from .encoder import AdaptiveEncoder, _base_and_encoder
+from .families import check_supported, family_of
+
+_MASK, _STATES = "adaptive_attention_mask", "adaptive_hidden_states"  # per-call kwargs we add
 
 
-class PatchedBertEncoder(AdaptiveEncoder):
-    """AdaptiveEncoder with transformers' BertEncoder call signature, reading the depths and
-    2-D mask the pre-hook stored. Its only submodule is the shared `layer` list, so the model's
-    state_dict keys are unchanged."""
+class PatchedEncoder(AdaptiveEncoder):
+    """AdaptiveEncoder with a transformers encoder's call signature.
 
-    def __init__(self, bert_encoder: nn.Module, depth_fn=None, backend: str | None = None):
-        super().__init__(bert_encoder.layer, bert_encoder.config, backend=backend)
-        self.train(bert_encoder.training)
-        self.depth_fn = depth_fn
-        self._call = None  # (depths, 2-D mask) of the forward under way
-        self._pending_depths = None  # depths= taken from an outer model's call
+    Reads `depths`, and the 2-D mask and hidden-state list that the base model's pre-hook
+    adds, from the call's keyword arguments. Its only submodule is the shared `layer` list,
+    so the model's state-dict keys are unchanged.
+    """
 
-    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+    def __init__(self, encoder: nn.Module, depth_fn=None, backend: str | None = None):
+        super().__init__(encoder.layer, encoder.config, backend=backend)
+        self.train(encoder.training)
+        # Kept out of the module registry: a depth table is not a weight of the model, and
+        # registering it would add keys to the transformers checkpoint.
+        self.__dict__["depth_fn"] = depth_fn
 
-        depths, mask = self._call if self._call is not None else (None, None)
-        self._call = None
-        out = super().forward(hidden_states, depths, mask)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out.last_hidden_state)
+    def forward(self, hidden_states, attention_mask=None, *args, depths=None, encoder_hidden_states=None,
+                **kwargs):
+        from transformers import modeling_outputs
+
+        if encoder_hidden_states is not None:
+            raise ValueError("the adaptive encoder has no cross-attention (encoder_hidden_states given)")
+        mask = kwargs.get(_MASK)
+        if mask is None and attention_mask is not None:  # called without the base model's hook
+            mask = _key_mask_from_4d(attention_mask, hidden_states.shape[:2])
+        depths, mask = self._check(hidden_states, depths, mask)
+        states = kwargs.get(_STATES)
+        on_layer = None
+        if states is not None:
+            states.append(hidden_states)
+            on_layer = lambda s: states.append(s.view(hidden_states.shape))  # noqa: E731
+        state, _ = self._run(hidden_states, depths, mask, self.backend, on_layer=on_layer)
+        last = state.view(hidden_states.shape)
+        if states is not None:  # layers above n_max repeat the last state
+            states.extend([last] * (self.num_layers + 1 - len(states)))
+        cls = getattr(modeling_outputs, self.family.encoder_output)
+        return cls(last_hidden_state=last)
 
 
-def _find_bert(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if hasattr(module, "embeddings") and hasattr(module, "encoder") and hasattr(module.encoder, "layer"):
-            return module
-    raise TypeError(f"no BERT model (with .embeddings and .encoder.layer) inside {type(model).__name__}")
+def _key_mask_from_4d(mask: torch.Tensor, bt) -> torch.Tensor:
+    """(B,T) bool real-token mask from transformers' 4-D (B,1,Q,T) bool or additive mask."""
+    if mask.dim() == 2:
+        return mask != 0
+    if mask.dim() != 4:
+        raise ValueError(f"attention_mask of shape {tuple(mask.shape)} is neither (B,T) nor (B,1,Q,T)")
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return allowed.any(dim=(1, 2)).expand(bt)
+
+
+def _arg(args, kwargs, name: str, pos: int):
+    return kwargs[name] if name in kwargs else (args[pos] if len(args) > pos else None)
+
+
+def _base_pre_hook(module, args, kwargs):
+    """Forward pre-hook of the patched base model: per-call inputs for the encoder, via kwargs."""
+    config = module.config
+    enc = getattr(module, family_of(config).encoder_attr)
+    # Every supported base model's forward starts (input_ids, attention_mask, ...).
+    input_ids, mask = _arg(args, kwargs, "input_ids", 0), _arg(args, kwargs, "attention_mask", 1)
+    embeds = kwargs.get("inputs_embeds")
+    if kwargs.get("output_attentions", getattr(config, "output_attentions", False)):
+        raise ValueError("output_attentions=True is not supported by the adaptive encoder: it never forms "
+                         "attention probabilities (the attention is computed on compact rows)")
+    depths = kwargs.get("depths")
+    if depths is None and enc.depth_fn is not None:
+        if input_ids is None:
+            raise ValueError("this model's depth_fn computes depths from input_ids, but the call gave "
+                             "inputs_embeds: pass depths= with it")
+        depths = enc.depth_fn(input_ids, mask)
+    if depths is not None:
+        ref = input_ids if input_ids is not None else embeds
+        shape = tuple(ref.shape[:2]) if ref is not None else None
+        if not isinstance(depths, torch.Tensor):
+            raise TypeError(f"depths must be an integer tensor, got {type(depths).__name__}")
+        if depths.is_floating_point() or depths.is_complex() or depths.dtype == torch.bool:
+            raise TypeError(f"depths must be an integer tensor, got {depths.dtype}")
+        if shape is not None and tuple(depths.shape) != shape:
+            raise ValueError(f"depths has shape {tuple(depths.shape)} but the input "
+                             f"{'input_ids' if input_ids is not None else 'inputs_embeds'} has (batch, seq) {shape}")
+        if ref is not None and depths.device != ref.device:
+            raise ValueError(f"depths is on {depths.device} but the input on {ref.device}")
+        kwargs["depths"] = depths
+    if mask is not None:
+        kwargs[_MASK] = mask
+    want = kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False))
+    if want:
+        if kwargs.get("return_dict", getattr(config, "return_dict", True)) is False:
+            raise ValueError("output_hidden_states with return_dict=False is not supported by the adaptive "
+                             "encoder; call with return_dict=True")
+        kwargs[_STATES] = []
+    return args, kwargs
+
+
+def _base_post_hook(module, args, kwargs, output):
+    """Forward hook of the patched base model: put the encoder's per-layer states in the output."""
+    states = kwargs.get(_STATES)
+    if states is None:
+        return output
+    want = kwargs.get("output_hidden_states", getattr(module.config, "output_hidden_states", False))
+    if not isinstance(want, bool):  # transformers' index selection: unselected states are None
+        picked = {want} if isinstance(want, int) else set(want)
+        picked = {i % len(states) for i in picked if -len(states) <= i < len(states)}
+        states = [s if i in picked else None for i, s in enumerate(states)]
+    output["hidden_states"] = tuple(states)
+    return output
 
 
 def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None = None) -> nn.Module:
-    """Swap the BERT encoder inside `model` for AdaptiveEncoder (in place; returns `model`)."""
-    bert = _find_bert(model)
-    if isinstance(bert.encoder, PatchedBertEncoder):
+    """Swap the encoder inside `model` for AdaptiveEncoder (in place; returns `model`).
+
+    model: a transformers model of a supported type (BertModel, BertForSequenceClassification,
+    RobertaModel, DistilBertForMaskedLM, ...). depth_fn(input_ids (B,T), attention_mask (B,T)
+    or None) -> depths (B,T) int: used when a call gives no `depths=`. Raises ValueError /
+    TypeError, leaving `model` unchanged, when the model cannot be run exactly.
+    """
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise RuntimeError(f"apply_adaptive_encoder needs transformers >= 5 (it passes depths through the "
+                           f"model's **kwargs), found {transformers.__version__}")
+    base, enc = _base_and_encoder(model)
+    if base is None:
+        raise TypeError(f"apply_adaptive_encoder expects a transformers model, got the encoder "
+                        f"{type(model).__name__}; use AdaptiveEncoder.from_model for that")
+    if isinstance(enc, PatchedEncoder):
         raise ValueError("apply_adaptive_encoder: this model is already patched")
-    if getattr(bert.config, "is_decoder", False):
-        raise ValueError("apply_adaptive_encoder supports encoder (bidirectional) BERT models only")
-    patched = PatchedBertEncoder(bert.encoder, depth_fn, backend=backend)
-    bert.encoder = patched
-
-    def outer_hook(module, args, kwargs):
-        patched._pending_depths = kwargs.pop("depths", None)
-        return args, kwargs
-
-    def bert_hook(module, args, kwargs):
-        depths = kwargs.pop("depths", None)
-        if depths is None:
-            depths, patched._pending_depths = patched._pending_depths, None
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        if depths is None and patched.depth_fn is not None and input_ids is not None:
-            depths = patched.depth_fn(input_ids, mask)
-        patched._call = (depths, mask)
-        return args, kwargs
-
-    if model is not bert:
-        model.register_forward_pre_hook(outer_hook, with_kwargs=True)
-    bert.register_forward_pre_hook(bert_hook, with_kwargs=True)
+    check_supported(base.config, enc.layer)  # refuses before anything is changed
+    setattr(base, family_of(base.config).encoder_attr, PatchedEncoder(enc, depth_fn, backend=backend))
+    base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
+    base.register_forward_hook(_base_post_hook, with_kwargs=True)
     return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    base, enc = _base_and_encoder(model)
+    return isinstance(enc, PatchedEncoder)

@@ -3,6 +3,8 @@
 // gather and scatter are one row-copy kernel: each thread moves one vector of the widest
 // type (16, 8, 4, 2 or 1 bytes) that divides the row size and both base addresses, so
 // bf16/fp16 rows with hidden % 8 == 0 move as 16-byte accesses, coalesced across a warp.
+// Every access is bounded by its tensor's row count, whatever the caller checked: a source
+// row out of range reads zeros, a destination row out of range is not written.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -19,7 +21,7 @@ constexpr int kThreads = 256;
 template <typename V>
 __global__ void copy_rows_kernel(V* __restrict__ dst, const int64_t* __restrict__ dst_rows,
                                  const V* __restrict__ src, const int64_t* __restrict__ src_rows,
-                                 int64_t n, int64_t row_vecs) {
+                                 int64_t n, int64_t row_vecs, int64_t n_dst, int64_t n_src) {
   const int64_t total = n * row_vecs;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
@@ -28,13 +30,14 @@ __global__ void copy_rows_kernel(V* __restrict__ dst, const int64_t* __restrict_
     const int64_t c = idx - i * row_vecs;
     const int64_t d = dst_rows ? dst_rows[i] : i;
     const int64_t s = src_rows ? src_rows[i] : i;
-    dst[d * row_vecs + c] = src[s * row_vecs + c];
+    if (d < 0 || d >= n_dst) continue;
+    dst[d * row_vecs + c] = (s >= 0 && s < n_src) ? src[s * row_vecs + c] : V{};
   }
 }
 
 template <typename V>
 void launch_copy(void* dst, const int64_t* dst_rows, const void* src, const int64_t* src_rows,
-                 int64_t n, int64_t row_bytes) {
+                 int64_t n, int64_t row_bytes, int64_t n_dst, int64_t n_src) {
   const int64_t row_vecs = row_bytes / static_cast<int64_t>(sizeof(V));
   const int64_t total = n * row_vecs;
   if (total == 0) return;
@@ -42,19 +45,19 @@ void launch_copy(void* dst, const int64_t* dst_rows, const void* src, const int6
   // Enough blocks to fill the machine several times over; the grid-stride loop does the rest.
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(sms) * 16);
   copy_rows_kernel<V><<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      static_cast<V*>(dst), dst_rows, static_cast<const V*>(src), src_rows, n, row_vecs);
+      static_cast<V*>(dst), dst_rows, static_cast<const V*>(src), src_rows, n, row_vecs, n_dst, n_src);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void copy_rows_cuda(void* dst, const int64_t* dst_rows, const void* src, const int64_t* src_rows,
-                    int64_t n, int64_t row_bytes) {
+                    int64_t n, int64_t row_bytes, int64_t n_dst, int64_t n_src) {
   const auto a = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
                  static_cast<uintptr_t>(row_bytes);
-  if (a % 16 == 0) return launch_copy<uint4>(dst, dst_rows, src, src_rows, n, row_bytes);
-  if (a % 8 == 0) return launch_copy<uint2>(dst, dst_rows, src, src_rows, n, row_bytes);
-  if (a % 4 == 0) return launch_copy<uint32_t>(dst, dst_rows, src, src_rows, n, row_bytes);
-  if (a % 2 == 0) return launch_copy<uint16_t>(dst, dst_rows, src, src_rows, n, row_bytes);
-  launch_copy<uint8_t>(dst, dst_rows, src, src_rows, n, row_bytes);
+  if (a % 16 == 0) return launch_copy<uint4>(dst, dst_rows, src, src_rows, n, row_bytes, n_dst, n_src);
+  if (a % 8 == 0) return launch_copy<uint2>(dst, dst_rows, src, src_rows, n, row_bytes, n_dst, n_src);
+  if (a % 4 == 0) return launch_copy<uint32_t>(dst, dst_rows, src, src_rows, n, row_bytes, n_dst, n_src);
+  if (a % 2 == 0) return launch_copy<uint16_t>(dst, dst_rows, src, src_rows, n, row_bytes, n_dst, n_src);
+  launch_copy<uint8_t>(dst, dst_rows, src, src_rows, n, row_bytes, n_dst, n_src);
 }
 
 at::Tensor gather_cuda(const at::Tensor& x, const at::Tensor& rows) {
@@ -64,7 +67,7 @@ at::Tensor gather_cuda(const at::Tensor& x, const at::Tensor& rows) {
   const at::Tensor rc = rows.contiguous();
   at::Tensor out = at::empty({rc.size(0), xc.size(1)}, xc.options());
   copy_rows_cuda(out.data_ptr(), nullptr, xc.data_ptr(), rc.data_ptr<int64_t>(), rc.size(0),
-                 xc.size(1) * xc.element_size());
+                 xc.size(1) * xc.element_size(), out.size(0), xc.size(0));
   return out;
 }
 
@@ -78,7 +81,7 @@ at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at:
   const at::Tensor rc = rows.contiguous();
   at::Tensor out = base.contiguous().clone();
   copy_rows_cuda(out.data_ptr(), rc.data_ptr<int64_t>(), sc.data_ptr(), nullptr, rc.size(0),
-                 out.size(1) * out.element_size());
+                 out.size(1) * out.element_size(), out.size(0), sc.size(0));
   return out;
 }
 

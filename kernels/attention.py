@@ -68,9 +68,10 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
     if Aq == 0 or B == 0 or max_q == 0:
         return out
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    # Interpreter: one large block per program (~ms per program). GPU: 64 x 64 tiles.
-    block_m = max(16, triton.next_power_of_2(max_q)) if interpret else 64
-    block_n = max(16, triton.next_power_of_2(max_k)) if interpret else 64
+    # Interpreter: large blocks (~ms per program), capped at 512 so a (block_m x block_n)
+    # score tile stays under Triton's 2**20-element limit for any length. GPU: 64 x 64 tiles.
+    block_m = min(512, max(16, triton.next_power_of_2(max_q))) if interpret else 64
+    block_n = min(512, max(16, triton.next_power_of_2(max_k))) if interpret else 64
     grid = (triton.cdiv(max_q, block_m), B, H)
     _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H,
                               HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret)

@@ -5,6 +5,10 @@ scatter: out = base.clone(); out[rows[i]] = src[i]  base (R, D), src (A, D) -> (
 
 Any dtype: values are only loaded and stored, never computed on (the interpreter gets
 bf16 arithmetic wrong, plain loads/stores are exact).
+
+Every load and store is masked by the row bounds of its tensor, whatever the caller
+checked: a source row outside [0, n_src) reads zeros, a destination row outside [0, n_dst)
+is not written. So no index can touch memory outside the tensors.
 """
 import torch
 import triton
@@ -13,7 +17,7 @@ import triton.language as tl
 
 @triton.jit
 def _copy_rows_kernel(
-    dst_ptr, src_ptr, dst_rows_ptr, src_rows_ptr, n, D,
+    dst_ptr, src_ptr, dst_rows_ptr, src_rows_ptr, n, D, n_dst, n_src,
     HAS_DST_ROWS: tl.constexpr, HAS_SRC_ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -31,8 +35,10 @@ def _copy_rows_kernel(
     else:
         s = i.to(tl.int64)
     m = row_ok[:, None] & (c[None, :] < D)
-    vals = tl.load(src_ptr + s[:, None] * D + c[None, :], mask=m)
-    tl.store(dst_ptr + d[:, None] * D + c[None, :], vals, mask=m)
+    src_ok = (s >= 0) & (s < n_src)
+    dst_ok = (d >= 0) & (d < n_dst)
+    vals = tl.load(src_ptr + s[:, None] * D + c[None, :], mask=m & src_ok[:, None], other=0)
+    tl.store(dst_ptr + d[:, None] * D + c[None, :], vals, mask=m & dst_ok[:, None])
 
 
 def _blocks(n: int, D: int):
@@ -52,7 +58,7 @@ def _copy_rows(dst, src, dst_rows, src_rows, n: int, D: int) -> None:
         dst, src,
         dst_rows if dst_rows is not None else src,  # unused pointer when the flag is off
         src_rows if src_rows is not None else src,
-        n, D,
+        n, D, dst.shape[0], src.shape[0],
         HAS_DST_ROWS=dst_rows is not None, HAS_SRC_ROWS=src_rows is not None,
         BLOCK_R=block_r, BLOCK_D=block_d,
     )

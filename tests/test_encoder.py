@@ -149,7 +149,7 @@ def test_bad_inputs_name_the_argument():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="depths is on"):
             enc(x, d.cuda())
-    with pytest.raises(TypeError, match="BertModel or BertEncoder"):
+    with pytest.raises(TypeError, match="expected a transformers encoder model"):
         AdaptiveEncoder.from_bert(torch.nn.Linear(2, 2))
 
 

@@ -167,9 +167,51 @@ def test_backend_selection_errors(monkeypatch):
         ops.resolve_backend("cpu", "triton")
 
 
-def test_cpu_kernel_checks_bounds():
+def test_cpu_kernel_checks_bounds_even_unchecked():
     x = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.gather(x, torch.tensor([0, 4]), backend="cpu")
+        ops.gather(x, torch.tensor([0, 4]), backend="cpu", check=False)
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.scatter(x, torch.randn(1, 3), torch.tensor([-1]), backend="cpu")
+        ops.scatter(x, torch.randn(1, 3), torch.tensor([-1]), backend="cpu", check=False)
+
+
+BAD_ROWS = [([4], "row index 4 out of range"), ([0, -1], "row index -1 out of range"),
+            ([100000], "row index 100000 out of range")]
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("rows,msg", BAD_ROWS)
+def test_public_ops_refuse_bad_rows(device, backend, rows, msg):
+    x = torch.randn(4, 3, device=device)
+    r = torch.tensor(rows, device=device)
+    with pytest.raises(ValueError, match=msg):
+        ops.gather(x, r, backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        ops.scatter(x, torch.randn(len(rows), 3, device=device), r, backend=backend)
+    with pytest.raises(ValueError, match=r"out of range \[0, 0\)"):
+        ops.gather(x[:0], r, backend=backend)
+    with pytest.raises(ValueError, match="unique"):
+        ops.scatter(x, torch.randn(3, 3, device=device), torch.tensor([1, 3, 1], device=device), backend=backend)
+    # Unique, in-range rows pass the check.
+    ok = torch.tensor([3, 0], device=device)
+    assert torch.equal(ops.gather(x, ok, backend=backend), x[ok])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unchecked_kernels_never_touch_memory_out_of_bounds(device, poison):
+    """With the check off, the Triton and CUDA kernels mask by the row bounds: an out-of-range
+    source row reads zeros, an out-of-range destination row is dropped (no crash, no write)."""
+    backends = ["triton"] + (["cuda"] if device == "cuda" else [])
+    x = torch.randn(4, 3, device=device)
+    for backend in backends:
+        rows = torch.tensor([2, 4, -1, 100000, 0], device=device)
+        out = ops.gather(x, rows, backend=backend, check=False)
+        assert torch.equal(out[[0, 4]], x[[2, 0]])
+        assert torch.equal(out[1:4], torch.zeros(3, 3, device=device))
+        src = torch.randn(5, 3, device=device)
+        out = ops.scatter(x, src, rows, backend=backend, check=False)
+        expect = x.clone()
+        expect[2], expect[0] = src[0], src[4]
+        assert torch.equal(out, expect)
+        empty = ops.gather(x[:0], torch.tensor([0, 7], device=device), backend=backend, check=False)
+        assert torch.equal(empty, torch.zeros(2, 3, device=device))

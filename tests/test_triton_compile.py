@@ -31,7 +31,8 @@ for dt in ("bf16", "fp16"):
         {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False})
 for has_dst in (False, True):
     out["copy_rows_dst%d" % has_dst] = ptx(_copy_rows_kernel,
-        {"dst_ptr": "*bf16", "src_ptr": "*bf16", "dst_rows_ptr": "*i64", "src_rows_ptr": "*i64", "n": "i64", "D": "i64"},
+        {"dst_ptr": "*bf16", "src_ptr": "*bf16", "dst_rows_ptr": "*i64", "src_rows_ptr": "*i64", "n": "i64", "D": "i64",
+         "n_dst": "i64", "n_src": "i64"},
         {"HAS_DST_ROWS": has_dst, "HAS_SRC_ROWS": not has_dst, "BLOCK_R": 8, "BLOCK_D": 1024})
 sig = {"depths_ptr": "*i64", "mask_ptr": "*u8", "B": "i32", "T": "i32", "L": "i32"}
 out["plan_count"] = ptx(_plan_count_kernel, {**sig, "counts_ptr": "*i64"}, {"BLOCK_T": 512})

@@ -18,6 +18,7 @@ Other tokens (documented choices):
     subword pieces                -> the depth of the word they belong to
 """
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -193,7 +194,28 @@ class TokenDepthLookup(torch.nn.Module):
     def from_estimator(cls, est: MIDepthEstimator, tokenizer) -> "TokenDepthLookup":
         return cls(lookup_table(est, tokenizer), est.num_layers)
 
+    FILE = "depth_table.json"
+
+    def save(self, directory) -> str:
+        """Write the table as plain JSON beside a `save_pretrained` folder; returns the file's path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, self.FILE)
+        with open(path, "w") as f:
+            json.dump({"num_layers": self.num_layers, "table": self.table.tolist()}, f)
+        return path
+
+    @classmethod
+    def load(cls, directory) -> "TokenDepthLookup":
+        path = os.path.join(directory, cls.FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no depth table at {path} (written by TokenDepthLookup.save)")
+        with open(path) as f:
+            data = json.load(f)
+        return cls(torch.tensor(data["table"], dtype=torch.int64), int(data["num_layers"]))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.table.device != input_ids.device:  # not a registered submodule of the patched model
+            self.table = self.table.to(input_ids.device)
         d = self.table[input_ids]
         T = d.shape[1]
         pos = torch.arange(T, device=d.device).expand_as(d)

@@ -1,0 +1,112 @@
+"""The transformers model families AdaptiveEncoder runs exactly, one small adapter each.
+
+An adapter maps one of the family's layers onto the parts the shared compact-layer code
+(encoder.py) needs: the q/k/v projections, the attention-output block (projection, dropout,
+residual, LayerNorm) and the FFN block (both post-LayerNorm, as in BERT), plus where the
+encoder sits in the base model and how to run one of its own layers densely (for the
+masked reference in dense.py). Nothing else of a layer is assumed.
+
+A model is supported only if its `config.model_type` is listed here and the adapter can
+honour its config (`Family.refusal`); everything else is refused before anything changes.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerParts:
+    """One post-LayerNorm encoder layer, seen through its adapter.
+
+    query/key/value: nn.Linear D -> D.  attn_dropout: dropout probability on the attention
+    probabilities (applied only in training).  attn_output(ctx (A,D), residual (A,D)) -> (A,D)
+    and ffn(h (A,D)) -> (A,D) include their residual and LayerNorm.
+    """
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_dropout: float
+    attn_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ffn: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_types: tuple        # config.model_type values this adapter serves
+    encoder_attr: str         # attribute of the base model holding the encoder (has .layer)
+    parts: Callable           # layer -> LayerParts
+    dense_layer: Callable     # (layer, h (B,T,D), additive key mask (B,1,1,T)) -> (B,T,D)
+    encoder_output: str       # the transformers.modeling_outputs class the encoder returns
+
+    def refusal(self, config) -> str | None:
+        """Why this config cannot be run exactly, or None."""
+        if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+            return "decoder / cross-attention configs are not supported (encoder models only)"
+        pos = getattr(config, "position_embedding_type", "absolute")
+        if pos not in (None, "absolute"):
+            return f"position_embedding_type={pos!r} is not supported (only 'absolute')"
+        if config.hidden_size % config.num_attention_heads:
+            return "hidden_size is not a multiple of num_attention_heads"
+        return None
+
+
+# --- BERT and its copies (RoBERTa, XLM-R, CamemBERT, ELECTRA): same layer, other names ---
+
+def _bert_parts(layer) -> LayerParts:
+    sa = layer.attention.self
+    return LayerParts(
+        query=sa.query, key=sa.key, value=sa.value, attn_dropout=sa.dropout.p,
+        attn_output=layer.attention.output,                # dense, dropout, LayerNorm(x + residual)
+        ffn=lambda h: layer.output(layer.intermediate(h), h),
+    )
+
+
+def _bert_dense(layer, h, additive):
+    y = layer(h, additive)
+    return y[0] if isinstance(y, tuple) else y
+
+
+# --- DistilBERT: q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn, output_layer_norm ---
+
+def _distilbert_parts(layer) -> LayerParts:
+    att = layer.attention
+    return LayerParts(
+        query=att.q_lin, key=att.k_lin, value=att.v_lin, attn_dropout=att.dropout.p,
+        attn_output=lambda ctx, x: layer.sa_layer_norm(att.out_lin(ctx) + x),
+        ffn=lambda h: layer.output_layer_norm(layer.ffn(h) + h),
+    )
+
+
+BERT = Family(("bert", "roberta", "xlm-roberta", "camembert", "electra"), "encoder", _bert_parts, _bert_dense,
+              "BaseModelOutputWithPastAndCrossAttentions")
+DISTILBERT = Family(("distilbert",), "transformer", _distilbert_parts, _bert_dense, "BaseModelOutput")
+FAMILIES = (BERT, DISTILBERT)
+SUPPORTED = tuple(t for f in FAMILIES for t in f.model_types)
+
+
+def family_of(config) -> Family:
+    """The adapter for `config.model_type`; ValueError naming the supported types otherwise."""
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise ValueError(f"model type {model_type!r} is not supported by the adaptive encoder; "
+                     f"supported: {', '.join(SUPPORTED)}")
+
+
+def check_supported(config, layers) -> Family:
+    """The family of a model with this config and these layers, or ValueError saying why not."""
+    family = family_of(config)
+    reason = family.refusal(config)
+    if reason is None:
+        try:
+            for layer in layers:
+                family.parts(layer)
+        except AttributeError as e:  # a custom layer class under a known model_type
+            reason = f"its layers do not have the {config.model_type} layout ({e})"
+    if reason is not None:
+        raise ValueError(f"cannot run this {config.model_type} model exactly: {reason}")
+    return family
