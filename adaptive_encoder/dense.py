@@ -6,7 +6,7 @@ nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
 """
 import torch
 
-from .encoder import _bert_encoder
+from .encoder import layers_and_config
 from .families import family_of
 
 
@@ -16,17 +16,17 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
 
     stop_at_n_max=False runs all N layers even when no token is that deep.
     """
-    enc = _bert_encoder(bert)
-    family = family_of(enc.config)
+    layers, config = layers_and_config(bert)
+    family = family_of(config)
     B, T, _ = hidden_states.shape
     mask = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None \
         else attention_mask != 0
     # Additive key mask (B,1,1,T): what both transformers' eager and SDPA attention accept.
     additive = torch.zeros(B, 1, 1, T, dtype=hidden_states.dtype, device=hidden_states.device)
     additive = additive.masked_fill(~mask[:, None, None, :], torch.finfo(hidden_states.dtype).min)
-    n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(enc.layer)
+    n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(layers)
     h = hidden_states
-    for n, layer in enumerate(enc.layer[:n_run]):
+    for n, layer in enumerate(layers[:n_run]):
         y = family.dense_layer(layer, h, additive)
         h = torch.where(((depths > n) & mask).unsqueeze(-1), y, h)
     return h

@@ -9,6 +9,7 @@ The layer code is shared by every supported family (families.py maps a family's 
 onto q/k/v, attention output and FFN); nothing here knows a family's module names.
 """
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -38,14 +39,20 @@ def _base_and_encoder(model) -> tuple:
         enc = getattr(base, family_of(config).encoder_attr, None)
         if enc is not None and hasattr(enc, "layer"):
             return base, enc
-    if hasattr(model, "layer") and hasattr(model, "config"):  # the encoder itself
+    if hasattr(model, "layer") and hasattr(model, "config"):  # the encoder itself (BERT-like ones keep a config)
         return None, model
     raise TypeError(f"expected a transformers encoder model (or its encoder), got {type(model).__name__}")
 
 
 def _bert_encoder(model) -> nn.Module:
-    """The encoder module (has .layer and .config) inside `model`."""
+    """The encoder module (has .layer) inside `model`."""
     return _base_and_encoder(model)[1]
+
+
+def layers_and_config(model) -> tuple:
+    """(layer ModuleList, config) of a transformers model or its encoder."""
+    base, enc = _base_and_encoder(model)
+    return enc.layer, (base.config if base is not None else enc.config)
 
 
 class AdaptiveEncoder(nn.Module):
@@ -76,8 +83,8 @@ class AdaptiveEncoder(nn.Module):
     @classmethod
     def from_model(cls, model, backend: str | None = None) -> "AdaptiveEncoder":
         """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, ...) or its encoder."""
-        enc = _bert_encoder(model)
-        return cls(enc.layer, enc.config, backend=backend).train(enc.training)
+        layers, config = layers_and_config(model)
+        return cls(layers, config, backend=backend).train(layers.training)
 
     from_bert = from_model  # the original name, kept
 
@@ -145,8 +152,10 @@ class AdaptiveEncoder(nn.Module):
             layer = self.layer[n]
             run = self._layer
             if self.training and getattr(layer, "gradient_checkpointing", False) and torch.is_grad_enabled():
-                # gradient_checkpointing_enable() on the transformers model: recompute in backward.
-                run = lambda *a: checkpoint(self._layer, *a, use_reentrant=False)  # noqa: E731
+                # (gradient|activation)_checkpointing_enable() on the transformers model set the
+                # layer's flag and checkpoint function: recompute this layer in backward.
+                ckpt = getattr(layer, "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
+                run = partial(ckpt, self._layer)
             keys = state if plan.key_rows is None else gather(state, plan.key_rows)
             if lp.count == plan.num_real:  # every real token is active: nothing to compact
                 out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)

@@ -41,8 +41,8 @@ class PatchedEncoder(AdaptiveEncoder):
     so the model's state-dict keys are unchanged.
     """
 
-    def __init__(self, encoder: nn.Module, depth_fn=None, backend: str | None = None):
-        super().__init__(encoder.layer, encoder.config, backend=backend)
+    def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None):
+        super().__init__(encoder.layer, config, backend=backend)
         self.train(encoder.training)
         # Kept out of the module registry: a depth table is not a weight of the model, and
         # registering it would add keys to the transformers checkpoint.
@@ -159,7 +159,7 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
     if isinstance(enc, PatchedEncoder):
         raise ValueError("apply_adaptive_encoder: this model is already patched")
     check_supported(base.config, enc.layer)  # refuses before anything is changed
-    setattr(base, family_of(base.config).encoder_attr, PatchedEncoder(enc, depth_fn, backend=backend))
+    setattr(base, family_of(base.config).encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend))
     base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
     base.register_forward_hook(_base_post_hook, with_kwargs=True)
     return model

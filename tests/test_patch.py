@@ -1,0 +1,297 @@
+"""The transformers drop-in: supported families only, stateless calls, hidden states,
+copy/pickle/save/reload, Trainer, bad input. Tiny random models, fp32, eval mode."""
+import copy
+import io
+import threading
+
+import pytest
+import torch
+import transformers as tf
+
+from adaptive_encoder import apply_adaptive_encoder
+from adaptive_encoder.dense import masked_forward
+from adaptive_encoder.depth.mi import TokenDepthLookup
+from adaptive_encoder.families import SUPPORTED
+
+SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+             vocab_size=120, max_position_embeddings=64)
+FAMILY_MODELS = {
+    "bert": lambda: tf.BertModel(tf.BertConfig(**SMALL)),
+    "roberta": lambda: tf.RobertaModel(tf.RobertaConfig(**SMALL)),
+    "xlm-roberta": lambda: tf.XLMRobertaModel(tf.XLMRobertaConfig(**SMALL)),
+    "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**SMALL)),
+    "electra": lambda: tf.ElectraModel(tf.ElectraConfig(embedding_size=24, **SMALL)),  # with embeddings_project
+    "distilbert": lambda: tf.DistilBertModel(tf.DistilBertConfig(vocab_size=120, dim=32, n_layers=3, n_heads=4,
+                                                                 hidden_dim=48, max_position_embeddings=64)),
+}
+
+
+def _inputs(B=3, T=10, N=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (B, T), generator=gen)
+    lengths = torch.tensor([T, T - 3, 2])[:B]
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    depths = torch.randint(1, N + 1, (B, T), generator=gen)
+    return ids, mask, depths
+
+
+def _encoder_input(plain, ids, mask):
+    """The (B,T,D) tensor the unpatched model hands its encoder (embeddings, ELECTRA's projection)."""
+    seen = {}
+    enc = plain.transformer if plain.config.model_type == "distilbert" else plain.encoder
+    def grab(module, args, kwargs):
+        seen["x"] = args[0] if args else kwargs["hidden_states"]
+
+    hook = enc.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        plain(input_ids=ids, attention_mask=mask)
+    hook.remove()
+    return seen["x"]
+
+
+def _close_on_real(a, b, mask, tol=1e-5):
+    m = mask.bool()
+    torch.testing.assert_close(a[m], b[m], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_each_family_matches_transformers_and_dense_reference(family):
+    torch.manual_seed(0)
+    model = FAMILY_MODELS[family]().eval()
+    plain = copy.deepcopy(model)
+    ids, mask, depths = _inputs()
+    apply_adaptive_encoder(model)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref_full = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        mixed = model(input_ids=ids, attention_mask=mask, depths=depths).last_hidden_state
+        ref_mixed = masked_forward(plain, _encoder_input(plain, ids, mask), depths, mask)
+    _close_on_real(full, ref_full, mask)
+    _close_on_real(mixed, ref_mixed, mask)
+    assert not torch.allclose(mixed[mask.bool()], full[mask.bool()], atol=1e-3)  # the depths were used
+    assert model.state_dict().keys() == plain.state_dict().keys()
+
+
+def _unsupported():
+    """(name, model) of transformers models the adapter must refuse; built only if constructible."""
+    makers = {
+        "roformer": lambda: tf.RoFormerModel(tf.RoFormerConfig(embedding_size=32, **SMALL)),
+        "megatron-bert": lambda: tf.MegatronBertModel(tf.MegatronBertConfig(**SMALL)),
+        "xlm-roberta-xl": lambda: tf.XLMRobertaXLModel(tf.XLMRobertaXLConfig(**SMALL)),
+        "esm": lambda: tf.EsmModel(tf.EsmConfig(pad_token_id=1, **SMALL)),
+        "rembert": lambda: tf.RemBertModel(tf.RemBertConfig(input_embedding_size=32, output_embedding_size=32,
+                                                              **SMALL)),
+        "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**SMALL)),
+        "convbert": lambda: tf.ConvBertModel(tf.ConvBertConfig(embedding_size=32, **SMALL)),
+        "luke": lambda: tf.LukeModel(tf.LukeConfig(entity_vocab_size=10, entity_emb_size=16, **SMALL)),
+        "deberta-v2": lambda: tf.DebertaV2Model(tf.DebertaV2Config(**SMALL)),
+        "bert-decoder": lambda: tf.BertModel(tf.BertConfig(is_decoder=True, **SMALL)),
+        "bert-relative": lambda: tf.BertModel(tf.BertConfig(position_embedding_type="relative_key", **SMALL)),
+    }
+    built = []
+    for name, make in makers.items():
+        built.append((name, make))
+    return built
+
+
+@pytest.mark.parametrize("name,make", _unsupported(), ids=[n for n, _ in _unsupported()])
+def test_unsupported_models_are_refused_before_any_change(name, make):
+    model = make().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+    with pytest.raises(ValueError, match="not supported|cannot run") as info:
+        apply_adaptive_encoder(model)
+    if name in ("bert-decoder", "bert-relative"):
+        assert "bert" in str(info.value)
+    else:
+        assert "supported: " + ", ".join(SUPPORTED) in str(info.value)
+    assert [type(m) for m in model.modules()] == modules
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == hooks
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def _patched_bert(seed=0, **cfg):
+    torch.manual_seed(seed)
+    model = tf.BertForSequenceClassification(tf.BertConfig(**{**SMALL, "num_labels": 3, **cfg})).eval()
+    plain = copy.deepcopy(model)
+    apply_adaptive_encoder(model)
+    return model, plain
+
+
+def test_threads_with_different_depths_each_get_their_own_result():
+    model, _ = _patched_bert()
+    ids, mask, _ = _inputs()
+    shallow, deep = torch.ones_like(ids), torch.full_like(ids, 3)
+    with torch.no_grad():
+        expect = {1: model(ids, attention_mask=mask, depths=shallow).logits,
+                  3: model(ids, attention_mask=mask, depths=deep).logits}
+    assert not torch.allclose(expect[1], expect[3])
+    wrong = []
+
+    def worker(d, depths):
+        for _ in range(40):
+            with torch.no_grad():
+                out = model(ids, attention_mask=mask, depths=depths).logits
+            if not torch.equal(out, expect[d]):
+                wrong.append(d)
+
+    threads = [threading.Thread(target=worker, args=a) for a in ((1, shallow), (3, deep))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_failed_call_leaves_nothing_behind():
+    model, _ = _patched_bert()
+    ids, mask, depths = _inputs()
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        with pytest.raises(ValueError, match="depths"):
+            model(ids, attention_mask=mask, depths=depths + 10)
+        assert torch.equal(model(ids, attention_mask=mask).logits, full)  # not the bad call's depths
+
+
+def test_deepcopy_and_pickle_keep_the_model_patched():
+    model, plain = _patched_bert()
+    lookup = TokenDepthLookup(torch.randint(1, 4, (120,)), 3)
+    apply_adaptive_encoder(plain, depth_fn=lookup)  # a second model, patched with a depth table
+    ids, mask, depths = _inputs()
+    with torch.no_grad():
+        expect = model(ids, attention_mask=mask, depths=depths).logits
+        expect_fn = plain(ids, attention_mask=mask).logits
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        buf = io.BytesIO()
+        torch.save(plain, buf)
+        buf.seek(0)
+        loaded_fn = torch.load(buf, weights_only=False)
+        for m, m_fn in ((copy.deepcopy(model), copy.deepcopy(plain)), (loaded, loaded_fn)):
+            assert torch.equal(m(ids, attention_mask=mask, depths=depths).logits, expect)
+            assert torch.equal(m_fn(ids, attention_mask=mask).logits, expect_fn)
+
+
+def test_hidden_states_follow_eq5_and_attentions_are_refused():
+    model, plain = _patched_bert()
+    ids, mask, depths = _inputs()
+    depths[0] = 2  # no token of sequence 0 reaches layer 3
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, depths=depths, output_hidden_states=True)
+        x = _encoder_input(plain.bert, ids, mask)
+        last = model.bert(ids, attention_mask=mask, depths=depths).last_hidden_state
+        states = out.hidden_states
+        assert len(states) == 4 and all(s.shape == x.shape for s in states)
+        _close_on_real(states[0], x, mask)
+        for n in (1, 2, 3):  # after layer n a token of depth d holds its state after layer min(d, n)
+            _close_on_real(states[n], masked_forward(plain.bert, x, depths.clamp(max=n), mask), mask)
+        _close_on_real(states[3], last, mask)
+        # Layers above the deepest token repeat the last state.
+        shallow = model.bert(ids, attention_mask=mask, depths=torch.ones_like(ids), output_hidden_states=True)
+        assert shallow.hidden_states[2] is shallow.hidden_states[1] or \
+            torch.equal(shallow.hidden_states[2], shallow.hidden_states[1])
+        with pytest.raises(ValueError, match="output_attentions"):
+            model(ids, attention_mask=mask, output_attentions=True)
+        with pytest.raises(ValueError, match="return_dict"):
+            model.bert(ids, attention_mask=mask, output_hidden_states=True, return_dict=False)
+
+
+def test_gradient_checkpointing_is_honoured():
+    grads, calls = [], []
+    for ckpt in (False, True):
+        model, _ = _patched_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model.train()
+        if ckpt:
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        counter = []
+        model.bert.encoder.layer[0].intermediate.register_forward_hook(lambda *a: counter.append(1))
+        ids, mask, depths = _inputs()
+        loss = model(ids, attention_mask=mask, depths=depths, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        grads.append(model.bert.encoder.layer[0].attention.self.query.weight.grad.clone())
+        calls.append(len(counter))
+    assert calls == [1, 2]  # recomputed in backward
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_save_pretrained_round_trip_with_depth_table(tmp_path):
+    model, plain = _patched_bert()
+    lookup = TokenDepthLookup(torch.randint(1, 4, (120,)), 3)
+    apply_adaptive_encoder(plain, depth_fn=lookup)
+    ids, mask, _ = _inputs()
+    with torch.no_grad():
+        expect = plain(ids, attention_mask=mask).logits
+    assert plain.state_dict().keys() == model.state_dict().keys()  # no depth_fn keys
+    plain.save_pretrained(tmp_path)
+    lookup.save(tmp_path)
+    reloaded = apply_adaptive_encoder(tf.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval(),
+                                      depth_fn=TokenDepthLookup.load(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, attention_mask=mask).logits, expect)
+    with pytest.raises(FileNotFoundError, match="depth_table.json"):
+        TokenDepthLookup.load(tmp_path / "nowhere")
+
+
+def test_bad_depths_give_clear_errors():
+    model, _ = _patched_bert()
+    ids, mask, depths = _inputs()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"depths has shape \(3, 9\).*\(3, 10\)"):
+            model(ids, attention_mask=mask, depths=depths[:, :9])
+        with pytest.raises(TypeError, match="integer tensor"):
+            model(ids, attention_mask=mask, depths=depths.float())
+        with pytest.raises(ValueError, match="depths is on meta"):
+            model(ids, attention_mask=mask, depths=depths.to("meta"))
+        with pytest.raises(ValueError, match=r"depth 13 at \(batch 0, position 0\)"):
+            model(ids, attention_mask=mask, depths=torch.where(torch.arange(10) == 0, 13, depths))
+    lookup = TokenDepthLookup(torch.randint(1, 4, (120,)), 3)
+    _, fn_model = _patched_bert()
+    apply_adaptive_encoder(fn_model, depth_fn=lookup)
+    embeds = fn_model.bert.embeddings.word_embeddings(ids)
+    with torch.no_grad(), pytest.raises(ValueError, match="inputs_embeds"):
+        fn_model(inputs_embeds=embeds, attention_mask=mask)
+    with torch.no_grad():  # with depths= given, inputs_embeds works
+        fn_model(inputs_embeds=embeds, attention_mask=mask, depths=depths)
+
+
+def _tiny_tokenizer(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return tf.BertTokenizerFast.from_pretrained(str(tmp_path))
+
+
+def test_trainer_with_depth_collator_trains_adaptively(tmp_path):
+    from adaptive_encoder.collate import DepthCollator
+
+    tok = _tiny_tokenizer(tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(32):  # label = whether word w0 occurs: learnable in a few steps
+        words = [f"w{int(w)}" for w in torch.randint(0, 20, (int(torch.randint(3, 9, (1,), generator=gen)),),
+                                                     generator=gen)]
+        label = int("w0" in words or i % 2 == 0)
+        if label and "w0" not in words:
+            words[0] = "w0"
+        enc = tok(" ".join(words))
+        depths = [3 if t in (tok.cls_token_id, tok.convert_tokens_to_ids("w0")) else 1 for t in enc["input_ids"]]
+        examples.append({**enc, "depths": depths, "labels": label})
+    model, _ = _patched_bert(num_labels=2)
+    rows, real = [], []
+    model.bert.encoder.layer[1].intermediate.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    args = tf.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=24,
+                                learning_rate=3e-3, logging_steps=4, report_to=[], use_cpu=True,
+                                remove_unused_columns=False, save_strategy="no", seed=0)
+    collator = DepthCollator(tok)
+    batch = collator(examples[:8])
+    assert batch["depths"].shape == batch["input_ids"].shape and (batch["depths"][batch["attention_mask"] == 0] == 0).all()
+    trainer = tf.Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    real_tokens = sum(int(torch.tensor(e["attention_mask"]).sum()) for e in examples) * 24 * 8 / len(examples)
+    assert 0 < sum(rows) < 0.6 * real_tokens  # layer 2 computed only the deep tokens
+    with pytest.raises(KeyError, match="remove_unused_columns"):
+        collator([{k: v for k, v in examples[0].items() if k != "depths"}])
