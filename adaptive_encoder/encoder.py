@@ -157,7 +157,9 @@ class AdaptiveEncoder(nn.Module):
                 ckpt = getattr(layer, "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
                 run = partial(ckpt, self._layer)
             keys = state if plan.key_rows is None else gather(state, plan.key_rows)
-            if lp.count == plan.num_real:  # every real token is active: nothing to compact
+            # Every real token active: nothing to compact. (Not under torch.compile, where the
+            # branch would guard on the data and recompile when it flips.)
+            if lp.count == plan.num_real and not torch.compiler.is_compiling():
                 out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)
                 state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
             else:

@@ -50,6 +50,10 @@ class Plan:
         return sum(self.layer_counts) / max(self.num_real * self.num_layers, 1)
 
 
+# Under torch.compile the plan is computed eagerly, outside the graph: its sizes depend on the
+# data (one host sync). That is the forward's one graph break; the layers after it are traced
+# with the plan's counts as dynamic sizes, so a new depth pattern does not recompile.
+@torch.compiler.disable
 def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None) -> Plan:
     """depths (B,T) int64 in [0, num_layers], mask (B,T) bool -> Plan. Raises ValueError on bad depths."""
     B, T = depths.shape

@@ -295,3 +295,27 @@ def test_trainer_with_depth_collator_trains_adaptively(tmp_path):
     assert 0 < sum(rows) < 0.6 * real_tokens  # layer 2 computed only the deep tokens
     with pytest.raises(KeyError, match="remove_unused_columns"):
         collator([{k: v for k, v in examples[0].items() if k != "depths"}])
+
+
+def test_torch_compile_does_not_recompile_per_depth_pattern():
+    """The plan is computed outside the graph; the layers are traced with its counts as
+    dynamic sizes. After warm-up (static -> dynamic), new depth patterns with the same
+    deepest layer compile nothing new; outputs equal eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model, _ = _patched_bert()
+    ids, mask, _ = _inputs(T=12)
+    counter = CompileCounter()
+    compiled = torch.compile(lambda i, m, d: model.bert(i, attention_mask=m, depths=d).last_hidden_state,
+                             backend=counter)
+    frames = []
+    with torch.no_grad():
+        for seed in range(7):
+            d = torch.randint(1, 4, ids.shape, generator=torch.Generator().manual_seed(seed))
+            d[:, 0] = 3  # same deepest layer: the loop over layers has the same length
+            _close_on_real(compiled(ids, mask, d), model.bert(ids, attention_mask=mask, depths=d).last_hidden_state,
+                           mask)
+            frames.append(counter.frame_count)
+    assert frames[-1] == frames[2], frames  # nothing compiled after warm-up
+    torch._dynamo.reset()

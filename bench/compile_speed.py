@@ -1,0 +1,69 @@
+"""torch.compile on a patched model: compilations, graph breaks and time against eager.
+
+    python bench/compile_speed.py [--batch 8] [--seq 64] [--patterns 8]
+
+MiniLM (6 layers) from the pretrained-model package, MI-like random depths in 1..6 with one
+token per sequence at depth 6 (so every pattern runs all layers). Prints one line per
+pattern and a summary; CPU, fp32, inductor.
+"""
+import argparse
+import time
+
+import torch
+from transformers import BertModel
+
+from adaptive_encoder import apply_adaptive_encoder
+from adaptive_encoder.pretrained import default_model_path
+
+
+def main():
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--patterns", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    model = apply_adaptive_encoder(BertModel.from_pretrained(default_model_path()).eval())
+    ids = torch.randint(1000, 20000, (a.batch, a.seq))
+    mask = torch.ones_like(ids)
+    mask[1::2, a.seq // 2:] = 0
+
+    def f(i, m, d):
+        return model(i, attention_mask=m, depths=d).last_hidden_state
+
+    d0 = torch.randint(1, 7, ids.shape)
+    d0[:, 0] = 6
+    ex = torch._dynamo.explain(f)(ids, mask, d0)
+    sites = {str(r.user_stack[-1]) for r in ex.break_reasons}
+    print(f"explain: {ex.graph_count} graphs, {ex.graph_break_count} breaks at {len(sites)} site(s): "
+          + "; ".join(r.reason.splitlines()[0][:80] for r in ex.break_reasons[:1]))
+    torch._dynamo.reset()
+    compiled = torch.compile(f)
+    te_all, tc_all = [], []
+    with torch.no_grad():
+        for p in range(a.patterns):
+            d = torch.randint(1, 7, ids.shape, generator=torch.Generator().manual_seed(p))
+            d[:, 0] = 6
+            t = time.perf_counter()
+            out = compiled(ids, mask, d)
+            first = time.perf_counter() - t
+            tc = min(_time(lambda: compiled(ids, mask, d)) for _ in range(a.repeats))
+            te = min(_time(lambda: f(ids, mask, d)) for _ in range(a.repeats))
+            err = float((out - f(ids, mask, d)).abs().max())
+            print(f"pattern {p}: first call {first:.2f} s, compiled {tc * 1e3:.1f} ms, eager {te * 1e3:.1f} ms, "
+                  f"max diff {err:.1e}")
+            if p >= 2:
+                te_all.append(te)
+                tc_all.append(tc)
+    print(f"after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
+
+
+def _time(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()
