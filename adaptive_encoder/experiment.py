@@ -28,13 +28,15 @@ PAPER = {
 
 def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_dir: str | None = None,
             model_path: str | None = None, mlm_steps: int = 300, progress: bool = False, limit: int = 0,
-            variants=VARIANTS) -> dict:
+            variants=VARIANTS, data_root=None, estimate_missing: bool = True) -> dict:
     """{variant: (train Encoded, test Encoded)} with each variant's depths.
 
     Reconstruction depths are read from <depth_dir>/depths_reconstruction.pt (written by
     `estimate-depths`), or computed and written there when missing. For N below the depth
-    there, they come from the saved anytime MLM's loss tables cut to the first N layers."""
-    splits = load_dataset(dataset)
+    there, they come from the saved anytime MLM's loss tables cut to the first N layers.
+    With estimate_missing=False a missing depth file is a FileNotFoundError naming it (the CLI:
+    no surprise multi-minute MLM training)."""
+    splits = load_dataset(dataset, root=data_root)
     if limit:
         splits = {k: v.subset(range(min(limit, len(v)))) for k, v in splits.items()}
     words = {k: [tokenizer_words(tokenizer, t) for t in v.texts] for k, v in splits.items()}
@@ -57,6 +59,11 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
             lam = saved.get("lam", 0.1)
             depth_sets["reconstruction"] = {k: [table_depths(t[:, :layers], lam) for t in ts]
                                             for k, ts in tables.items()}
+    elif not estimate_missing:
+        raise FileNotFoundError(
+            f"no reconstruction depths at {recon_file or '(no depth folder given)'}: run `python -m adaptive_encoder "
+            f"estimate-depths --dataset {dataset} --method reconstruction --out {depth_dir or 'DIR'}` first "
+            f"(or pass --estimate-missing to train the anytime MLM now, several minutes)")
     else:
         from .pretrained import load_pretrained, truncate_layers
 
@@ -130,7 +137,8 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> N
 
 def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out_dir: str, command: str,
                    depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
-                   notes: str = "", log=print, checkpoint_dir: str | None = None) -> list:
+                   notes: str = "", log=print, checkpoint_dir: str | None = None, data_root=None,
+                   estimate_missing: bool = True) -> list:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
@@ -140,6 +148,7 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     _, tokenizer = load_pretrained(model_path)
     for ds in datasets:
         data = prepare(ds, tokenizer, layers, cfg.max_length, os.path.join(depth_root, ds), model_path,
+                       data_root=data_root, estimate_missing=estimate_missing,
                        progress=progress, limit=limit, variants=variants)
         num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
         for seed in seeds:
@@ -192,7 +201,7 @@ def write_sweep_markdown(records: list, path: str, command: str, figure: str = "
 
 def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfig, out_dir: str, command: str,
                     depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
-                    log=print, reuse: str | None = None) -> list:
+                    log=print, reuse: str | None = None, data_root=None, estimate_missing: bool = True) -> list:
     """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json.
 
     reuse: an accuracy.json whose records with the same dataset, N, variant, seed, epochs, lr
@@ -234,7 +243,8 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         if tokenizer is None:
             _, tokenizer = load_pretrained(model_path)
         data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
-                       progress=progress, limit=limit, variants=need)
+                       progress=progress, limit=limit, variants=need, data_root=data_root,
+                       estimate_missing=estimate_missing)
         num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
         for seed, v in todo:
             r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
