@@ -11,7 +11,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     import torch
@@ -67,7 +67,9 @@ def _extension():
 
 
 setup(
-    packages=["adaptive_encoder", "adaptive_encoder.kernels"],
+    # Every subpackage of adaptive_encoder/ (found, not listed: a listed set once shipped a wheel
+    # without adaptive_encoder.depth), plus the Triton kernels from kernels/.
+    packages=find_packages(include=["adaptive_encoder", "adaptive_encoder.*"]) + ["adaptive_encoder.kernels"],
     package_dir={"adaptive_encoder": "adaptive_encoder", "adaptive_encoder.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},

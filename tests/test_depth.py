@@ -289,3 +289,25 @@ def test_figures_are_written_as_png(tmp_path):
     plots.accuracy_vs_layers_figure(recs, str(tmp_path / "fig3a.png"), title="toy")
     for name in ("fig1.png", "fig5.png", "fig3a.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_refuses_strings_and_texts_to_words_matches_the_tokenizer():
+    from adaptive_encoder.depth import MIDepthEstimator, texts_to_words
+
+    est = MIDepthEstimator(num_layers=3)
+    with pytest.raises(TypeError, match="texts_to_words"):
+        est.fit(["how far is it", "who was galileo"], [0, 1])
+    with pytest.raises(TypeError, match="texts_to_words"):
+        est.fit("how far", [0])
+
+    class Tok:  # what texts_to_words needs of a fast tokenizer: its normaliser and pre-tokeniser
+        class backend_tokenizer:
+            normalizer = type("N", (), {"normalize_str": staticmethod(str.lower)})
+            pre_tokenizer = type("P", (), {"pre_tokenize_str": staticmethod(
+                lambda s: [(w, None) for w in s.replace("?", " ?").split()])})
+
+    words = texts_to_words(Tok, ["Who was Galileo?"])
+    assert words == [["who", "was", "galileo", "?"]]
+    assert MIDepthEstimator(num_layers=2).fit(words, [1]).mi.keys() == {"who", "was", "galileo", "?"}
+    with pytest.raises(TypeError, match="list of texts"):
+        texts_to_words(Tok, "one text")

@@ -41,7 +41,14 @@ class MIDepthEstimator:
 
     # -- fitting --
     def fit(self, docs: Sequence, labels: Sequence) -> "MIDepthEstimator":
-        """docs: list of word lists (training split only); labels: one int per doc."""
+        """docs: list of word lists (training split only); labels: one int per doc.
+
+        The words should be the ones the model's tokenizer sees (its normaliser and
+        pre-tokeniser): `adaptive_encoder.depth.texts_to_words(tokenizer, texts)` makes them.
+        """
+        if isinstance(docs, str) or any(isinstance(d, str) for d in docs):
+            raise TypeError("MIDepthEstimator.fit expects each document as a list of words, got a string; "
+                            "make word lists with adaptive_encoder.depth.texts_to_words(tokenizer, texts)")
         if len(docs) == 0:
             raise ValueError("fit needs at least one document")
         if len(docs) != len(labels):

@@ -20,9 +20,18 @@ from .reconstruction import AnytimeMLM, cached_loss_tables, loss_tables, table_d
 
 
 def tokenizer_words(tokenizer, text: str) -> list:
+    """The words of `text` as a fast tokenizer splits them before WordPiece (lower-casing,
+    accents and punctuation as the tokenizer does): what MI depths are fitted and looked up on."""
     backend = tokenizer.backend_tokenizer
     norm = backend.normalizer.normalize_str(text) if backend.normalizer else text
     return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(norm)]
+
+
+def texts_to_words(tokenizer, texts) -> list:
+    """list of texts -> list of word lists that match `tokenizer` (for MIDepthEstimator.fit)."""
+    if isinstance(texts, str):
+        raise TypeError("texts_to_words expects a list of texts, got one string")
+    return [tokenizer_words(tokenizer, t) for t in texts]
 
 
 def encode_words(tokenizer, docs, max_length: int):
