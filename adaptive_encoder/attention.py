@@ -26,15 +26,27 @@ def _triton_applies(q, k, v, dropout_p: float) -> bool:
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
-                     scale: float | None = None, dropout_p: float = 0.0, backend: str | None = None) -> torch.Tensor:
+                     scale: float | None = None, dropout_p: float = 0.0, backend: str | None = None,
+                     bias=None) -> torch.Tensor:
+    """bias: None or (dist (2P-1, H) float, q_pos (Aq,) int64, k_pos (Ak,) int64) with positions
+    in [0, P): scores[i, j] += dist[k_pos[j] - q_pos[i] + P - 1] (a relative position bias by
+    distance, as MPNet's; no (B, H, T, T) tensor in the Triton kernel)."""
     if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"varlen_attention: q (Aq,H,Dh) and k, v (Ak,H,Dh) expected, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if cu_q.shape != cu_k.shape or cu_q.dim() != 1:
         raise ValueError("varlen_attention: cu_q and cu_k must both be (B+1,)")
+    if bias is not None:
+        dist, q_pos, k_pos = bias
+        if dist.dim() != 2 or dist.shape[1] != q.shape[1] or dist.shape[0] % 2 != 1:
+            raise ValueError(f"varlen_attention: bias table must be (2P-1, H={q.shape[1]}), got {tuple(dist.shape)}")
+        if q_pos.shape != (q.shape[0],) or k_pos.shape != (k.shape[0],):
+            raise ValueError("varlen_attention: bias positions must be (Aq,) and (Ak,)")
     wants_triton = backend == "triton" or (backend in (None, "cuda") and q.is_cuda)
-    if wants_triton and _triton_applies(q, k, v, dropout_p):
+    grad_bias = bias is not None and torch.is_grad_enabled() and bias[0].requires_grad
+    if wants_triton and _triton_applies(q, k, v, dropout_p) and not grad_bias:
         from .kernels import triton_varlen_attention
 
-        return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
-    return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p)
+        return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, bias=bias)
+    return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p,
+                                      bias=bias)

@@ -6,7 +6,7 @@ nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
 """
 import torch
 
-from .encoder import layers_and_config
+from .encoder import _bert_encoder, layers_and_config
 from .families import family_of
 
 
@@ -25,8 +25,14 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
     additive = torch.zeros(B, 1, 1, T, dtype=hidden_states.dtype, device=hidden_states.device)
     additive = additive.masked_fill(~mask[:, None, None, :], torch.finfo(hidden_states.dtype).min)
     n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(layers)
+    bias = None
+    if family.distance_bias is not None:  # (1, H, T, T) relative position bias, as the family's encoder adds it
+        enc = _bert_encoder(bert)
+        dist = family.distance_bias({m: getattr(enc, m) for m in family.encoder_modules}, T)
+        pos = torch.arange(T, device=hidden_states.device)
+        bias = dist[pos[None, :] - pos[:, None] + T - 1].permute(2, 0, 1).unsqueeze(0)
     h = hidden_states
     for n, layer in enumerate(layers[:n_run]):
-        y = family.dense_layer(layer, h, additive)
+        y = family.dense_layer(layer, h, additive, bias)
         h = torch.where(((depths > n) & mask).unsqueeze(-1), y, h)
     return h

@@ -65,10 +65,17 @@ class AdaptiveEncoder(nn.Module):
     refused in the constructor.
     """
 
-    def __init__(self, layers: nn.ModuleList, config, backend: str | None = None):
+    def __init__(self, layers: nn.ModuleList, config, backend: str | None = None, modules: dict | None = None):
         super().__init__()
-        check_supported(config, layers)
+        family = check_supported(config, layers)
         self.layer = layers
+        # Encoder-level modules the layers use (MPNet's relative_attention_bias), same names.
+        modules = modules or {}
+        missing = [m for m in family.encoder_modules if m not in modules]
+        if missing:
+            raise ValueError(f"a {config.model_type} encoder needs its {', '.join(missing)} (use from_model)")
+        for name in family.encoder_modules:
+            setattr(self, name, modules[name])
         self.config = config
         self.num_layers = len(layers)
         self.hidden_size = config.hidden_size
@@ -84,7 +91,9 @@ class AdaptiveEncoder(nn.Module):
     def from_model(cls, model, backend: str | None = None) -> "AdaptiveEncoder":
         """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, ...) or its encoder."""
         layers, config = layers_and_config(model)
-        return cls(layers, config, backend=backend).train(layers.training)
+        enc = _bert_encoder(model)
+        modules = {m: getattr(enc, m) for m in check_supported(config, ()).encoder_modules}
+        return cls(layers, config, backend=backend, modules=modules).train(layers.training)
 
     from_bert = from_model  # the original name, kept
 
@@ -143,6 +152,11 @@ class AdaptiveEncoder(nn.Module):
         backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
         state = hidden_states.reshape(B * T, D)
+        family = self.family
+        bias = k_pos = None
+        if family.distance_bias is not None:  # relative position bias: by (key - query) position
+            bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
+            k_pos = (torch.arange(B * T, device=state.device) if plan.key_rows is None else plan.key_rows) % T
         # The plan's rows are in range and unique by construction (tests/test_properties.py),
         # so the per-call bounds checks of the public ops are skipped here.
         gather = lambda x, rows: ops.gather(x, rows, backend=backend, check=False)  # noqa: E731
@@ -160,24 +174,28 @@ class AdaptiveEncoder(nn.Module):
             # Every real token active: nothing to compact. (Not under torch.compile, where the
             # branch would guard on the data and recompile when it flips.)
             if lp.count == plan.num_real and not torch.compiler.is_compiling():
-                out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend)
+                pos = None if bias is None else (bias, k_pos, k_pos)
+                out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos)
                 state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
             else:
                 queries = gather(state, lp.rows)
-                out = run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend)
+                pos = None if bias is None else (bias, lp.rows % T, k_pos)
+                out = run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos)
                 state = scatter(state, out, lp.rows)
             if on_layer is not None:
                 on_layer(state)
         return state, plan
 
-    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None) -> torch.Tensor:
-        """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D)."""
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None) -> torch.Tensor:
+        """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
+        bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,))."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
         q = parts.query(xq).view(-1, H, Dh)
         k = parts.key(xkv).view(-1, H, Dh)
         v = parts.value(xkv).view(-1, H, Dh)
         p = parts.attn_dropout if layer.training else 0.0  # the shared layer's mode, as transformers does
-        ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p, backend=backend)
+        ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p, backend=backend,
+                               bias=bias)
         h = parts.attn_output(ctx.reshape(-1, H * Dh), xq)
         return parts.ffn(h)

@@ -38,8 +38,17 @@ class Family:
     model_types: tuple        # config.model_type values this adapter serves
     encoder_attr: str         # attribute of the base model holding the encoder (has .layer)
     parts: Callable           # layer -> LayerParts
-    dense_layer: Callable     # (layer, h (B,T,D), additive key mask (B,1,1,T)) -> (B,T,D)
+    dense_layer: Callable     # (layer, h (B,T,D), additive key mask (B,1,1,T), bias or None) -> (B,T,D)
     encoder_output: str       # the transformers.modeling_outputs class the encoder returns
+    # Modules of the encoder itself (not of a layer) that the layers use, kept under the same
+    # names on the adaptive encoder so state-dict keys do not change.
+    encoder_modules: tuple = ()
+    # distance_bias(encoder_modules, T) -> (2T-1, H) attention-score bias for key position
+    # minus query position = i - (T-1), or None for no position bias.
+    distance_bias: Callable | None = None
+    # Whether the family's models pass their **kwargs down to the encoder (transformers 5 BERT
+    # copies and DistilBERT do; MPNet does not, so its depths travel in a context variable).
+    kwargs_reach_encoder: bool = True
 
     def refusal(self, config) -> str | None:
         """Why this config cannot be run exactly, or None."""
@@ -64,7 +73,7 @@ def _bert_parts(layer) -> LayerParts:
     )
 
 
-def _bert_dense(layer, h, additive):
+def _bert_dense(layer, h, additive, bias=None):
     y = layer(h, additive)
     return y[0] if isinstance(y, tuple) else y
 
@@ -80,10 +89,39 @@ def _distilbert_parts(layer) -> LayerParts:
     )
 
 
+# --- MPNet: q/k/v/o under attention.attn, post-LayerNorm, one relative position bias table
+# (32 buckets x heads) on the encoder shared by every layer ---
+
+def _mpnet_parts(layer) -> LayerParts:
+    att = layer.attention
+    return LayerParts(
+        query=att.attn.q, key=att.attn.k, value=att.attn.v, attn_dropout=att.attn.dropout.p,
+        attn_output=lambda ctx, x: att.LayerNorm(att.dropout(att.attn.o(ctx)) + x),
+        ffn=lambda h: layer.output(layer.intermediate(h), h),
+    )
+
+
+def _mpnet_dense(layer, h, additive, bias):
+    return layer(h, additive, bias)[0]
+
+
+def _mpnet_distance_bias(modules: dict, T: int) -> torch.Tensor:
+    """(2T-1, H): MPNet's bias for key position - query position = -(T-1) .. T-1, computed
+    with transformers' own bucket function (MPNet uses 32 buckets, max distance 128)."""
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    table = modules["relative_attention_bias"]
+    rel = torch.arange(-(T - 1), T, device=table.weight.device)
+    return table(MPNetEncoder.relative_position_bucket(rel, num_buckets=32))
+
+
 BERT = Family(("bert", "roberta", "xlm-roberta", "camembert", "electra"), "encoder", _bert_parts, _bert_dense,
               "BaseModelOutputWithPastAndCrossAttentions")
 DISTILBERT = Family(("distilbert",), "transformer", _distilbert_parts, _bert_dense, "BaseModelOutput")
-FAMILIES = (BERT, DISTILBERT)
+MPNET = Family(("mpnet",), "encoder", _mpnet_parts, _mpnet_dense, "BaseModelOutput",
+               encoder_modules=("relative_attention_bias",), distance_bias=_mpnet_distance_bias,
+               kwargs_reach_encoder=False)
+FAMILIES = (BERT, DISTILBERT, MPNET)
 SUPPORTED = tuple(t for f in FAMILIES for t in f.model_types)
 
 

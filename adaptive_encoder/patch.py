@@ -12,8 +12,10 @@ a model's extra keyword arguments down to its encoder, so `depths=` reaches the 
 encoder through the call itself; one forward pre-hook on the base model (a plain module-level
 function, so deepcopy and pickling work) adds the 2-D attention mask (the encoder is handed
 only the 4-D form) and, with `depth_fn(input_ids, attention_mask) -> depths`, the depths
-computed from the ids. Nothing is stored on a module between calls, so threads sharing one
-model each get their own result.
+computed from the ids. MPNet's models drop extra keyword arguments, so for MPNet the same
+per-call inputs travel in a context variable set for the duration of the call (see _CALLS).
+Nothing is stored on a module between calls, so threads sharing one model each get their
+own result.
 
 `output_hidden_states=True` gives N+1 (B,T,D) states: the embeddings, then the state after
 each layer n, where a token past its depth carries its last state (and layers above the
@@ -24,6 +26,8 @@ is honoured per layer.
 After `save_pretrained` / `from_pretrained` the model is plain transformers again: apply
 this function again (and reload a depth table with `TokenDepthLookup.load`).
 """
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -31,6 +35,13 @@ from .encoder import AdaptiveEncoder, _base_and_encoder
 from .families import check_supported, family_of
 
 _MASK, _STATES = "adaptive_attention_mask", "adaptive_hidden_states"  # per-call kwargs we add
+
+# MPNet's models do not pass **kwargs to their encoder, so for that family the per-call
+# inputs travel in a context variable instead: a stack of (encoder, depths, 2-D mask, call
+# kwargs) entries, pushed by the model's forward pre-hook and popped by its forward hook,
+# which runs even when the forward raises. A ContextVar is per thread (and per asyncio
+# task), lives on no module, and is empty between calls.
+_CALLS: ContextVar[tuple] = ContextVar("adaptive_encoder_calls", default=())
 
 
 class PatchedEncoder(AdaptiveEncoder):
@@ -41,8 +52,9 @@ class PatchedEncoder(AdaptiveEncoder):
     so the model's state-dict keys are unchanged.
     """
 
-    def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None):
-        super().__init__(encoder.layer, config, backend=backend)
+    def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None,
+                 modules: dict | None = None):
+        super().__init__(encoder.layer, config, backend=backend, modules=modules)
         self.train(encoder.training)
         # Kept out of the module registry: a depth table is not a weight of the model, and
         # registering it would add keys to the transformers checkpoint.
@@ -54,11 +66,19 @@ class PatchedEncoder(AdaptiveEncoder):
 
         if encoder_hidden_states is not None:
             raise ValueError("the adaptive encoder has no cross-attention (encoder_hidden_states given)")
+        if kwargs.get("output_attentions"):
+            raise ValueError(_NO_ATTENTIONS)
         mask = kwargs.get(_MASK)
+        calls = _CALLS.get()
+        if calls and calls[-1][0] is self:  # this encoder's model was called with depths / a mask
+            depths = calls[-1][1] if depths is None else depths
+            mask = calls[-1][2] if mask is None else mask
         if mask is None and attention_mask is not None:  # called without the base model's hook
             mask = _key_mask_from_4d(attention_mask, hidden_states.shape[:2])
         depths, mask = self._check(hidden_states, depths, mask)
         states = kwargs.get(_STATES)
+        if states is None and kwargs.get("output_hidden_states") is True:  # MPNet asks its encoder
+            states = []
         on_layer = None
         if states is not None:
             states.append(hidden_states)
@@ -68,7 +88,7 @@ class PatchedEncoder(AdaptiveEncoder):
         if states is not None:  # layers above n_max repeat the last state
             states.extend([last] * (self.num_layers + 1 - len(states)))
         cls = getattr(modeling_outputs, self.family.encoder_output)
-        return cls(last_hidden_state=last)
+        return cls(last_hidden_state=last, hidden_states=None if states is None else tuple(states))
 
 
 def _key_mask_from_4d(mask: torch.Tensor, bt) -> torch.Tensor:
@@ -85,16 +105,21 @@ def _arg(args, kwargs, name: str, pos: int):
     return kwargs[name] if name in kwargs else (args[pos] if len(args) > pos else None)
 
 
-def _base_pre_hook(module, args, kwargs):
-    """Forward pre-hook of the patched base model: per-call inputs for the encoder, via kwargs."""
+_NO_ATTENTIONS = ("output_attentions=True is not supported by the adaptive encoder: it never forms "
+                  "attention probabilities (the attention is computed on compact rows)")
+
+
+def _call_inputs(module, args, kwargs):
+    """(patched encoder, depths or None, 2-D mask or None) of a call to a patched model: depths
+    from `depths=` or the encoder's depth_fn, checked against the input's shape."""
     config = module.config
-    enc = getattr(module, family_of(config).encoder_attr)
-    # Every supported base model's forward starts (input_ids, attention_mask, ...).
+    enc = _base_and_encoder(module)[1]
+    # Every supported model's forward starts (input_ids, attention_mask, ...).
     input_ids, mask = _arg(args, kwargs, "input_ids", 0), _arg(args, kwargs, "attention_mask", 1)
     embeds = kwargs.get("inputs_embeds")
-    if kwargs.get("output_attentions", getattr(config, "output_attentions", False)):
-        raise ValueError("output_attentions=True is not supported by the adaptive encoder: it never forms "
-                         "attention probabilities (the attention is computed on compact rows)")
+    attentions = kwargs.get("output_attentions")
+    if attentions or (attentions is None and getattr(config, "output_attentions", False)):
+        raise ValueError(_NO_ATTENTIONS)
     depths = kwargs.get("depths")
     if depths is None and enc.depth_fn is not None:
         if input_ids is None:
@@ -113,6 +138,15 @@ def _base_pre_hook(module, args, kwargs):
                              f"{'input_ids' if input_ids is not None else 'inputs_embeds'} has (batch, seq) {shape}")
         if ref is not None and depths.device != ref.device:
             raise ValueError(f"depths is on {depths.device} but the input on {ref.device}")
+    return enc, depths, mask
+
+
+def _base_pre_hook(module, args, kwargs):
+    """Forward pre-hook of a patched base model whose kwargs reach its encoder (BERT copies,
+    DistilBERT): the per-call inputs go to the encoder as keyword arguments."""
+    config = module.config
+    _, depths, mask = _call_inputs(module, args, kwargs)
+    if depths is not None:
         kwargs["depths"] = depths
     if mask is not None:
         kwargs[_MASK] = mask
@@ -139,13 +173,33 @@ def _base_post_hook(module, args, kwargs, output):
     return output
 
 
+def _context_pre_hook(module, args, kwargs):
+    """Forward pre-hook for a family whose models drop **kwargs (MPNet), on the model the user
+    calls and on its base model: push this call's inputs for the encoder."""
+    enc, depths, mask = _call_inputs(module, args, kwargs)
+    kwargs.pop("depths", None)
+    calls = _CALLS.get()
+    if depths is None and calls and calls[-1][0] is enc:
+        return args, kwargs  # an enclosing call of the same model already gave the inputs
+    _CALLS.set(calls + ((enc, depths, mask, kwargs),))
+    return args, kwargs
+
+
+def _context_post_hook(module, args, kwargs, output):
+    calls = _CALLS.get()
+    if calls and calls[-1][3] is kwargs:  # pushed by this call's pre-hook
+        _CALLS.set(calls[:-1])
+    return output
+
+
 def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None = None) -> nn.Module:
     """Swap the encoder inside `model` for AdaptiveEncoder (in place; returns `model`).
 
     model: a transformers model of a supported type (BertModel, BertForSequenceClassification,
-    RobertaModel, DistilBertForMaskedLM, ...). depth_fn(input_ids (B,T), attention_mask (B,T)
-    or None) -> depths (B,T) int: used when a call gives no `depths=`. Raises ValueError /
-    TypeError, leaving `model` unchanged, when the model cannot be run exactly.
+    RobertaModel, DistilBertForMaskedLM, MPNetModel, ...). depth_fn(input_ids (B,T),
+    attention_mask (B,T) or None) -> depths (B,T) int: used when a call gives no `depths=`.
+    Raises ValueError / TypeError, leaving `model` unchanged, when the model cannot be run
+    exactly.
     """
     import transformers
 
@@ -158,10 +212,16 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
                         f"{type(model).__name__}; use AdaptiveEncoder.from_model for that")
     if isinstance(enc, PatchedEncoder):
         raise ValueError("apply_adaptive_encoder: this model is already patched")
-    check_supported(base.config, enc.layer)  # refuses before anything is changed
-    setattr(base, family_of(base.config).encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend))
-    base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
-    base.register_forward_hook(_base_post_hook, with_kwargs=True)
+    family = check_supported(base.config, enc.layer)  # refuses before anything is changed
+    modules = {m: getattr(enc, m) for m in family.encoder_modules}
+    setattr(base, family.encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend, modules=modules))
+    if family.kwargs_reach_encoder:
+        base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
+        base.register_forward_hook(_base_post_hook, with_kwargs=True)
+    else:
+        for m in dict.fromkeys([model, base]):
+            m.register_forward_pre_hook(_context_pre_hook, with_kwargs=True)
+            m.register_forward_hook(_context_post_hook, with_kwargs=True, always_call=True)
     return model
 
 

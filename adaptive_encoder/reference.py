@@ -8,7 +8,7 @@ Shapes and dtypes:
     scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)  out = base; out[rows] = src
     varlen_attention(q (Aq,H,Dh), k, v (Ak,H,Dh), cu_q, cu_k (B+1,) int64, max_q, max_k)
         -> (Aq,H,Dh): the queries of sequence b (rows cu_q[b]:cu_q[b+1]) attend to the keys
-        of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask.
+        of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask; optional relative position bias.
 """
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,13 @@ def _padded_index(cu: torch.Tensor, total: int):
     return seq, pos
 
 
-def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dropout_p: float = 0.0):
-    """Pad to (B, H, max_q, Dh) / (B, H, max_k, Dh), run SDPA with a key-padding mask, unpad."""
+def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dropout_p: float = 0.0,
+                     bias=None):
+    """Pad to (B, H, max_q, Dh) / (B, H, max_k, Dh), run SDPA with a key-padding mask, unpad.
+
+    bias: None or (dist (2P-1, H), q_pos (Aq,) int64, k_pos (Ak,) int64): a relative position
+    bias added to the scores, dist[k_pos[j] - q_pos[i] + P - 1] for query i and key j (MPNet).
+    """
     B = cu_q.numel() - 1
     H, Dh = q.shape[1], q.shape[2]
     seq_q, pos_q = _padded_index(cu_q, q.shape[0])
@@ -50,8 +55,17 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
     kp = k.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), k)
     vp = v.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), v)
     key_ok = torch.arange(max_k, device=q.device).unsqueeze(0) < (cu_k[1:] - cu_k[:-1]).unsqueeze(1)
+    attn_mask = key_ok[:, None, None, :]
+    if bias is not None:
+        dist, q_pos, k_pos = bias
+        off = (dist.shape[0] - 1) // 2
+        pq = q_pos.new_zeros(B, max_q).index_put((seq_q, pos_q), q_pos)
+        pk = k_pos.new_zeros(B, max_k).index_put((seq_k, pos_k), k_pos)
+        idx = (pk[:, None, :] - pq[:, :, None] + off).clamp(0, 2 * off)  # padding rows: any valid index
+        scores_bias = dist[idx].permute(0, 3, 1, 2).to(q.dtype)  # (B, H, max_q, max_k)
+        attn_mask = scores_bias.masked_fill(~attn_mask, float("-inf"))
     out = F.scaled_dot_product_attention(
         qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
-        attn_mask=key_ok[:, None, None, :], dropout_p=dropout_p, scale=scale,
+        attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
     )
     return out.transpose(1, 2)[seq_q, pos_q]

@@ -16,8 +16,9 @@ import triton.language as tl
 
 @triton.jit
 def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H,
+                        bias_ptr, q_pos_ptr, k_pos_ptr, bias_off,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        UPCAST: tl.constexpr):
+                        UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr):
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
@@ -33,6 +34,8 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=(offs_m < q_len)[:, None], other=0.0)
         if UPCAST:  # the CPU interpreter computes bf16/fp16 wrongly: do the arithmetic in fp32
             q = q.to(tl.float32)
+        if HAS_BIAS:  # query positions, for the relative position bias
+            q_pos = tl.load(q_pos_ptr + q_start + offs_m, mask=offs_m < q_len, other=0)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
@@ -46,6 +49,11 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k)) * scale
+            if HAS_BIAS:  # bias by distance: a (2P-1, H) table, no (B, H, T, T) tensor
+                k_pos = tl.load(k_pos_ptr + k_start + offs_n, mask=k_ok, other=0)
+                dist = k_pos[None, :] - q_pos[:, None] + bias_off
+                b_ok = (offs_m < q_len)[:, None] & k_ok[None, :]
+                s += tl.load(bias_ptr + dist.to(tl.int64) * H + h, mask=b_ok, other=0.0).to(tl.float32)
             s = tl.where(k_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp(m_i - m_new)
@@ -58,7 +66,8 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
                  mask=(offs_m < q_len)[:, None])
 
 
-def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | None = None):
+def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | None = None, bias=None):
+    """bias: None or (dist (2P-1, H), q_pos (Aq,), k_pos (Ak,)); see adaptive_encoder.attention."""
     Aq, H, Dh = q.shape
     if Dh & (Dh - 1) or not 16 <= Dh <= 256:
         raise ValueError(f"triton varlen attention needs a power-of-two head dim in [16, 256], got {Dh}")
@@ -73,6 +82,12 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
     block_m = min(512, max(16, triton.next_power_of_2(max_q))) if interpret else 64
     block_n = min(512, max(16, triton.next_power_of_2(max_k))) if interpret else 64
     grid = (triton.cdiv(max_q, block_m), B, H)
-    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H,
-                              HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret)
+    if bias is not None:
+        dist, q_pos, k_pos = (t.contiguous() for t in bias)
+        extra = (dist, q_pos, k_pos, (dist.shape[0] - 1) // 2)
+    else:
+        extra = (q, cu_q, cu_k, 0)  # unused pointers when HAS_BIAS is off
+    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H, *extra,
+                              HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret,
+                              HAS_BIAS=bias is not None)
     return out

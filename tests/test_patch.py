@@ -21,6 +21,7 @@ FAMILY_MODELS = {
     "xlm-roberta": lambda: tf.XLMRobertaModel(tf.XLMRobertaConfig(**SMALL)),
     "camembert": lambda: tf.CamembertModel(tf.CamembertConfig(**SMALL)),
     "electra": lambda: tf.ElectraModel(tf.ElectraConfig(embedding_size=24, **SMALL)),  # with embeddings_project
+    "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**SMALL)),
     "distilbert": lambda: tf.DistilBertModel(tf.DistilBertConfig(vocab_size=120, dim=32, n_layers=3, n_heads=4,
                                                                  hidden_dim=48, max_position_embeddings=64)),
 }
@@ -81,7 +82,6 @@ def _unsupported():
         "esm": lambda: tf.EsmModel(tf.EsmConfig(pad_token_id=1, **SMALL)),
         "rembert": lambda: tf.RemBertModel(tf.RemBertConfig(input_embedding_size=32, output_embedding_size=32,
                                                               **SMALL)),
-        "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**SMALL)),
         "convbert": lambda: tf.ConvBertModel(tf.ConvBertConfig(embedding_size=32, **SMALL)),
         "luke": lambda: tf.LukeModel(tf.LukeConfig(entity_vocab_size=10, entity_emb_size=16, **SMALL)),
         "deberta-v2": lambda: tf.DebertaV2Model(tf.DebertaV2Config(**SMALL)),
@@ -102,7 +102,7 @@ def test_unsupported_models_are_refused_before_any_change(name, make):
     hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
     with pytest.raises(ValueError, match="not supported|cannot run") as info:
         apply_adaptive_encoder(model)
-    if name in ("bert-decoder", "bert-relative"):
+    if name in ("bert-decoder", "bert-relative", "mpnet-head"):
         assert "bert" in str(info.value)
     else:
         assert "supported: " + ", ".join(SUPPORTED) in str(info.value)
@@ -319,3 +319,76 @@ def test_torch_compile_does_not_recompile_per_depth_pattern():
             frames.append(counter.frame_count)
     assert frames[-1] == frames[2], frames  # nothing compiled after warm-up
     torch._dynamo.reset()
+
+
+def test_mpnet_head_is_stateless_through_a_context_variable():
+    """MPNet's models drop **kwargs: depths given to the head reach the encoder through a
+    call-scoped context variable. Threads, failures, copies and hidden states as for BERT."""
+    from adaptive_encoder.patch import _CALLS
+
+    torch.manual_seed(0)
+    model = tf.MPNetForSequenceClassification(tf.MPNetConfig(**SMALL, num_labels=3)).eval()
+    plain = copy.deepcopy(model)
+    apply_adaptive_encoder(model)
+    ids, mask, depths = _inputs()
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        torch.testing.assert_close(full, plain(ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+        mixed = model(ids, attention_mask=mask, depths=depths).logits
+        x = _encoder_input(plain.mpnet, ids, mask)
+        h = masked_forward(plain.mpnet, x, depths, mask)
+        torch.testing.assert_close(mixed, plain.classifier(h), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="depth"):
+            model(ids, attention_mask=mask, depths=depths + 10)
+        assert _CALLS.get() == ()  # nothing left behind by the failed call
+        assert torch.equal(model(ids, attention_mask=mask).logits, full)
+        out = model(ids, attention_mask=mask, depths=depths, output_hidden_states=True)
+        assert len(out.hidden_states) == 4
+        _close_on_real(out.hidden_states[2], masked_forward(plain.mpnet, x, depths.clamp(max=2), mask), mask)
+        with pytest.raises(ValueError, match="output_attentions"):
+            model(ids, attention_mask=mask, output_attentions=True)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        for m in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+            assert torch.equal(m(ids, attention_mask=mask, depths=depths).logits, mixed)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+
+    shallow, deep = torch.ones_like(ids), torch.full_like(ids, 3)
+    with torch.no_grad():
+        expect = {1: model(ids, attention_mask=mask, depths=shallow).logits,
+                  3: model(ids, attention_mask=mask, depths=deep).logits}
+    wrong = []
+
+    def worker(d, dep):
+        for _ in range(20):
+            with torch.no_grad():
+                if not torch.equal(model(ids, attention_mask=mask, depths=dep).logits, expect[d]):
+                    wrong.append(d)
+
+    threads = [threading.Thread(target=worker, args=a) for a in ((1, shallow), (3, deep))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_mpnet_gradients_match_transformers_at_full_depth():
+    torch.manual_seed(0)
+    cfg = tf.MPNetConfig(**SMALL, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = tf.MPNetForSequenceClassification(cfg).train()
+    with torch.no_grad():
+        model.mpnet.encoder.relative_attention_bias.weight.normal_(0, 1)
+    plain = copy.deepcopy(model)
+    apply_adaptive_encoder(model)
+    ids, mask, _ = _inputs()
+    labels = torch.tensor([0, 1, 2])
+    for m in (model, plain):
+        m(ids, attention_mask=mask, labels=labels).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+            continue
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert model.mpnet.encoder.relative_attention_bias.weight.grad.abs().sum() > 0

@@ -178,3 +178,48 @@ def test_triton_attention_tiles_long_sequences(T):
     with torch.no_grad():
         out = varlen_attention(q, k, v, cu_q, cu_k, q.shape[0], T, backend="triton")
     torch.testing.assert_close(out.double(), _per_sequence_attention(q, k, v, cu_q, cu_k), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(inp=attention_inputs(), seed=st.integers(0, 1000))
+def test_varlen_attention_with_relative_bias_matches_definition(backend, inp, seed):
+    """MPNet-style bias by (key - query) position: compact queries are any subset of the keys."""
+    q, k, v, cu_q, cu_k, max_q, max_k = inp
+    gen = torch.Generator().manual_seed(seed)
+    P, H = 80, q.shape[1]
+    dist = torch.randn(2 * P - 1, H, generator=gen)
+    k_pos = torch.cat([torch.randperm(P, generator=gen)[:int(n)].sort().values for n in cu_k.diff()])
+    q_pos = torch.cat([k_pos[cu_k[b]:cu_k[b + 1]][torch.randperm(int(cu_k[b + 1] - cu_k[b]), generator=gen)
+                       [:int(cu_q[b + 1] - cu_q[b])].sort().values] for b in range(cu_q.numel() - 1)])
+    with torch.no_grad():
+        out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend, bias=(dist, q_pos, k_pos))
+    expect = torch.empty(q.shape, dtype=torch.float64)
+    for b in range(cu_q.numel() - 1):
+        qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        s = torch.einsum("qhd,khd->hqk", q[qs].double(), k[ks].double()) * q.shape[-1] ** -0.5
+        s = s + dist.double()[k_pos[ks][None, :] - q_pos[qs][:, None] + P - 1].permute(2, 0, 1)
+        expect[qs] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v[ks].double())
+    torch.testing.assert_close(out.double(), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@settings(max_examples=6, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(inp=plan_inputs(max_b=3, max_t=12, max_l=3), seed=st.integers(0, 1000))
+def test_mpnet_encoder_matches_dense_reference(device, backend, inp, seed):
+    from transformers import MPNetConfig, MPNetModel
+
+    depths, mask, L = inp
+    mask[:, 0] = True
+    torch.manual_seed(seed)
+    model = MPNetModel(MPNetConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=48,
+                                   vocab_size=120, max_position_embeddings=64)).eval().to(device)
+    with torch.no_grad():  # a visible bias: the random init is small
+        model.encoder.relative_attention_bias.weight.normal_(0, 2)
+    x = torch.randn(*depths.shape, 32, device=device)
+    depths, mask = depths.to(device), mask.to(device)
+    with torch.no_grad():
+        out = AdaptiveEncoder.from_model(model, backend=backend)(x, depths, mask).last_hidden_state
+        ref = masked_forward(model, x, depths, mask)
+    torch.testing.assert_close(out[mask], ref[mask], rtol=1e-4, atol=1e-4)

@@ -25,10 +25,12 @@ def ptx(fn, signature, constexprs):
 
 out = {}
 for dt in ("bf16", "fp16"):
-    out["attention_" + dt] = ptx(_varlen_attn_kernel,
-        {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "v_ptr": "*" + dt, "o_ptr": "*" + dt,
-         "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32"},
-        {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False})
+    for bias in (False, True):
+        out["attention_" + dt + ("_bias" if bias else "")] = ptx(_varlen_attn_kernel,
+            {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "v_ptr": "*" + dt, "o_ptr": "*" + dt,
+             "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32",
+             "bias_ptr": "*" + dt, "q_pos_ptr": "*i64", "k_pos_ptr": "*i64", "bias_off": "i64"},
+            {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": bias})
 for has_dst in (False, True):
     out["copy_rows_dst%d" % has_dst] = ptx(_copy_rows_kernel,
         {"dst_ptr": "*bf16", "src_ptr": "*bf16", "dst_rows_ptr": "*i64", "src_rows_ptr": "*i64", "n": "i64", "D": "i64",
@@ -46,9 +48,10 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ptx = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(ptx) == {"attention_bf16", "attention_fp16", "copy_rows_dst0", "copy_rows_dst1", "plan_count",
-                        "plan_fill"}
+    assert set(ptx) == {"attention_bf16", "attention_fp16", "attention_bf16_bias", "attention_fp16_bias",
+                        "copy_rows_dst0", "copy_rows_dst1", "plan_count", "plan_fill"}
     for dt, ptx_type in (("bf16", "bf16"), ("fp16", "f16")):
-        assert f"wgmma.mma_async.sync.aligned.m64n64k16.f32.{ptx_type}.{ptx_type}" in ptx[f"attention_{dt}"]
+        for suffix in ("", "_bias"):
+            assert f"wgmma.mma_async.sync.aligned.m64n64k16.f32.{ptx_type}.{ptx_type}" in ptx[f"attention_{dt}{suffix}"]
     for name, code in ptx.items():
         assert ".target sm_90" in code and "st.global" in code, name
