@@ -4,8 +4,10 @@ bad inputs included. Derandomized with no example database, so CI runs the same 
 every time and stays within its time."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis", reason="hypothesis (a dev dependency) is not installed here")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from adaptive_encoder import AdaptiveEncoder, ops, reference
 from adaptive_encoder.attention import varlen_attention

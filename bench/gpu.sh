@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The one prepared GPU command: build, correctness, benchmarks, results, one archive.
+#
+#   bash bench/gpu.sh            on the GPU machine, from the repository root (<= 8 min on an H100)
+#   bash bench/gpu.sh --smoke    the same stages on CPU with tiny shapes (CI runs it)
+#
+# Results: bench/results/<gpu-slug>/ (env.txt, correctness.json, benchmark.json, summary.json,
+# results.md, PNGs) and, when $OUT is set (the device tool's result folder), one archive
+# $OUT/gpu_results.tar.gz plus correctness.json and summary.json beside it for a quick look.
+# Every stage prints its wall time. A failing stage is reported and the later stages still
+# run (a benchmark is worth having even when one check fails); the exit code is 1 if any
+# stage failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+FAILED=()
+T_ALL=$(date +%s)
+
+# GPU_STAGES="..." runs only the named stages (e.g. a rerun of "benchmarks plots pack").
+STAGES=" ${GPU_STAGES:-env build correctness tests benchmarks plots pack} "
+
+stage() {  # stage NAME TIMEOUT_S COMMAND...: run under a time limit, print wall time, remember failures
+  local name=$1 limit=$2; shift 2
+  case "$STAGES" in *" $name "*) ;; *) echo "=== stage: $name: skipped (GPU_STAGES)"; return 0 ;; esac
+  local t0=$(date +%s)
+  echo "=== stage: $name (limit ${limit}s)"
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "=== stage: $name: rc=$rc, $(( $(date +%s) - t0 )) s"
+  [ "$rc" -ne 0 ] && FAILED+=("$name (rc $rc)")
+  return 0
+}
+
+if [ "$SMOKE" = 1 ]; then
+  export TRITON_INTERPRET=1 BENCH_QUICK=1
+  SLUG=smoke-cpu
+  RES=${GPU_RESULTS_DIR:-runs/gpu-smoke}
+else
+  SLUG=$(python -c "import torch, re; n = torch.cuda.get_device_name().lower(); \
+m = re.search(r'(h100|h200|a100|l40s|l4|b200|gh200)', n); print(m.group(1) if m else re.sub(r'[^a-z0-9]+', '-', n).strip('-'))")
+  RES=${GPU_RESULTS_DIR:-bench/results/$SLUG}
+fi
+mkdir -p "$RES"
+export SMOKE SLUG RES
+echo "gpu.sh: device slug $SLUG, results in $RES"
+
+env_info() {
+  { date -u +"%Y-%m-%d %H:%M UTC"
+    nvidia-smi 2>/dev/null || echo "nvidia-smi: not available (smoke run on CPU)"
+    python -c "import sys, torch, triton, transformers; print('python', sys.version.split()[0]); \
+print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); \
+print('transformers', transformers.__version__)"
+    nvcc --version 2>/dev/null | tail -1
+    echo "git $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed files"
+  } > "$RES/env.txt"
+  cat "$RES/env.txt"
+}
+export -f env_info
+stage env 60 bash -c env_info
+
+build() {
+  if [ "$SMOKE" = 1 ] && python -c "import adaptive_encoder._C" 2>/dev/null; then
+    echo "smoke: package already installed, build skipped"; return 0
+  fi
+  if [ "$SMOKE" = 1 ]; then
+    pip install -q -e . --no-build-isolation --no-deps || return 1
+  else
+    ADAPTIVE_ENCODER_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} pip install -q -e . --no-build-isolation --no-deps || return 1
+  fi
+  local want=cuda; [ "$SMOKE" = 1 ] && want=cpu
+  python -c "from adaptive_encoder import ops; import sys; ok = ops.cpp_available('$want'); \
+print('C++ $want ops:', 'built' if ok else 'MISSING'); sys.exit(0 if ok else 1)"
+}
+export -f build
+stage build 300 bash -c build
+
+stage correctness 120 python bench/gpu_check.py --out "$RES" $([ "$SMOKE" = 1 ] && echo --smoke)
+
+# The op, attention, encoder and drop-in tests on this device (conftest adds cuda when visible).
+if [ "$SMOKE" = 1 ]; then
+  stage tests 300 python -m pytest tests/test_ops.py -q -x -p no:cacheprovider
+else
+  stage tests 150 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_encoder.py \
+    tests/test_properties.py -q -x -p no:cacheprovider -m "not slow"
+fi
+
+stage benchmarks 330 python -m pytest bench --benchmark-only -q -p no:cacheprovider \
+  --benchmark-json="$RES/benchmark.json"
+
+stage plots 60 python bench/plot.py "$RES/benchmark.json" --out "$RES" \
+  --command "bash bench/gpu.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')"
+
+pack() {
+  [ -n "${OUT:-}" ] || { echo "OUT not set: results stay in $RES"; return 0; }
+  mkdir -p "$OUT"
+  tar czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$RES")" "$(basename "$RES")"
+  for f in correctness.json summary.json env.txt; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
+  ls -la "$OUT"
+}
+export -f pack
+stage pack 60 bash -c pack
+
+echo "gpu.sh: $(( $(date +%s) - T_ALL )) s in all"
+if [ "${#FAILED[@]}" -ne 0 ]; then
+  echo "gpu.sh: FAILED stages: ${FAILED[*]}"
+  exit 1
+fi
+echo "gpu.sh: all stages passed"

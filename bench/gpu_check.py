@@ -1,0 +1,239 @@
+"""Correctness on the GPU, every backend against the reference, in one short run.
+
+    python bench/gpu_check.py --out DIR [--smoke]
+
+On a GPU: plan / gather / scatter on the `cuda` and `triton` backends (fp32, bf16, fp16;
+hidden 768, 384, 1000, 1; empty row sets; 120k rows), Triton varlen attention (with and
+without MPNet's relative bias) against float64, the encoder against the dense masked
+reference (fp32 tight, bf16 loose) and against transformers' BertModel at full depth, and
+gradients through gather/scatter (gradcheck, float64). `--smoke` runs the same checks on CPU
+with tiny shapes (C++ `cpu` backend, Triton through the interpreter).
+
+Writes DIR/correctness.json ({check: {"ok", "max_err", "seconds", ...}}), prints one line per
+check, exits 1 if any check failed.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+SMOKE = "--smoke" in sys.argv or not torch.cuda.is_available()
+if SMOKE:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports a @triton.jit kernel
+
+from adaptive_encoder import AdaptiveEncoder, ops, reference  # noqa: E402
+from adaptive_encoder.attention import varlen_attention  # noqa: E402
+from adaptive_encoder.dense import masked_forward  # noqa: E402
+
+DEV = torch.device("cpu" if SMOKE else "cuda")
+NATIVE = "cpu" if SMOKE else "cuda"
+BACKENDS = [NATIVE, "triton"]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+RESULTS: dict = {}
+
+
+CHECKS: list = []
+
+
+def check(name):
+    """Register a check; main() runs them in order."""
+    def wrap(fn):
+        CHECKS.append((name, fn))
+        return fn
+    return wrap
+
+
+def run_check(name, fn) -> None:
+    t0 = time.perf_counter()
+    try:
+        info = fn() or {}
+        ok = bool(info.pop("ok", True))
+    except Exception as e:  # a failing check is reported, the others still run
+        info, ok = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-1500:]}, False
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+    RESULTS[name] = {"ok": ok, "seconds": round(time.perf_counter() - t0, 3), **info}
+    print(f"{'ok  ' if ok else 'FAIL'} {name:<42} {RESULTS[name]['seconds']:>7.2f}s  "
+          + " ".join(f"{k}={v}" for k, v in info.items() if k != "trace"), flush=True)
+
+
+def rel_err(a, b, mask=None):
+    a, b = a.double(), b.double()
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+@check("gather/scatter bitwise, 3 dtypes x 4 widths")
+def _rows():
+    gen = torch.Generator().manual_seed(0)
+    R = 300 if SMOKE else 4096
+    worst = 0
+    for backend in BACKENDS:
+        for dtype in DTYPES:
+            for D in (768, 384, 1000, 1):
+                x = torch.randn(R, D, generator=gen).to(DEV, dtype)
+                for A in (0, R // 3, R):
+                    rows = torch.randperm(R, generator=gen)[:A].to(DEV)
+                    src = torch.randn(A, D, generator=gen).to(DEV, dtype)
+                    assert torch.equal(ops.gather(x, rows, backend=backend), reference.gather(x, rows)), \
+                        (backend, dtype, D, A)
+                    assert torch.equal(ops.scatter(x, src, rows, backend=backend), reference.scatter(x, src, rows)), \
+                        (backend, dtype, D, A)
+                    worst += 1
+    return {"cases": worst}
+
+
+@check("gather/scatter 120k rows of 768 bf16")
+def _big():
+    R = 3000 if SMOKE else 120_000
+    x = torch.randn(R, 768, device=DEV).to(torch.bfloat16)
+    rows = torch.randperm(R, device=DEV)[: R // 2]
+    src = torch.randn(rows.numel(), 768, device=DEV).to(torch.bfloat16)
+    for backend in BACKENDS:
+        assert torch.equal(ops.gather(x, rows, backend=backend), x[rows]), backend
+        assert torch.equal(ops.scatter(x, src, rows, backend=backend), x.index_copy(0, rows, src)), backend
+    return {"rows": R}
+
+
+@check("bounds: bad rows refused, kernels masked")
+def _bounds():
+    x = torch.randn(4, 8, device=DEV)
+    for backend in BACKENDS:
+        for bad in ([4], [-1], [100000]):
+            r = torch.tensor(bad, device=DEV)
+            try:
+                ops.gather(x, r, backend=backend)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"{backend} gather took row {bad}")
+        if backend != "cpu":  # unchecked: out-of-range reads give zeros, writes are dropped
+            out = ops.gather(x, torch.tensor([1, 7, -3], device=DEV), backend=backend, check=False)
+            assert torch.equal(out[0], x[1]) and not out[1:].any(), backend
+    return {}
+
+
+@check("plan vs reference")
+def _plan():
+    gen = torch.Generator().manual_seed(1)
+    B, T, L = (3, 40, 12) if SMOKE else (15, 512, 12)
+    depths = torch.randint(0, L + 1, (B, T), generator=gen).to(DEV)
+    mask = (torch.arange(T)[None] < torch.randint(1, T + 1, (B,), generator=gen)[:, None]).to(DEV)
+    ref = reference.plan(depths, mask, L)
+    for backend in BACKENDS:
+        got = ops.plan(depths, mask, L, backend=backend)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), backend
+    return {"shape": [B, T, L]}
+
+
+def _attn_case(dtype, bias: bool, gen):
+    B, H, Dh = (2, 2, 64) if SMOKE else (8, 12, 64)
+    maxlen = 40 if SMOKE else 512
+    k_len = torch.randint(1, maxlen + 1, (B,), generator=gen)
+    q_len = torch.minimum(k_len, torch.randint(0, maxlen + 1, (B,), generator=gen))
+    cu_k = torch.cat([torch.zeros(1, dtype=torch.long), k_len.cumsum(0)]).to(DEV)
+    cu_q = torch.cat([torch.zeros(1, dtype=torch.long), q_len.cumsum(0)]).to(DEV)
+    q = torch.randn(int(cu_q[-1]), H, Dh, generator=gen).to(DEV, dtype)
+    k = torch.randn(int(cu_k[-1]), H, Dh, generator=gen).to(DEV, dtype)
+    v = torch.randn(int(cu_k[-1]), H, Dh, generator=gen).to(DEV, dtype)
+    extra = None
+    if bias:
+        P = maxlen
+        dist = torch.randn(2 * P - 1, H, generator=gen).to(DEV, dtype)
+        k_pos = torch.cat([torch.arange(int(n)) for n in k_len]).to(DEV)
+        q_pos = torch.cat([torch.arange(int(n)) for n in q_len]).to(DEV)
+        extra = (dist, q_pos, k_pos)
+    out = varlen_attention(q, k, v, cu_q, cu_k, int(q_len.max()), int(k_len.max()), backend="triton", bias=extra)
+    ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu_q, cu_k, int(q_len.max()),
+                                     int(k_len.max()), bias=None if extra is None else
+                                     (extra[0].double(), extra[1], extra[2]))
+    return rel_err(out, ref)
+
+
+@check("triton varlen attention vs float64")
+def _attention():
+    gen = torch.Generator().manual_seed(2)
+    errs = {}
+    with torch.no_grad():
+        for dtype in DTYPES:
+            for bias in (False, True):
+                errs[f"{str(dtype)[6:]}{'+bias' if bias else ''}"] = _attn_case(dtype, bias, gen)
+    tol = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
+    ok = all(e < tol[name.split("+")[0]] for name, e in errs.items())
+    return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
+
+
+def _bert(dtype):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE else \
+        dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
+    cfg = BertConfig(**shape, max_position_embeddings=512, attn_implementation="sdpa")
+    return BertModel(cfg).to(DEV, dtype).eval()
+
+
+def _batch(N, dtype, hidden):
+    gen = torch.Generator().manual_seed(3)
+    B, T = (3, 24) if SMOKE else (8, 384)
+    depths = torch.randint(1, N + 1, (B, T), generator=gen).to(DEV)
+    mask = (torch.arange(T)[None] < torch.randint(T // 4, T + 1, (B,), generator=gen)[:, None]).to(DEV)
+    x = torch.randn(B, T, hidden, generator=gen).to(DEV, dtype)
+    return x, depths, mask
+
+
+@check("encoder vs dense reference and BertModel")
+def _encoder():
+    errs = {}
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            bert = _bert(dtype)
+            N, D = bert.config.num_hidden_layers, bert.config.hidden_size
+            x, depths, mask = _batch(N, dtype, D)
+            for backend in BACKENDS:
+                enc = AdaptiveEncoder.from_model(bert, backend=backend)
+                out = enc(x, depths, mask).last_hidden_state
+                errs[f"{str(dtype)[6:]}/{backend}/mixed"] = rel_err(out, masked_forward(bert, x, depths, mask), mask)
+                full = enc(x, None, mask).last_hidden_state
+                additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=dtype)
+                additive.masked_fill_(~mask[:, None, None, :], torch.finfo(dtype).min)
+                hf = bert.encoder(x, attention_mask=additive).last_hidden_state
+                errs[f"{str(dtype)[6:]}/{backend}/full-vs-hf"] = rel_err(full, hf, mask)
+    ok = all(e < (1e-4 if name.startswith("float32") else 3e-2) for name, e in errs.items())
+    return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
+
+
+@check("gradcheck through gather/scatter")
+def _grad():
+    for backend in BACKENDS:
+        x = torch.randn(9, 5, device=DEV, dtype=torch.float64, requires_grad=True)
+        src = torch.randn(4, 5, device=DEV, dtype=torch.float64, requires_grad=True)
+        rows = torch.tensor([7, 0, 3, 5], device=DEV)
+        assert torch.autograd.gradcheck(lambda a: ops.gather(a, rows, backend=backend), (x,)), backend
+        assert torch.autograd.gradcheck(lambda a, b: ops.scatter(a, b, rows, backend=backend), (x, src)), backend
+    return {}
+
+
+def main():
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--out", required=True, help="folder for correctness.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (the Triton interpreter)")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name, fn in CHECKS:
+        run_check(name, fn)
+    with open(os.path.join(args.out, "correctness.json"), "w") as f:
+        json.dump({"device": torch.cuda.get_device_name() if not SMOKE else "cpu (smoke)", "checks": RESULTS},
+                  f, indent=1)
+    failed = [k for k, v in RESULTS.items() if not v["ok"]]
+    print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
