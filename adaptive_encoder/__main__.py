@@ -6,6 +6,10 @@
     evaluate         accuracy, average depth, token-layer fraction, throughput of a checkpoint
     experiment       the accuracy table: variants x seeds x datasets -> accuracy.json / accuracy.md
     sweep-layers     accuracy vs N (paper's Figure 3a) -> accuracy_vs_layers.json / .md / .png
+    predict          labels and mean depths of a file's or dataset's texts -> JSON lines
+
+train, experiment, sweep-layers, evaluate and predict run data parallel under torchrun
+(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`): gloo on CPU, nccl on GPUs.
 """
 import argparse
 import sys
@@ -183,6 +187,40 @@ def _evaluate(args) -> int:
     print(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
           f"{ev['samples_per_s']:.0f} samples/s")
+    return 0
+
+
+def _predict(args) -> int:
+    import os
+
+    from adaptive_encoder import distributed
+    from adaptive_encoder.predict import predict, read_texts
+
+    error, texts, split = None, None, None
+    try:  # every rank checks its inputs; any failure ends every rank with the message
+        if not os.path.isfile(args.checkpoint):
+            raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
+        if args.input:
+            texts = read_texts(args.input)
+        else:
+            from adaptive_encoder.data import load_dataset
+
+            splits = load_dataset(args.dataset, root=args.data)
+            if args.split not in splits:
+                raise ValueError(f"dataset {args.dataset} has splits {sorted(splits)}, not {args.split!r}")
+            texts, split = splits[args.split].texts, (args.dataset, args.split)
+        if args.limit:
+            texts = texts[:args.limit]
+    except (OSError, ValueError) as e:
+        error = str(e)
+    distributed.all_ok(error)
+    summary = predict(args.checkpoint, texts, args.out, batch_size=args.batch_size, data_root=args.data,
+                      depth_dir=args.depths, dataset_split=split)
+    if distributed.is_main():
+        frac = summary["token_layer_fraction"]
+        print(f"wrote {args.out}: {summary['texts']} texts, {summary['texts'] / summary['seconds']:.1f} texts/s "
+              f"on {distributed.world_size()} process(es), token-layers "
+              f"{'n/a (all shards reused)' if frac is None else f'{frac:.1%}'}")
     return 0
 
 
@@ -374,12 +412,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(sw, layers=False)
     _add_common(sw, seed=False)
     sw.set_defaults(func=_sweep_layers)
+
+    pr = command("predict", "labels and mean depths of texts, one JSON line each, in input order")
+    pr.add_argument("checkpoint", help="a checkpoint written by train")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", default=None, help="a UTF-8 text file, one text per line")
+    src.add_argument("--dataset", default=None, help="trec, mr, subj or sst2")
+    pr.add_argument("--split", default="test", help="split of --dataset")
+    pr.add_argument("--out", required=True, help="output JSON-lines file")
+    pr.add_argument("--limit", type=POSITIVE, default=None, help="first K texts only")
+    pr.add_argument("--batch-size", type=POSITIVE, default=64, help="texts per forward")
+    pr.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
+    _add_common(pr, model=False, seed=False)
+    pr.set_defaults(func=_predict)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command == "demo" or args.command == "estimate-depths":
+        return args.func(args)
+    from adaptive_encoder import distributed
+
+    distributed.init_from_env()  # under torchrun: one process group for the command
+    try:
+        return args.func(args)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -59,7 +59,11 @@ class AdaptiveClassifier(nn.Module):
     def classify(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pool(states, mask)))
 
-    def forward(self, input_ids, attention_mask, depths=None) -> ClassifierOutput:
+    def forward(self, input_ids, attention_mask, depths=None, anytime: bool = False):
+        """ClassifierOutput; with anytime=True the (N, B, C) logits of layer_logits instead (so a
+        DistributedDataParallel wrapper sees the anytime classifier's forward too)."""
+        if anytime:
+            return self.layer_logits(input_ids, attention_mask)
         mask = attention_mask != 0
         x = self.bert.embeddings(input_ids=input_ids)
         if self.halting is not None and depths is None:

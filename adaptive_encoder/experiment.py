@@ -13,6 +13,7 @@ import statistics
 
 import torch
 
+from . import distributed
 from .data import load_dataset
 from .depth.pipeline import encode_words, mi_depths, reconstruction_depths, saved_loss_tables, tokenizer_words
 from .depth.reconstruction import table_depths
@@ -171,6 +172,8 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
                 r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit)
                 r["command"] = command
                 records.append(r)
+                if not distributed.is_main():  # under torchrun every rank has the record; rank 0 writes
+                    continue
                 log(f"{ds} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  avg depth {r['avg_depth']:.2f}  "
                     f"token-layers {r['token_layer_fraction']:.1%}  train {r['train_seconds']:.0f}s")
                 with open(json_path, "w") as f:
@@ -239,6 +242,8 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
     figure = f"accuracy_vs_layers_{dataset}.png"
 
     def save():
+        if not distributed.is_main():
+            return
         with open(json_path, "w") as f:
             json.dump(records, f, indent=1)
         plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset],
@@ -263,8 +268,9 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         for seed, v in todo:
             r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
             records.append(r)
-            log(f"{dataset} N={n} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  "
-                f"avg depth {r['avg_depth']:.2f}  token-layers {r['token_layer_fraction']:.1%}")
+            if distributed.is_main():
+                log(f"{dataset} N={n} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  "
+                    f"avg depth {r['avg_depth']:.2f}  token-layers {r['token_layer_fraction']:.1%}")
             save()
     if any(r["dataset"] == dataset for r in records):
         save()

@@ -17,6 +17,14 @@ Variants (same code path; only where depths come from differs):
                     depth 1, 79.2 % test accuracy against 95.8 % at fixed depth).
 
 Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens.
+
+Data parallel under `torchrun` (adaptive_encoder/distributed.py): every rank draws the same
+shuffled order, each global batch of `batch_size` examples is split across the ranks
+(rank r takes rows r, r+W, ...), the model is wrapped in DistributedDataParallel, and each
+rank's loss is its examples' summed loss x W / global batch size, so the averaged gradient
+is exactly the 1-process gradient of the same global batch. A final global batch smaller
+than the number of ranks is dropped. Progress bars on rank 0 only; evaluation shards the
+examples and sums the counts.
 """
 import os
 import time
@@ -25,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .classifier import AdaptiveClassifier, halting_pseudo_labels
 
 VARIANTS = ("fixed", "mi", "reconstruction", "halting")
@@ -61,11 +70,19 @@ class Encoded:
                        None if self.depths is None else [self.depths[i] for i in idx], dict(self.meta))
 
 
-def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator=None):
-    """Yields (input_ids, attention_mask, depths or None, labels), padded to the batch's longest."""
+def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator=None,
+            shard: tuple | None = None):
+    """Yields (input_ids, attention_mask, depths or None, labels), padded to the batch's longest.
+
+    shard=(rank, world): this rank's rows (rank, rank+world, ...) of every global batch; a
+    global batch with fewer rows than `world` is skipped on every rank."""
     order = torch.randperm(len(data), generator=generator).tolist() if shuffle else list(range(len(data)))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        if shard is not None:
+            if len(idx) < shard[1]:
+                continue
+            idx = idx[shard[0]::shard[1]]
         T = max(len(data.ids[i]) for i in idx)
         ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), T), dtype=torch.long)
@@ -75,14 +92,28 @@ def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, 
             ids[r, :n] = torch.as_tensor(data.ids[i])
             mask[r, :n] = 1
             if depths is not None:
-                depths[r, :n] = data.depths[i][:n]
+                depths[r, :n] = torch.as_tensor(data.depths[i][:n])
         yield ids, mask, depths, torch.tensor([data.labels[i] for i in idx])
 
 
 def _progress(iterable, desc, enabled, total=None):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False)
+    return tqdm(iterable, desc=desc, total=total, disable=not (enabled and distributed.is_main()), leave=False)
+
+
+def _data_parallel(module):
+    """DistributedDataParallel under torchrun, the module itself otherwise. Unused parameters
+    are normal here (layers above a batch's deepest token, the halting unit in stage 1)."""
+    if not distributed.active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, find_unused_parameters=True)
+
+
+def _shard():
+    return (distributed.rank(), distributed.world_size()) if distributed.active() else None
 
 
 def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, progress: bool = False) -> dict:
@@ -99,20 +130,27 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     losses = []
     t0 = time.perf_counter()
     n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    W = distributed.world_size()
+    net = _data_parallel(model)
     model.train()
     for epoch in range(cfg.epochs):
-        for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen),
+        for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                                    f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
+            n_global = distributed.sum_([len(labels)])[0] if W > 1 else len(labels)
             if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
-                logits = model.layer_logits(ids, mask)
-                loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]))
+                logits = net(ids, mask, anytime=True)
+                loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="sum")
+                loss_sum = loss_sum / logits.shape[0]
             else:
-                loss = F.cross_entropy(model(ids, mask, depths).logits, labels)
+                loss_sum = F.cross_entropy(net(ids, mask, depths).logits, labels, reduction="sum")
+            # Summed over this rank's rows, x W / global rows: DDP's gradient average is then the
+            # mean over the global batch, exactly as one process computes it.
+            loss = loss_sum * (W / n_global)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             opt.step()
-            losses.append(loss.item())
+            losses.append(distributed.sum_([loss_sum.item()])[0] / n_global if W > 1 else loss.item())
     if halting:
         losses += train_halting_unit(model, held_out, cfg, pad_id, gen, progress)
     model.eval()
@@ -123,22 +161,26 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
     """Stage 2 on `data` (the held-out split): encoder frozen; each real token learns its
     example's pseudo depth."""
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
+    unit = _data_parallel(model.halting)
+    W = distributed.world_size()
     losses = []
     for epoch in range(cfg.halting_epochs):
-        for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen),
+        for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                               f"halting unit {epoch + 1}/{cfg.halting_epochs}", progress):
             model.eval()
             with torch.no_grad():
                 target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N
                 m = mask != 0
                 h1 = model.encoder(model.bert.embeddings(input_ids=ids), m.long(), m).last_hidden_state
-            logits = model.halting_logits(h1)[m]
+            logits = unit(h1)[m]  # the unit's logits over depths 1..N
             tok_target = (target.unsqueeze(1).expand_as(mask)[m]) - 1
-            loss = F.cross_entropy(logits, tok_target)
+            n_tokens = distributed.sum_([int(m.sum())])[0] if W > 1 else int(m.sum())
+            loss_sum = F.cross_entropy(logits, tok_target, reduction="sum")
+            loss = loss_sum * (W / n_tokens)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(distributed.sum_([loss_sum.item()])[0] / n_tokens if W > 1 else loss.item())
     return losses
 
 
@@ -150,6 +192,11 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
     depth_sum = 0
     preds = []
     t0 = time.perf_counter()
+    index = list(range(len(data)))
+    if distributed.active():  # each rank its contiguous share; counts summed below
+        r, W = distributed.rank(), distributed.world_size()
+        index = index[r * len(data) // W:(r + 1) * len(data) // W]
+        data = data.subset(index)
     for ids, mask, depths, labels in batches(data, batch_size, pad_id):
         out = model(ids, mask, depths)
         p = out.logits.argmax(-1)
@@ -159,13 +206,21 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
         computed += out.computed_token_layers
         depth_sum += int(out.depths[mask != 0].sum())
     seconds = time.perf_counter() - t0
-    return {"accuracy": correct / max(len(data), 1), "avg_depth": depth_sum / max(tokens, 1),
+    n = len(data)
+    if distributed.active():
+        correct, tokens, computed, depth_sum, n = distributed.sum_([correct, tokens, computed, depth_sum, n])
+        seconds = max(distributed.gather_objects(seconds))
+        preds = [p for part in distributed.gather_objects(preds) for p in part]  # contiguous shares, in order
+    return {"accuracy": correct / max(n, 1), "avg_depth": depth_sum / max(tokens, 1),
             "token_layer_fraction": computed / max(tokens * model.num_layers, 1),
-            "samples_per_s": len(data) / seconds, "predictions": preds}
+            "samples_per_s": n / seconds, "predictions": preds}
 
 
 def save_checkpoint(path: str, model: AdaptiveClassifier, meta: dict) -> None:
-    """meta must hold what build_model needs: model_path, num_labels, layers, halting, dropout."""
+    """meta must hold what build_model needs: model_path, num_labels, layers, halting, dropout.
+    Under torchrun only rank 0 writes."""
+    if not distributed.is_main():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
 

@@ -26,6 +26,24 @@ import scipy.sparse as sp
 import torch
 
 
+def _world() -> int | None:
+    """World size when torch.distributed is initialised with more than one rank, else None."""
+    from .. import distributed
+
+    return distributed.world_size() if distributed.active() else None
+
+
+def _sum_over_ranks(counts: tuple) -> tuple:
+    from .. import distributed
+
+    n11, n1_, n_1, n_docs = counts
+    flat = torch.from_numpy(np.concatenate([n11.ravel(), n1_.ravel(), n_1.ravel(), [n_docs]]))
+    flat = distributed.sum_tensor(flat).numpy()  # float64 sums of integer counts: exact
+    V, C = n11.shape
+    return (flat[:V * C].reshape(V, C), flat[V * C:V * C + V].reshape(V, 1),
+            flat[V * C + V:V * C + V + C].reshape(1, C), float(flat[-1]))
+
+
 class MIDepthEstimator:
     def __init__(self, num_layers: int, smoothing: float = 0.1, min_mi: float = 1e-12):
         if num_layers < 1:
@@ -49,33 +67,59 @@ class MIDepthEstimator:
         if isinstance(docs, str) or any(isinstance(d, str) for d in docs):
             raise TypeError("MIDepthEstimator.fit expects each document as a list of words, got a string; "
                             "make word lists with adaptive_encoder.depth.texts_to_words(tokenizer, texts)")
-        if len(docs) == 0:
-            raise ValueError("fit needs at least one document")
         if len(docs) != len(labels):
             raise ValueError(f"{len(docs)} docs but {len(labels)} labels")
+        world = _world()
+        if len(docs) == 0 and world is None:
+            raise ValueError("fit needs at least one document")
         vocab: dict = {}
         indptr, indices = [0], []
         for doc in docs:
             ids = {vocab.setdefault(w, len(vocab)) for w in doc}
             indices.extend(ids)
             indptr.append(len(indices))
-        X = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(docs), len(vocab)))
-        label_values, y = np.unique(np.asarray(labels), return_inverse=True)
+        label_values = np.unique(np.asarray(labels, dtype=np.int64))
+        if world is not None:
+            # torch.distributed: each rank holds a share of the documents. Agree on one sorted
+            # vocabulary and label set, count locally, then sum the counts over the ranks, so
+            # every rank ends with the table a 1-process fit on all documents gives.
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (sorted(vocab), label_values.tolist()))
+            words = sorted({w for ws, _ in gathered for w in ws})
+            label_values = np.array(sorted({y for _, ys in gathered for y in ys}), dtype=np.int64)
+            if not words or label_values.size == 0:
+                raise ValueError("fit needs at least one document (on all ranks together)")
+            index = {w: i for i, w in enumerate(words)}
+            remap = np.array([index[w] for w in sorted(vocab, key=vocab.get)], dtype=np.int64)
+            indices = remap[np.asarray(indices, dtype=np.int64)].tolist() if indices else []
+        else:
+            words = [None] * len(vocab)
+            for w, i in vocab.items():
+                words[i] = w
+        X = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(docs), len(words)))
+        y = np.searchsorted(label_values, np.asarray(labels, dtype=np.int64))
         Y = sp.csr_matrix((np.ones(len(y)), (np.arange(len(y)), y)), shape=(len(docs), len(label_values)))
-        mi = self._mutual_information(X, Y)
-        words = [None] * len(vocab)
-        for w, i in vocab.items():
-            words[i] = w
+        counts = self._counts(X, Y)
+        if world is not None:
+            counts = _sum_over_ranks(counts)
+        mi = self._mutual_information(*counts)
         self.mi = dict(zip(words, mi.tolist()))
         self.word_depth = dict(zip(words, self._bin(mi).tolist()))
         return self
 
-    def _mutual_information(self, X, Y) -> np.ndarray:
-        """(V,) summed over labels; X (D,V) binary doc-term, Y (D,C) one-hot labels."""
-        n_docs = X.shape[0]
-        n11 = np.asarray((X.T @ Y).todense())           # word present, label y   (V, C)
-        n1_ = np.asarray(X.sum(0)).reshape(-1, 1)        # docs containing the word
-        n_1 = np.asarray(Y.sum(0)).reshape(1, -1)        # docs with label y
+    @staticmethod
+    def _counts(X, Y) -> tuple:
+        """(n11 (V,C) docs with word and label, n1_ (V,1) docs with word, n_1 (1,C) docs with
+        label, n_docs) from X (D,V) binary doc-term and Y (D,C) one-hot labels."""
+        n11 = np.asarray((X.T @ Y).todense(), dtype=np.float64)
+        n1_ = np.asarray(X.sum(0), dtype=np.float64).reshape(-1, 1)
+        n_1 = np.asarray(Y.sum(0), dtype=np.float64).reshape(1, -1)
+        return n11, n1_, n_1, float(X.shape[0])
+
+    def _mutual_information(self, n11, n1_, n_1, n_docs) -> np.ndarray:
+        """(V,) summed over labels, from the counts of `_counts`."""
         n10 = n1_ - n11
         n01 = n_1 - n11
         n00 = n_docs - n11 - n10 - n01

@@ -1,0 +1,98 @@
+"""torch.distributed helpers for running the CLI under `torchrun` (data parallel).
+
+    torchrun --nproc_per_node=2 -m adaptive_encoder train ...
+
+`init_from_env()` starts the process group when torchrun's variables are set: gloo on CPU,
+nccl on CUDA (each rank on its LOCAL_RANK device), with a timeout on every collective so a
+rank that dies ends the others with an error instead of a hang
+($ADAPTIVE_ENCODER_DIST_TIMEOUT seconds, default 600). Without torchrun everything here is
+a no-op for a world of one process.
+"""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> bool:
+    """Initialise from torchrun's environment (WORLD_SIZE > 1); returns whether it did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    timeout = datetime.timedelta(seconds=float(os.environ.get("ADAPTIVE_ENCODER_DIST_TIMEOUT", "600")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl", timeout=timeout)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_ok(error: str | None) -> None:
+    """Collective: raise on every rank if any rank reports an error (its message, with its rank),
+    so a bad input seen by one rank never leaves the others waiting in a later collective."""
+    if not active():
+        if error:
+            raise RuntimeError(error)
+        return
+    errors = [None] * world_size()
+    dist.all_gather_object(errors, error)
+    bad = [(r, e) for r, e in enumerate(errors) if e]
+    if bad:
+        raise RuntimeError("; ".join(f"rank {r}: {e}" for r, e in bad))
+
+
+def comm_device() -> torch.device:
+    """Where collective tensors must live: CUDA for nccl, CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a tensor (returned on t's device)."""
+    if not active():
+        return t
+    moved = t.to(comm_device())
+    dist.all_reduce(moved)
+    return moved.to(t.device)
+
+
+def sum_(values: list) -> list:
+    """Element-wise sum over ranks of a list of numbers (float64)."""
+    if not active():
+        return list(values)
+    return sum_tensor(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()

@@ -1,0 +1,125 @@
+"""Batch prediction with a trained checkpoint, sharded over ranks under torchrun.
+
+    python -m adaptive_encoder predict CHECKPOINT (--input FILE | --dataset NAME [--split test])
+           --out preds.jsonl [--limit K] [--batch-size B]
+    torchrun --nproc_per_node=2 -m adaptive_encoder predict ...
+
+Writes one JSON line per text, in input order: {"index", "label" (predicted class index),
+"depth_mean" (mean depth of the text's real tokens)}. Under torchrun rank r takes the r-th
+contiguous share of the texts and writes `<out>.shard<r>of<W>` (renamed into place only when
+complete); rank 0 then merges the shards into `<out>`. A rerun with the same number of ranks
+skips shards that are complete.
+
+Depths come from the checkpoint's variant: fixed (all N), halting (the model's unit), MI (the
+estimator refitted on the checkpoint's training data, deterministic), reconstruction (only
+for texts of the checkpoint's own dataset, from estimate-depths' file).
+"""
+import json
+import os
+import time
+
+import torch
+
+from . import distributed
+
+
+def read_texts(path: str) -> list:
+    """Non-empty lines of a UTF-8 text file; errors name the file (and line)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--input {path}: no such file")
+    texts = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"--input {path}, line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if line:
+                texts.append(line)
+    if not texts:
+        raise ValueError(f"--input {path}: the file has no text (empty or only blank lines)")
+    return texts
+
+
+def _depths_for(meta: dict, tokenizer, words: list, dataset_texts: bool, data_root, depth_dir):
+    """Per-text depth lists (or None per text: the model decides) for the checkpoint's variant."""
+    from .depth.pipeline import encode_words
+
+    variant, N = meta["variant"], meta["layers"]
+    max_length = meta["config"]["max_length"]
+    if variant in ("fixed", "halting"):
+        return None
+    if variant == "mi":
+        from .data import load_dataset
+        from .depth.mi import MIDepthEstimator
+        from .depth.pipeline import tokenizer_words
+
+        train = load_dataset(meta["dataset"], root=data_root)["train"]
+        if meta.get("limit"):
+            train = train.subset(range(min(meta["limit"], len(train))))
+        est = MIDepthEstimator(N).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+        enc = encode_words(tokenizer, words, max_length)
+        return [est.sequence_depths(words[i], enc.word_ids(i)) for i in range(len(words))]
+    raise ValueError(f"predict: {variant} depths for new texts need the anytime MLM's loss tables, which "
+                     f"only exist for the checkpoint's dataset: use --dataset {meta['dataset']} "
+                     f"(depths from {depth_dir}/{meta['dataset']})")
+
+
+def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
+            data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None) -> dict:
+    """Write `out` (see the module docstring); returns {"texts", "seconds", "token_layer_fraction"}."""
+    from .depth.pipeline import encode_words, tokenizer_words
+    from .train import Encoded, _progress, batches, load_checkpoint
+
+    rank, W = distributed.rank(), distributed.world_size()
+    shard_path = f"{out}.shard{rank}of{W}"
+    model, tokenizer, meta = load_checkpoint(checkpoint)
+    lo, hi = rank * len(texts) // W, (rank + 1) * len(texts) // W
+    t0 = time.perf_counter()
+    computed = tokens = 0
+    if not os.path.isfile(shard_path):  # a complete shard from an earlier run is kept
+        words = [tokenizer_words(tokenizer, t) for t in texts[lo:hi]]
+        if dataset_split is not None and meta["variant"] == "reconstruction":
+            from .experiment import prepare
+
+            full = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
+                           os.path.join(depth_dir, meta["dataset"]), meta.get("model_path"), limit=meta.get("limit", 0),
+                           variants=["reconstruction"], data_root=data_root, estimate_missing=False)
+            depths = full["reconstruction"][1 if dataset_split[1] == "test" else 0].depths[lo:hi]
+        else:
+            depths = _depths_for(meta, tokenizer, words, dataset_split is not None, data_root, depth_dir)
+        ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
+        data = Encoded(ids, [0] * len(ids), depths)
+        lines = []
+        n_batches = (len(ids) + batch_size - 1) // batch_size
+        with torch.inference_mode():
+            for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
+                                                          "predict", progress, n_batches)):
+                res = model(x, mask, d)
+                real = mask != 0
+                per_text = (res.depths * real).sum(1).double() / real.sum(1)
+                for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
+                    lines.append(json.dumps({"index": lo + b * batch_size + j, "label": label,
+                                             "depth_mean": round(dm, 6)}))
+                computed += res.computed_token_layers
+                tokens += res.real_tokens
+        tmp = shard_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, shard_path)  # only a finished shard gets its final name
+    seconds = time.perf_counter() - t0
+    computed, tokens = distributed.sum_([computed, tokens])
+    seconds = max(distributed.gather_objects(seconds))
+    distributed.barrier()
+    if distributed.is_main():
+        tmp = out + ".tmp"
+        with open(tmp, "w") as f:
+            for r in range(W):
+                with open(f"{out}.shard{r}of{W}") as part:
+                    f.write(part.read())
+        os.replace(tmp, out)
+        for r in range(W):
+            os.remove(f"{out}.shard{r}of{W}")
+    distributed.barrier()
+    return {"texts": len(texts), "seconds": seconds,
+            "token_layer_fraction": computed / max(tokens * meta["layers"], 1) if tokens else None}

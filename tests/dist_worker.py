@@ -1,0 +1,57 @@
+"""Run by tests/test_distributed.py, alone or under torchrun (2 CPU processes, gloo).
+
+    python tests/dist_worker.py train OUT.json      one short training run: losses + final weights
+    python tests/dist_worker.py mi OUT.json         MI table fitted on this rank's share of docs
+"""
+import json
+import sys
+
+import torch
+from transformers import BertConfig, BertModel
+
+from adaptive_encoder import distributed
+from adaptive_encoder.classifier import AdaptiveClassifier
+from adaptive_encoder.depth.mi import MIDepthEstimator
+from adaptive_encoder.train import Encoded, TrainConfig, train
+
+
+def data(n=20, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids, labels, depths = [], [], []
+    for _ in range(n):
+        T = int(torch.randint(3, 12, (1,), generator=gen))
+        ids.append(torch.randint(5, 100, (T,), generator=gen).tolist())
+        depths.append(torch.randint(1, 4, (T,), generator=gen).tolist())
+        labels.append(int(torch.randint(0, 3, (1,), generator=gen)))
+    return Encoded(ids, labels, depths)
+
+
+def run_train(halting: bool):
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+                     vocab_size=100, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    model = AdaptiveClassifier(BertModel(cfg), 3, dropout=0.0, halting=halting)
+    hist = train(model, data(), TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=0, halting_epochs=1), pad_id=0)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {"losses": hist["losses"], "params": flat.tolist()}
+
+
+def run_mi():
+    gen = torch.Generator().manual_seed(1)
+    docs = [[f"w{int(w)}" for w in torch.randint(0, 40, (int(torch.randint(2, 9, (1,), generator=gen)),),
+                                                   generator=gen)] for _ in range(60)]
+    labels = [int(torch.randint(0, 3, (1,), generator=gen)) for _ in docs]
+    r, W = distributed.rank(), distributed.world_size()
+    est = MIDepthEstimator(4).fit(docs[r::W], labels[r::W])  # this rank's share only
+    return {"mi": est.mi, "word_depth": est.word_depth}
+
+
+if __name__ == "__main__":
+    distributed.init_from_env()
+    what, out = sys.argv[1], sys.argv[2]
+    result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi}[what]()
+    if distributed.is_main():
+        with open(out, "w") as f:
+            json.dump({"world": distributed.world_size(), **result}, f)
+    distributed.shutdown()

@@ -1,0 +1,113 @@
+"""More than one process: torchrun with 2 CPU processes (gloo, loopback only) gives the same
+training steps, MI table and predictions as one process; bad inputs end every rank."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _torchrun(*args, nproc=2, timeout=240, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADAPTIVE_ENCODER_DIST_TIMEOUT": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _single(*args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("what", ["train", "halting"])
+def test_two_processes_train_exactly_like_one(tmp_path, what):
+    _single(str(HERE / "dist_worker.py"), what, str(tmp_path / "one.json"))
+    _torchrun(str(HERE / "dist_worker.py"), what, str(tmp_path / "two.json"))
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert (one["world"], two["world"]) == (1, 2)
+    assert len(one["losses"]) == len(two["losses"]) > 2
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    # Equal up to float summation order (gradients are summed across ranks; Adam divides by the
+    # root of tiny second moments, so a few near-zero weights move by ~1e-6).
+    torch.testing.assert_close(torch.tensor(two["params"]), torch.tensor(one["params"]), rtol=1e-5, atol=1e-5)
+
+
+def test_mi_counts_are_summed_over_ranks(tmp_path):
+    _single(str(HERE / "dist_worker.py"), "mi", str(tmp_path / "one.json"))
+    _torchrun(str(HERE / "dist_worker.py"), "mi", str(tmp_path / "two.json"))
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["word_depth"] == one["word_depth"]
+    assert two["mi"].keys() == one["mi"].keys()
+    assert all(abs(two["mi"][w] - one["mi"][w]) < 1e-12 for w in one["mi"])
+
+
+def _tiny_checkpoint(tmp_path, variant="fixed"):
+    """A checkpoint of a tiny random BERT saved as a local model folder (no pretrained package)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from adaptive_encoder.classifier import AdaptiveClassifier
+    from adaptive_encoder.train import save_checkpoint
+
+    folder = tmp_path / "tiny-bert"
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+                                vocab_size=100, max_position_embeddings=64))
+    bert.save_pretrained(str(folder))
+    model = AdaptiveClassifier(bert, 3)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model, {"model_path": str(folder), "num_labels": 3, "layers": 3, "halting": False,
+                                       "dropout": 0.1, "dataset": "trec", "variant": variant,
+                                       "config": {"max_length": 64}, "limit": 0})
+    return path
+
+
+def test_predict_one_and_two_processes_write_identical_files(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path)
+    texts = tmp_path / "texts.txt"
+    gen = torch.Generator().manual_seed(0)
+    texts.write_text("\n".join(" ".join(f"w{int(w)}" for w in torch.randint(0, 95, (int(n),), generator=gen))
+                               for n in torch.randint(1, 20, (23,), generator=gen)) + "\n")
+    args = ["-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(texts), "--batch-size", "4"]
+    one = _single(*args, "--out", str(tmp_path / "one.jsonl"))
+    _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
+    lines = (tmp_path / "one.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == list(range(23))
+    assert all(json.loads(line)["depth_mean"] == 3 for line in lines)  # a fixed-depth checkpoint
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert "23 texts" in one.stdout and "texts/s" in one.stdout and "token-layers 100.0%" in one.stdout
+    # A rerun skips complete shards: leave shard 1 of 2 in place with a marker, rerun, see it kept.
+    # A rerun skips complete shards: a shard file left in place is taken as it is, not recomputed.
+    kept = "".join(json.dumps({"index": i, "label": 9, "depth_mean": 0.5}) + "\n" for i in range(11, 23))
+    (tmp_path / "two.jsonl.shard1of2").write_text(kept)
+    _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
+    merged = (tmp_path / "two.jsonl").read_text().splitlines(True)
+    assert "".join(merged[:11]) == "".join(x + "\n" for x in lines[:11]) and "".join(merged[11:]) == kept
+    assert not list(tmp_path.glob("two.jsonl.shard*"))  # merged and cleaned up
+
+
+def test_bad_inputs_end_every_rank_with_a_clear_message(tmp_path):
+    bad = _torchrun("-m", "adaptive_encoder", "predict", str(tmp_path / "missing.pt"), "--input", "x",
+                    "--out", str(tmp_path / "p.jsonl"), check=False, timeout=120)
+    assert bad.returncode != 0
+    assert "rank 0: checkpoint" in bad.stderr and "rank 1: checkpoint" in bad.stderr
+    ckpt = _tiny_checkpoint(tmp_path)
+    for content, msg in ((b"", "has no text"), (b"ok line\n\xff\xfe broken\n", "line 2: not UTF-8")):
+        f = tmp_path / "in.txt"
+        f.write_bytes(content)
+        proc = subprocess.run([sys.executable, "-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(f),
+                               "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode != 0 and msg in proc.stderr and str(f) in proc.stderr
