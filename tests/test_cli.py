@@ -26,11 +26,11 @@ def test_help_of_every_subcommand_shows_defaults(command, capsys):
 
 
 def _readme_commands():
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().replace("\\\n", " ")
     cmds = []
     for line in text.splitlines():
         for part in line.split("&&"):
-            m = re.search(r"python -m adaptive_encoder (.+)$", part.strip())
+            m = re.search(r"-m adaptive_encoder (.+)$", part.strip())  # python -m ... and torchrun ... -m ...
             if m:
                 cmds.append(shlex.split(m.group(1).split("#")[0]))
     return cmds
