@@ -8,12 +8,13 @@ back; halted rows are copied through. Layers above n_max = max depth are not run
 The layer code is shared by every supported family (families.py maps a family's layer
 onto q/k/v, attention output and FFN); nothing here knows a family's module names.
 """
+import weakref
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-
 from torch.utils.checkpoint import checkpoint
 
 from . import ops
@@ -53,6 +54,30 @@ def layers_and_config(model) -> tuple:
     """(layer ModuleList, config) of a transformers model or its encoder."""
     base, enc = _base_and_encoder(model)
     return enc.layer, (base.config if base is not None else enc.config)
+
+
+# Concatenated projection weights for inference. An entry is valid only while the very same
+# source tensors are alive (weak references: a freed model's addresses can be reused by the
+# next one) with the same storage and version counters (an optimizer step or load_state_dict
+# bumps the version). Derived data only, no per-call state; pruned of dead entries.
+_FUSED: dict = {}
+
+
+def _fused(*linears) -> tuple:
+    """(weight, bias) of the linears stacked along the output dimension."""
+    tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
+    key = tuple(id(t) for t in tensors)
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    hit = _FUSED.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == stamp:
+        return hit[2]
+    with torch.no_grad():
+        w = torch.cat([lin.weight for lin in linears])
+        b = None if any(lin.bias is None for lin in linears) else torch.cat([lin.bias for lin in linears])
+    for k in [k for k, v in list(_FUSED.items()) if any(r() is None for r in v[0])]:
+        _FUSED.pop(k, None)  # a miss is rare (first call per layer): drop entries of freed models
+    _FUSED[key] = (tuple(weakref.ref(t) for t in tensors), stamp, (w, b))
+    return w, b
 
 
 class AdaptiveEncoder(nn.Module):
@@ -155,6 +180,11 @@ class AdaptiveEncoder(nn.Module):
         backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
         state = hidden_states.reshape(B * T, D)
+        # Inference: the state is this forward's own buffer, updated in place (no copy of the
+        # whole state per layer) and q/k/v projections fused into one GEMM per input.
+        inference = not torch.is_grad_enabled() and on_layer is None
+        if inference:
+            state = state.clone()
         family = self.family
         bias = k_pos = None
         if family.distance_bias is not None:  # relative position bias: by (key - query) position
@@ -163,7 +193,10 @@ class AdaptiveEncoder(nn.Module):
         # The plan's rows are in range and unique by construction (tests/test_properties.py),
         # so the per-call bounds checks of the public ops are skipped here.
         gather = lambda x, rows: ops.gather(x, rows, backend=backend, check=False)  # noqa: E731
-        scatter = lambda x, y, rows: ops.scatter(x, y, rows, backend=backend, check=False)  # noqa: E731
+        if inference:
+            scatter = lambda x, y, rows: ops.scatter_(x, y, rows, backend=backend, check=False)  # noqa: E731
+        else:
+            scatter = lambda x, y, rows: ops.scatter(x, y, rows, backend=backend, check=False)  # noqa: E731
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]
@@ -194,9 +227,14 @@ class AdaptiveEncoder(nn.Module):
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,))."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
-        q = parts.query(xq).view(-1, H, Dh)
-        k = parts.key(xkv).view(-1, H, Dh)
-        v = parts.value(xkv).view(-1, H, Dh)
+        if torch.is_grad_enabled():
+            q, k, v = parts.query(xq), parts.key(xkv), parts.value(xkv)
+        elif xq is xkv:  # every token active: one GEMM for q, k and v
+            q, k, v = F.linear(xq, *_fused(parts.query, parts.key, parts.value)).chunk(3, dim=-1)
+        else:  # compact queries, all keys: one GEMM for k and v
+            q = parts.query(xq)
+            k, v = F.linear(xkv, *_fused(parts.key, parts.value)).chunk(2, dim=-1)
+        q, k, v = q.reshape(-1, H, Dh), k.reshape(-1, H, Dh), v.reshape(-1, H, Dh)
         p = parts.attn_dropout if layer.training else 0.0  # the shared layer's mode, as transformers does
         ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=p, backend=backend,
                                bias=bias)

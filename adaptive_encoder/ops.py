@@ -116,6 +116,13 @@ def _triton_scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -
     return triton_scatter(base, src, rows)
 
 
+@torch.library.custom_op("adaptive_encoder::triton_scatter_", mutates_args=("base",))
+def _triton_scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    from .kernels import triton_scatter_
+
+    triton_scatter_(base, src, rows)
+
+
 def _plan_fake(depths, mask, num_layers):
     size = torch.library.get_ctx().new_dynamic_size()
     return (depths.new_empty((size,), dtype=torch.int64),
@@ -153,10 +160,15 @@ def _register_autograd(gather_op, scatter_op) -> None:
     torch.library.register_autograd(scatter_op, scatter_backward, setup_context=scatter_setup)
 
 
+def _scatter_inplace_fake(base, src, rows):
+    return None
+
+
 def _register(prefix: str) -> dict:
     ns = torch.ops.adaptive_encoder
-    ops = {name: getattr(ns, prefix + name).default for name in ("plan", "gather", "scatter")}
-    for name, fake in (("plan", _plan_fake), ("gather", _gather_fake), ("scatter", _scatter_fake)):
+    ops = {name: getattr(ns, prefix + name).default for name in ("plan", "gather", "scatter", "scatter_")}
+    for name, fake in (("plan", _plan_fake), ("gather", _gather_fake), ("scatter", _scatter_fake),
+                       ("scatter_", _scatter_inplace_fake)):
         torch.library.register_fake(ops[name])(fake)
     _register_autograd(ops["gather"], ops["scatter"])
     return ops
@@ -165,7 +177,8 @@ def _register(prefix: str) -> dict:
 _OPS = {"triton": _register("triton_")}
 if _EXT_ERROR is None:
     _OPS["cpu"] = _OPS["cuda"] = _register("")
-_OPS["torch"] = {"plan": reference.plan, "gather": reference.gather, "scatter": reference.scatter}
+_OPS["torch"] = {"plan": reference.plan, "gather": reference.gather, "scatter": reference.scatter,
+                 "scatter_": reference.scatter_}
 
 
 # --- public entry points: argument checks, then dispatch ---
@@ -281,3 +294,24 @@ def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: 
     if check:
         check_rows_in_range(rows, base.shape[0], "scatter", unique=True)
     return _OPS[name]["scatter"](base, src, rows)
+
+
+def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None,
+             check: bool = True) -> torch.Tensor:
+    """In place: base[rows[i]] = src[i]; returns base. base (R,D) contiguous. For inference (no
+    autograd): it saves the out-of-place scatter's copy of the whole of base."""
+    _check_rows(base, rows, "scatter_", "base")
+    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] != rows.shape[0] \
+            or src.shape[1] != base.shape[1]:
+        raise ValueError(f"scatter_: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(getattr(src, 'shape', ()))}")
+    if src.dtype != base.dtype or src.device != base.device:
+        raise TypeError("scatter_: src must have base's dtype and device")
+    if not base.is_contiguous():
+        raise ValueError("scatter_: base must be contiguous")
+    if torch.is_grad_enabled() and (base.requires_grad or src.requires_grad):
+        raise RuntimeError("scatter_ is for inference: use scatter when gradients are needed")
+    name = resolve_backend(base.device, backend)
+    if check:
+        check_rows_in_range(rows, base.shape[0], "scatter_", unique=True)
+    _OPS[name]["scatter_"](base, src, rows)
+    return base

@@ -6,6 +6,7 @@ Shapes and dtypes:
         tokens of sequence b with depth > n (i.e. active at the paper's layer n+1), ascending.
     gather(x (R,D), rows (A,) int64) -> (A,D)              out[i] = x[rows[i]]
     scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)  out = base; out[rows] = src
+    scatter_(base, src, rows) -> None                         base[rows] = src, in place
     varlen_attention(q (Aq,H,Dh), k, v (Ak,H,Dh), cu_q, cu_k (B+1,) int64, max_q, max_k)
         -> (Aq,H,Dh): the queries of sequence b (rows cu_q[b]:cu_q[b+1]) attend to the keys
         of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask; optional relative position bias.
@@ -32,6 +33,10 @@ def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.
     return base.index_copy(0, rows, src)
 
 
+def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    base.index_copy_(0, rows, src)
+
+
 def _padded_index(cu: torch.Tensor, total: int):
     """(sequence id, position within sequence) of each of `total` packed rows."""
     lengths = cu[1:] - cu[:-1]
@@ -49,6 +54,10 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
     """
     B = cu_q.numel() - 1
     H, Dh = q.shape[1], q.shape[2]
+    if B == 1 and bias is None:  # one sequence: nothing to pad, no mask (every key is real)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                             v.transpose(0, 1)[None], dropout_p=dropout_p, scale=scale)
+        return out[0].transpose(0, 1)
     seq_q, pos_q = _padded_index(cu_q, q.shape[0])
     seq_k, pos_k = _padded_index(cu_k, k.shape[0])
     qp = q.new_zeros(B, max_q, H, Dh).index_put((seq_q, pos_q), q)

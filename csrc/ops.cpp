@@ -5,6 +5,7 @@
 //       (flattened b*T+t with mask[b,t] and depths[b,t] > n, ascending) are
 //       rows[offsets[n*B+b] : offsets[n*B+b+1]].  Layer-major, then sequence, then token.
 //   gather(x (R,D), rows (A,) int64) -> (A,D)            out[i] = x[rows[i]]
+//   scatter_(base (R,D) contiguous, src (A,D), rows (A,)) -> ()   base[rows[i]] = src[i], in place
 //   scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)
 //       out = base; out[rows[i]] = src[i]   (rows must be unique: the plan guarantees it)
 //
@@ -89,6 +90,21 @@ at::Tensor scatter_cpu(const at::Tensor& base, const at::Tensor& src, const at::
   return out;
 }
 
+// In place: base[rows[i]] = src[i]. For inference, where the layer state is the encoder's own
+// buffer: no copy of the whole state per layer. base must be contiguous.
+void scatter_inplace_cpu(at::Tensor base, const at::Tensor& src, const at::Tensor& rows) {
+  check_rows_args(base, rows, "scatter_");
+  TORCH_CHECK(base.is_contiguous(), "scatter_: base must be contiguous");
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
+              "scatter_: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
+  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter_: src dtype differs from base dtype");
+  const at::Tensor sc = src.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  check_bounds_cpu(rc, base.size(0), "scatter_");
+  copy_rows_cpu(static_cast<char*>(base.data_ptr()), rc.data_ptr<int64_t>(), static_cast<const char*>(sc.data_ptr()),
+                nullptr, rc.size(0), base.size(1) * base.element_size());
+}
+
 std::tuple<at::Tensor, at::Tensor> plan_cpu(const at::Tensor& depths, const at::Tensor& mask,
                                             int64_t num_layers) {
   check_plan_args(depths, mask, num_layers);
@@ -142,12 +158,14 @@ TORCH_LIBRARY(adaptive_encoder, m) {
   m.def("plan(Tensor depths, Tensor mask, int num_layers) -> (Tensor, Tensor)");
   m.def("gather(Tensor x, Tensor rows) -> Tensor");
   m.def("scatter(Tensor base, Tensor src, Tensor rows) -> Tensor");
+  m.def("scatter_(Tensor(a!) base, Tensor src, Tensor rows) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(adaptive_encoder, CPU, m) {
   m.impl("plan", &plan_cpu);
   m.impl("gather", &gather_cpu);
   m.impl("scatter", &scatter_cpu);
+  m.impl("scatter_", &scatter_inplace_cpu);
 }
 
 }  // namespace adaptive_encoder

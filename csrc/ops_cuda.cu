@@ -85,6 +85,19 @@ at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at:
   return out;
 }
 
+void scatter_inplace_cuda(at::Tensor base, const at::Tensor& src, const at::Tensor& rows) {
+  check_rows_args(base, rows, "scatter_");
+  TORCH_CHECK(base.is_contiguous(), "scatter_: base must be contiguous");
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
+              "scatter_: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
+  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter_: src dtype differs from base dtype");
+  const c10::cuda::CUDAGuard guard(base.device());
+  const at::Tensor sc = src.contiguous();
+  const at::Tensor rc = rows.contiguous();
+  copy_rows_cuda(base.data_ptr(), rc.data_ptr<int64_t>(), sc.data_ptr(), nullptr, rc.size(0),
+                 base.size(1) * base.element_size(), base.size(0), sc.size(0));
+}
+
 // One thread per (layer n, sequence b), walking the sequence's T tokens in order: simple,
 // and T <= 512 keeps it to microseconds. counts[n*B+b] = real tokens with depth > n.
 __global__ void plan_count_kernel(const int64_t* __restrict__ depths, const bool* __restrict__ mask,
@@ -143,6 +156,7 @@ TORCH_LIBRARY_IMPL(adaptive_encoder, CUDA, m) {
   m.impl("plan", &plan_cuda);
   m.impl("gather", &gather_cuda);
   m.impl("scatter", &scatter_cuda);
+  m.impl("scatter_", &scatter_inplace_cuda);
 }
 
 }  // namespace adaptive_encoder

@@ -4,7 +4,7 @@ On a CPU machine they run only through the Triton interpreter: set TRITON_INTERP
 before this package is imported.
 """
 from .attention import triton_varlen_attention
-from .gather import triton_gather, triton_scatter
+from .gather import triton_gather, triton_scatter, triton_scatter_
 from .plan import triton_plan
 
-__all__ = ["triton_gather", "triton_scatter", "triton_plan", "triton_varlen_attention"]
+__all__ = ["triton_gather", "triton_scatter", "triton_scatter_", "triton_plan", "triton_varlen_attention"]

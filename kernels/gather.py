@@ -72,6 +72,11 @@ def triton_gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def triton_scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    """In place into a contiguous base."""
+    _copy_rows(base, src.contiguous(), rows.contiguous(), None, rows.shape[0], base.shape[1])
+
+
 def triton_scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     out = base.contiguous().clone()
     _copy_rows(out, src.contiguous(), rows.contiguous(), None, rows.shape[0], base.shape[1])

@@ -92,8 +92,7 @@ def test_compaction_computes_only_active_rows():
             hooks.append(mod.register_forward_hook(
                 lambda m, a, o, key=(n, name): seen.__setitem__(key, a[0].shape[0])))
     enc = AdaptiveEncoder.from_bert(bert)
-    with torch.no_grad():
-        out = enc(bert.embeddings(input_ids=ids), depths, mask)
+    out = enc(bert.embeddings(input_ids=ids), depths, mask)  # with autograd: one GEMM per projection
     for h in hooks:
         h.remove()
     real = mask.bool()
@@ -108,6 +107,32 @@ def test_compaction_computes_only_active_rows():
             assert (n, "q") not in seen and (n, "k") not in seen
     assert out.plan.active_fraction == pytest.approx(
         sum(int((real & (depths > n)).sum()) for n in range(6)) / (int(real.sum()) * 6))
+
+    # Inference fuses K and V (and Q when every token is active) into one GEMM: every linear
+    # layer's input rows and output width, in call order, show the same compaction.
+    from torch.overrides import TorchFunctionMode
+
+    class Linears(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.linear:
+                self.calls.append((args[0].shape[0], args[1].shape[0]))
+            return func(*args, **(kwargs or {}))
+
+    D = bert.config.hidden_size
+    with torch.no_grad(), Linears() as rec:
+        fused = enc(bert.embeddings(input_ids=ids), depths, mask)
+    torch.testing.assert_close(fused.last_hidden_state, out.last_hidden_state, rtol=1e-5, atol=1e-5)
+    expect = []
+    for n in range(n_max):
+        active, keys = int((real & (depths > n)).sum()), int(real.sum())
+        qkv = [(keys, 3 * D)] if active == keys else [(active, D), (keys, 2 * D)]
+        expect += qkv + [(active, D), (active, bert.config.intermediate_size),
+                         (active, D)]
+    assert rec.calls == expect
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
