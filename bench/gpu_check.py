@@ -84,6 +84,9 @@ def _rows():
                         (backend, dtype, D, A)
                     assert torch.equal(ops.scatter(x, src, rows, backend=backend), reference.scatter(x, src, rows)), \
                         (backend, dtype, D, A)
+                    base = x.clone()
+                    ops.scatter_(base, src, rows, backend=backend)  # in place (inference)
+                    assert torch.equal(base, reference.scatter(x, src, rows)), ("scatter_", backend, dtype, D, A)
                     worst += 1
     return {"cases": worst}
 

@@ -97,7 +97,8 @@ def _registered_ops():
         ns = torch.ops.adaptive_encoder
         out += [(getattr(ns, prefix + "gather").default, "gather"),
                 (getattr(ns, prefix + "scatter").default, "scatter"),
-                (getattr(ns, prefix + "plan").default, "plan")]
+                (getattr(ns, prefix + "plan").default, "plan"),
+                (getattr(ns, prefix + "scatter_").default, "scatter_")]
     return out
 
 
@@ -110,6 +111,8 @@ def test_opcheck(op, kind, device):
         args = (x, rows)
     elif kind == "scatter":
         args = (x, torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True), rows)
+    elif kind == "scatter_":  # in place, inference only: no autograd to check
+        args = (x.detach().clone(), torch.randn(3, 5, dtype=torch.float64, device=device), rows)
     else:
         gen = torch.Generator().manual_seed(1)
         depths, mask = _plan_inputs(3, 6, 4, gen, device=device)
@@ -215,3 +218,28 @@ def test_unchecked_kernels_never_touch_memory_out_of_bounds(device, poison):
         assert torch.equal(out, expect)
         empty = ops.gather(x[:0], torch.tensor([0, 7], device=device), backend=backend, check=False)
         assert torch.equal(empty, torch.zeros(2, 3, device=device))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R,D,A", SHAPES)
+def test_inplace_scatter_matches_reference(device, backend, dtype, R, D, A):
+    gen = torch.Generator().manual_seed(R + D + A)
+    x = torch.randn(R, D, generator=gen).to(device, dtype)
+    rows = _rows(R, A, device, gen)
+    src = torch.randn(A, D, generator=gen).to(device, dtype)
+    base = x.clone()
+    assert ops.scatter_(base, src, rows, backend=backend) is base
+    assert torch.equal(base, reference.scatter(x, src, rows))
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_inplace_scatter_refuses_what_it_cannot_do(device, backend):
+    x = torch.randn(6, 4, device=device)
+    rows = torch.tensor([1, 3], device=device)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.scatter_(x.t().contiguous().t(), torch.randn(2, 4, device=device), rows, backend=backend)
+    with pytest.raises(RuntimeError, match="inference"):
+        ops.scatter_(x.clone().requires_grad_(), torch.randn(2, 4, device=device), rows, backend=backend)
+    with pytest.raises(ValueError, match="unique"):
+        ops.scatter_(x, torch.randn(2, 4, device=device), torch.tensor([1, 1], device=device), backend=backend)
