@@ -7,6 +7,7 @@
     experiment       the accuracy table: variants x seeds x datasets -> accuracy.json / accuracy.md
     sweep-layers     accuracy vs N (paper's Figure 3a) -> accuracy_vs_layers.json / .md / .png
     predict          labels and mean depths of a file's or dataset's texts -> JSON lines
+    convert-checkpoint  rewrite an old pickled .pt checkpoint as a transformers-format folder
 
 train, experiment, sweep-layers, evaluate and predict run data parallel under torchrun
 (`torchrun --nproc_per_node=K -m adaptive_encoder train ...`): gloo on CPU, nccl on GPUs.
@@ -164,7 +165,9 @@ def _train(args) -> int:
     num_labels = max(data[0].labels + data[1].labels) + 1
     r = run_one(args.dataset, args.depth, args.seed, data, cfg, args.layers, num_labels, args.model,
                 progress=True, checkpoint_dir=args.out, limit=args.limit or 0)
-    path = os.path.join(args.out, f"{args.dataset}_{args.depth}_N{args.layers}_seed{args.seed}.pt")
+    from adaptive_encoder.experiment import checkpoint_name
+
+    path = os.path.join(args.out, checkpoint_name(args.dataset, args.depth, args.layers, args.seed))
     print(f"trained {args.depth} on {args.dataset} in {r['train_seconds']:.0f}s; test accuracy "
           f"{100 * r['accuracy']:.2f}%, avg depth {r['avg_depth']:.2f}, token-layers {r['token_layer_fraction']:.1%}, "
           f"{r['eval_samples_per_s']:.0f} samples/s; checkpoint {path}")
@@ -177,7 +180,7 @@ def _evaluate(args) -> int:
     from adaptive_encoder.experiment import prepare
     from adaptive_encoder.train import evaluate, load_checkpoint
 
-    if not os.path.isfile(args.checkpoint):
+    if not os.path.exists(args.checkpoint):
         raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
@@ -198,7 +201,7 @@ def _predict(args) -> int:
 
     error, texts, split = None, None, None
     try:  # every rank checks its inputs; any failure ends every rank with the message
-        if not os.path.isfile(args.checkpoint):
+        if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
         if args.input:
             texts = read_texts(args.input)
@@ -221,6 +224,18 @@ def _predict(args) -> int:
         print(f"wrote {args.out}: {summary['texts']} texts, {summary['texts'] / summary['seconds']:.1f} texts/s "
               f"on {distributed.world_size()} process(es), token-layers "
               f"{'n/a (all shards reused)' if frac is None else f'{frac:.1%}'}")
+    return 0
+
+
+def _convert(args) -> int:
+    import os
+
+    from adaptive_encoder.checkpoint import convert
+
+    if not os.path.isfile(args.old):
+        raise SystemExit(f"error: {args.old} is not a file (an old .pt checkpoint)")
+    convert(args.old, args.new)
+    print(f"wrote {args.new}/ (transformers format)")
     return 0
 
 
@@ -384,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
 
     ev = command("evaluate", "evaluate a checkpoint on its dataset's test split")
-    ev.add_argument("checkpoint", help="a checkpoint written by train")
+    ev.add_argument("checkpoint", help="a checkpoint folder written by train (or an old .pt file)")
     ev.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs")
     _add_common(ev, model=False, seed=False)
     ev.set_defaults(func=_evaluate)
@@ -425,12 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
     _add_common(pr, model=False, seed=False)
     pr.set_defaults(func=_predict)
+
+    cv = command("convert-checkpoint", "rewrite an old pickled .pt checkpoint as a transformers-format folder")
+    cv.add_argument("old", help="the old .pt file")
+    cv.add_argument("new", help="the folder to write")
+    cv.set_defaults(func=_convert)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo" or args.command == "estimate-depths":
+    if args.command in ("demo", "estimate-depths", "convert-checkpoint"):
         return args.func(args)
     from adaptive_encoder import distributed
 

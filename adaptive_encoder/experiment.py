@@ -43,8 +43,9 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
     words = {k: [tokenizer_words(tokenizer, t) for t in v.texts] for k, v in splits.items()}
     ids = {k: encode_words(tokenizer, w, max_length)["input_ids"] for k, w in words.items()}
     depth_sets = {v: None for v in variants if v in ("fixed", "halting")}
+    est = None
     if "mi" in variants:
-        _, depth_sets["mi"] = mi_depths(splits, tokenizer, layers, max_length=max_length)
+        est, depth_sets["mi"] = mi_depths(splits, tokenizer, layers, max_length=max_length)
     recon_file = os.path.join(depth_dir, "depths_reconstruction.pt") if depth_dir else None
     if "reconstruction" not in variants:
         pass
@@ -79,8 +80,14 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
                         "depths": depth_sets["reconstruction"]}, recon_file)
     out = {}
     for v, d in depth_sets.items():
-        out[v] = tuple(Encoded(ids[k], splits[k].labels, None if d is None else d[k]) for k in ("train", "test"))
+        meta = {"mi_estimator": est} if v == "mi" else {}  # a checkpoint's depth table is made from it
+        out[v] = tuple(Encoded(ids[k], splits[k].labels, None if d is None else d[k], dict(meta))
+                       for k in ("train", "test"))
     return out
+
+
+def checkpoint_name(dataset: str, variant: str, layers: int, seed: int) -> str:
+    return f"{dataset}_{variant}_N{layers}_seed{seed}"
 
 
 def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, model_path=None,
@@ -92,12 +99,15 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
     hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
     ev = evaluate(model, data[1], tokenizer.pad_token_id)
     if checkpoint_dir:
-        from .train import save_checkpoint
+        from .checkpoint import save_checkpoint
+        from .depth.mi import TokenDepthLookup
 
-        save_checkpoint(os.path.join(checkpoint_dir, f"{dataset}_{variant}_N{layers}_seed{seed}.pt"), model,
+        est = data[0].meta.get("mi_estimator") if variant == "mi" else None
+        save_checkpoint(os.path.join(checkpoint_dir, checkpoint_name(dataset, variant, layers, seed)), model,
                         {"model_path": model_path, "num_labels": num_labels, "layers": layers,
                          "halting": variant == "halting", "dropout": cfg.dropout, "dataset": dataset,
-                         "variant": variant, "config": cfg.__dict__, "limit": limit})
+                         "variant": variant, "config": cfg.__dict__, "limit": limit},
+                        tokenizer, None if est is None else TokenDepthLookup.from_estimator(est, tokenizer))
     from .pretrained import model_label
 
     return {"dataset": dataset, "variant": variant, "seed": seed, "model": model_label(model_path),

@@ -26,7 +26,6 @@ is exactly the 1-process gradient of the same global batch. A final global batch
 than the number of ranks is dropped. Progress bars on rank 0 only; evaluation shards the
 examples and sums the counts.
 """
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -216,15 +215,6 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
             "samples_per_s": n / seconds, "predictions": preds}
 
 
-def save_checkpoint(path: str, model: AdaptiveClassifier, meta: dict) -> None:
-    """meta must hold what build_model needs: model_path, num_labels, layers, halting, dropout.
-    Under torchrun only rank 0 writes."""
-    if not distributed.is_main():
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"meta": meta, "state_dict": model.state_dict()}, path)
-
-
 def build_model(model_path: str | None, num_labels: int, layers: int, halting: bool, dropout: float = 0.1):
     from .pretrained import load_pretrained, truncate_layers
 
@@ -233,11 +223,5 @@ def build_model(model_path: str | None, num_labels: int, layers: int, halting: b
     return AdaptiveClassifier(bert, num_labels, dropout=dropout, halting=halting), tokenizer
 
 
-def load_checkpoint(path: str):
-    """(model in eval mode, tokenizer, meta) exactly as saved."""
-    ckpt = torch.load(path, weights_only=False)
-    meta = ckpt["meta"]
-    model, tokenizer = build_model(meta.get("model_path"), meta["num_labels"], meta["layers"],
-                                   meta["halting"], meta.get("dropout", 0.1))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), tokenizer, meta
+# Checkpoints: a transformers-format folder (adaptive_encoder/checkpoint.py).
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402,F401

@@ -107,10 +107,15 @@ def test_checkpoint_round_trip_identical_predictions(tmp_path):
                    data.labels, None)
     train(model, data, TrainConfig(lr=1e-4, epochs=1, batch_size=6), pad_id=tok.pad_token_id)
     meta = {"model_path": None, "num_labels": 3, "layers": 2, "halting": True, "dropout": 0.1}
-    path = tmp_path / "ck.pt"
-    save_checkpoint(str(path), model, meta)
+    path = tmp_path / "ck"
+    save_checkpoint(str(path), model, meta, tok)
+    files = sorted(p.name for p in path.iterdir())
+    assert {"config.json", "model.safetensors", "adaptive_head.safetensors", "adaptive_config.json",
+            "tokenizer_config.json"} <= set(files), files
     back, _, meta2 = load_checkpoint(str(path))
-    assert meta2 == meta
+    assert meta2 == {"format": 2, **meta}
+    from transformers import AutoModel  # the encoder is a plain transformers checkpoint
+    assert AutoModel.from_pretrained(str(path)).config.num_hidden_layers == 2
     a = evaluate(model, data, tok.pad_token_id)["predictions"]
     ids, mask, _, _ = next(batches(data, 12, tok.pad_token_id))
     with torch.no_grad():
@@ -130,3 +135,51 @@ def test_halting_threshold_rule():
     assert model.halting_depths(logits).tolist() == [2]
     with pytest.raises(ValueError, match="halting_threshold"):
         AdaptiveClassifier(model.bert, 3, halting=True, halting_threshold=0.0)
+
+
+def test_old_pickled_checkpoint_loads_with_deprecation_and_converts(tmp_path):
+    import warnings
+
+    from adaptive_encoder.__main__ import main
+    from adaptive_encoder.train import build_model, load_checkpoint
+
+    model, tok = build_model(None, num_labels=3, layers=2, halting=False)
+    meta = {"model_path": None, "num_labels": 3, "layers": 2, "halting": False, "dropout": 0.1, "dataset": "trec",
+            "variant": "fixed", "config": {"max_length": 64}, "limit": 0}
+    old = tmp_path / "old.pt"
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, old)  # the format before 2026-11-26
+    with pytest.warns(DeprecationWarning, match="convert-checkpoint"):
+        back, _, _ = load_checkpoint(str(old))
+    assert main(["convert-checkpoint", str(old), str(tmp_path / "new")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new, _, meta2 = load_checkpoint(str(tmp_path / "new"))
+    ids = torch.tensor([[tok.cls_token_id, 2000, 2003, tok.sep_token_id]])
+    with torch.no_grad():
+        assert torch.equal(back(ids, torch.ones_like(ids)).logits, new(ids, torch.ones_like(ids)).logits)
+    assert meta2["variant"] == "fixed"
+
+
+def test_mi_checkpoint_runs_in_a_transformers_pipeline(tmp_path):
+    from transformers import pipeline
+
+    from adaptive_encoder.checkpoint import mi_table, pipeline_model, save_checkpoint
+    from adaptive_encoder.train import build_model
+
+    model, tok = build_model(None, num_labels=6, layers=2, halting=False)
+    meta = {"model_path": None, "num_labels": 6, "layers": 2, "halting": False, "dropout": 0.1, "dataset": "trec",
+            "variant": "mi", "config": {"max_length": 64}, "limit": 300}
+    table = mi_table(meta, tok)
+    save_checkpoint(str(tmp_path / "mi"), model.eval(), meta, tok, table)
+    pm, ptok = pipeline_model(str(tmp_path / "mi"))
+    texts = ["how far is it from denver to aspen ?", "who was galileo ?"]
+    out = pipeline("text-classification", model=pm, tokenizer=ptok)(texts)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        direct = model(enc["input_ids"], enc["attention_mask"], table(enc["input_ids"], enc["attention_mask"]))
+    assert [o["label"] for o in out] == [f"LABEL_{i}" for i in direct.logits.argmax(-1).tolist()]
+    assert (direct.depths[enc["attention_mask"].bool()] < 2).any()  # MI depths were used, not all N
+    recon = {**meta, "variant": "reconstruction"}
+    save_checkpoint(str(tmp_path / "rc"), model, recon, tok)
+    with pytest.raises(ValueError, match="reconstruction checkpoint cannot run in a pipeline"):
+        pipeline_model(str(tmp_path / "rc"))
