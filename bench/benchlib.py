@@ -32,9 +32,12 @@ def time_call(fn) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(fns: dict, rounds: int, warmup: int = 2) -> dict:
-    """{name: median seconds}, each fn called `rounds` times, alternating between fns."""
-    with torch.inference_mode():
+def interleaved_medians(fns: dict, rounds: int, warmup: int = 2, inference: bool = True) -> dict:
+    """{name: median seconds}, each fn called `rounds` times, alternating between fns
+    (under inference mode unless `inference=False`, e.g. for a training step)."""
+    import contextlib
+
+    with torch.inference_mode() if inference else contextlib.nullcontext():
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
@@ -45,12 +48,13 @@ def interleaved_medians(fns: dict, rounds: int, warmup: int = 2) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bert(layers: int, hidden: int, heads: int, ffn: int, dtype=torch.float32, seed: int = 0):
+def bert(layers: int, hidden: int, heads: int, ffn: int, dtype=torch.float32, seed: int = 0, attn: str = "sdpa"):
+    """A random-weight BertModel (same seed: same weights, whatever the attention implementation)."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=ffn, max_position_embeddings=512, attn_implementation="sdpa")
+                     intermediate_size=ffn, max_position_embeddings=512, attn_implementation=attn)
     return BertModel(cfg).to(device(), dtype).eval()
 
 
@@ -129,3 +133,79 @@ def make_batch(model: str, N: int, batch: int, seed: int, scale: float = 1.0):
         depths[b, :n] = document_depths(model, N, n, gen)
     mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
     return depths, mask
+
+
+# --- document pools: every model, N and batch size processes the same documents ----------
+
+POOL_SEEDS = (0, 1, 2)  # three pools: mean and min-max band in every plot
+
+
+def pool_size() -> int:
+    if QUICK:
+        return 8
+    return 240 if torch.cuda.is_available() else 60
+
+
+def depth_source(model: str) -> tuple:
+    """(model kind, dataset) of a benchmark model name: 'mi' -> ('mi', 'trec'), 'mr_mi' -> ('mi', 'mr')."""
+    if model.startswith("mr_"):
+        return model[3:], "mr"
+    return model, "trec"
+
+
+def sentence_depths_of(model: str, N: int) -> list:
+    """Real per-sentence word depths of a depth source (TREC test sentences, or MR's with mr_*)."""
+    kind, dataset = depth_source(model)
+    if dataset == "trec":
+        return sentence_depths(kind, N)
+    s = _samples().get("mr")
+    if s is None or kind not in ("mi",) and f"{kind}6" not in s:
+        raise KeyError(f"{SAMPLES_PATH} has no MR {kind} depths: run bench/make_depth_samples.py --add-mr")
+    flat = s["mi"][N].long() if kind == "mi" else torch.ceil(s[f"{kind}6"].double() * N / 6).long().clamp(1, N)
+    return list(flat.split(s["lengths"].tolist()))
+
+
+def make_pool(model: str, N: int, pool_seed: int, size: int, scale: float = 1.0) -> list:
+    """`size` documents, each a (T_i,) int64 depth tensor. The lengths depend only on the pool
+    seed, so every model and N sees the same documents; each document's depths are drawn from
+    its own generator (real sentences of the model's depth source, [CLS]/[SEP] at the max)."""
+    gen = torch.Generator().manual_seed(10_000 + pool_seed)
+    lengths = imdb_like_lengths(size, gen, scale).tolist()
+    kind, _ = depth_source(model)
+    src = None if kind in ("fixed", "hf_sdpa", "hf_eager") else \
+        sentence_depths_of("mi" if kind in ("masked_mi", "stop_only_mi") else model, N)
+    docs = []
+    for i, n in enumerate(lengths):
+        if src is None:
+            docs.append(torch.full((n,), N, dtype=torch.long))
+            continue
+        g = torch.Generator().manual_seed(pool_seed * 1_000_003 + i)
+        parts, have = [], 0
+        while have < n - 2:
+            d = src[int(torch.randint(len(src), (1,), generator=g))]
+            parts.append(d)
+            have += len(d)
+        words = torch.cat(parts)[: n - 2]
+        top = words.max().view(1)
+        docs.append(torch.cat([top, words, top]))
+    return docs
+
+
+def pool_batches(docs: list, batch: int) -> list:
+    """[(depths (B,T) int64 with 0 at padding, mask (B,T) bool), ...]: the pool in order, in
+    batches of `batch` (the last one may be short)."""
+    out = []
+    for start in range(0, len(docs), batch):
+        part = docs[start:start + batch]
+        T = max(len(d) for d in part)
+        depths = torch.zeros(len(part), T, dtype=torch.long)
+        for b, d in enumerate(part):
+            depths[b, :len(d)] = d
+        mask = torch.arange(T)[None] < torch.tensor([len(d) for d in part])[:, None]
+        out.append((depths, mask))
+    return out
+
+
+def band(values: list) -> tuple:
+    """(mean, min, max)."""
+    return statistics.mean(values), min(values), max(values)

@@ -1,6 +1,7 @@
 """Build bench/data/depth_samples.pt: real per-token depths the speed benchmarks sample from.
 
-    python bench/make_depth_samples.py [--halting-checkpoint runs/checkpoints/trec_halting_N6_seed0.pt]
+    python bench/make_depth_samples.py [--halting-checkpoint runs/checkpoints/trec_halting_N6_seed0]
+    python bench/make_depth_samples.py --add-mr [--mr-depths runs/depths/mr] [--mr-halting-checkpoint ...]
 
 From the TREC test split (500 sentences), word tokens only (no [CLS]/[SEP]), stored flat
 (int8) with one "lengths" tensor that splits every entry back into sentences:
@@ -8,6 +9,9 @@ From the TREC test split (500 sentences), word tokens only (no [CLS]/[SEP]), sto
     reconstruction6  reconstruction depths of the N = 6 anytime MLM (runs/depths/trec, estimate-depths)
     halting6         depths a trained halting unit (N = 6) predicts (from a `train --depth halting` checkpoint)
 Other N for the last two are rescaled in bench (ceil(d * N / 6)): only the 6-layer model exists here.
+--add-mr adds the same for MR's test split (movie reviews, IMDB's domain) under "mr" to the
+existing file, leaving the TREC entries as they are: MI with N bins always; reconstruction6
+and halting6 when their estimate-depths folder / checkpoint are given.
 """
 import argparse
 import os
@@ -23,12 +27,58 @@ def strip_specials(d):
     return d[1:-1].to(torch.int8)
 
 
+def _halting_depths(checkpoint: str, texts: list) -> list:
+    from adaptive_encoder.train import Encoded, batches, load_checkpoint
+
+    model, tok, meta = load_checkpoint(checkpoint)
+    words = [tokenizer_words(tok, t) for t in texts]
+    data = Encoded(encode_words(tok, words, 512)["input_ids"], [0] * len(words))
+    out = []
+    with torch.inference_mode():
+        for ids, mask, _, _ in batches(data, 64, tok.pad_token_id):
+            d = model(ids, mask).depths
+            out += [strip_specials(d[i, : int(mask[i].sum())]) for i in range(len(d))]
+    return out
+
+
+def add_mr(args) -> None:
+    flat = torch.load(args.out)
+    splits = load_dataset("mr")
+    _, tok = load_pretrained()
+    mr = {"source": "MR test split (fixed 10 %), word tokens (specials removed)", "mi": {}}
+    per = {}
+    for N in range(1, 13):
+        _, d = mi_depths(splits, tok, N, max_length=512)
+        per[N] = [strip_specials(x) for x in d["test"]]
+    lengths = torch.tensor([len(x) for x in per[1]])
+    mr["lengths"] = lengths
+    mr["mi"] = {N: torch.cat(v) for N, v in per.items()}
+    if args.mr_depths:
+        recon = torch.load(os.path.join(args.mr_depths, "depths_reconstruction.pt"))
+        assert recon["layers"] == 6
+        mr["reconstruction6"] = torch.cat([strip_specials(x) for x in recon["depths"]["test"]])
+    if args.mr_halting_checkpoint:
+        mr["halting6"] = torch.cat(_halting_depths(args.mr_halting_checkpoint, splits["test"].texts))
+    for k in ("reconstruction6", "halting6"):
+        if k in mr:
+            assert mr[k].numel() == int(lengths.sum()), k
+    flat["mr"] = mr
+    torch.save(flat, args.out)
+    print(f"added MR ({len(lengths)} reviews, {int(lengths.sum())} tokens; MI N=12 mean depth "
+          f"{mr['mi'][12].float().mean():.2f}; {sorted(k for k in mr if k.endswith('6'))}) to {args.out}")
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--add-mr", action="store_true", help="add MR depths to the existing file")
+    ap.add_argument("--mr-depths", default=None, help="estimate-depths output for MR, N = 6 (reconstruction)")
+    ap.add_argument("--mr-halting-checkpoint", default=None, help="a `train --dataset mr --depth halting` checkpoint")
     ap.add_argument("--depths", default="runs/depths/trec", help="estimate-depths output for TREC, N = 6")
-    ap.add_argument("--halting-checkpoint", default=None)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "data", "depth_samples.pt"))
+    ap.add_argument("--halting-checkpoint", default=None, help="a `train --depth halting` checkpoint (TREC)")
+    ap.add_argument("--out", help="the samples file", default=os.path.join(os.path.dirname(__file__), "data", "depth_samples.pt"))
     args = ap.parse_args()
+    if args.add_mr:
+        return add_mr(args)
 
     splits = load_dataset("trec")
     _, tok = load_pretrained()
@@ -40,17 +90,7 @@ def main():
     assert recon["layers"] == 6
     out["reconstruction6"] = [strip_specials(x) for x in recon["depths"]["test"]]
     if args.halting_checkpoint:
-        from adaptive_encoder.train import batches, Encoded, load_checkpoint
-
-        model, tok, meta = load_checkpoint(args.halting_checkpoint)
-        words = [tokenizer_words(tok, t) for t in splits["test"].texts]
-        data = Encoded(encode_words(tok, words, 512)["input_ids"], splits["test"].labels)
-        halting = []
-        with torch.inference_mode():
-            for ids, mask, _, _ in batches(data, 64, tok.pad_token_id):
-                d = model(ids, mask).depths
-                halting += [strip_specials(d[i, : int(mask[i].sum())]) for i in range(len(d))]
-        out["halting6"] = halting
+        out["halting6"] = _halting_depths(args.halting_checkpoint, splits["test"].texts)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     lengths = torch.tensor([len(x) for x in out["mi"][1]])
     flat = {"source": out["source"], "lengths": lengths, "mi": {N: torch.cat(v) for N, v in out["mi"].items()}}

@@ -6,7 +6,10 @@
 Writes speed_vs_n.png (paper's Figure 3b), speed_vs_batch.png (Figure 4),
 speedup_vs_batch.png (measured vs ideal speed-up), results.md and summary.json:
 {"device", "date", "command", "speed_vs_n": {model: [samples/s for N = 1..12]},
- "speed_vs_batch": {model: [samples/s for batch 1..15]}, "speedup_of_ideal": {batch: measured/ideal}, ...}
+ "speed_vs_batch": {model: [samples/s for batch 1..15]}, "speed_vs_n_band" / "speed_vs_batch_band":
+ {model: [[min, max], ...]} over the pools, "speedup_of_ideal": {batch: measured/ideal} (MI),
+ "depth_sources": {model: {"avg_depth", "active_fraction", "dataset"}},
+ "training_step": {"measured_speedup", "ideal_speedup", ...}, ...}
 """
 import argparse
 import datetime
@@ -35,11 +38,34 @@ def series(records: list, group: str, key: str, value: str = "samples_per_s") ->
     return {m: sorted(v) for m, v in out.items()}
 
 
+def band_series(records: list, group: str, key: str) -> dict:
+    """{model: [(key, (min, max)), ...]} of samples/s over the pools, sorted by key."""
+    out = defaultdict(list)
+    for r in records:
+        if r.get("group") == group and "samples_per_s_band" in r:
+            out[r["model"]].append((r[key], tuple(r["samples_per_s_band"])))
+    return {m: sorted(v) for m, v in out.items()}
+
+
+def depth_sources(records: list) -> dict:
+    """{source: {"avg_depth", "active_fraction"}} of every adaptive model, from the batch sweep
+    (N = 12), averaged over its batch sizes (the same pools at every batch size)."""
+    out = {}
+    for model in sorted({r["model"] for r in records if r.get("group") == "speed_vs_batch"}):
+        rs = [r for r in records if r.get("group") == "speed_vs_batch" and r["model"] == model and "avg_depth" in r]
+        if rs and model not in ("fixed", "hf_sdpa", "hf_eager"):
+            out[model] = {"avg_depth": sum(r["avg_depth"] for r in rs) / len(rs),
+                          "active_fraction": sum(r["active_token_layer_fraction"] for r in rs) / len(rs),
+                          "dataset": rs[0].get("depth_source", "trec")}
+    return out
+
+
 def summarize(records: list, command: str, device: str | None = None) -> dict:
     by_n = series(records, "speed_vs_n", "N")
     by_b = series(records, "speed_vs_batch", "batch")
     ratio = series(records, "speed_vs_batch", "batch", "measured_over_ideal")
     dev = device or next((r["device"] for r in records if "device" in r), "unknown")
+    train = next((r for r in records if r.get("bench") == "training_step"), None)
     return {
         "device": dev,
         "date": datetime.date.today().isoformat(),
@@ -48,7 +74,13 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
         "n_values": sorted({k for pts in by_n.values() for k, _ in pts}),
         "speed_vs_batch": {m: [v for _, v in pts] for m, pts in by_b.items()},
         "batch_values": sorted({k for pts in by_b.values() for k, _ in pts}),
+        "speed_vs_n_band": {m: [list(v) for _, v in pts] for m, pts in band_series(records, "speed_vs_n", "N").items()},
+        "speed_vs_batch_band": {m: [list(v) for _, v in pts]
+                                for m, pts in band_series(records, "speed_vs_batch", "batch").items()},
         "speedup_of_ideal": {str(b): v for b, v in ratio.get("mi", [])},
+        "depth_sources": depth_sources(records),
+        "training_step": None if train is None else {k: train[k] for k in ("measured_speedup", "ideal_speedup",
+                                                                              "measured_over_ideal", "shape")},
         "speedup_of_ideal_by_model": {m: {str(b): v for b, v in pts} for m, pts in ratio.items()},
         "kernels": [{k: r[k] for k in ("op", "backend", "rows", "gbps", "fraction_of_copy_bw") if k in r}
                     for r in records if r.get("group") == "kernels"],
@@ -56,10 +88,15 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
     }
 
 
-def _line_plot(pts_by_model: dict, xlabel: str, ylabel: str, title: str, path: str) -> None:
+def _line_plot(pts_by_model: dict, xlabel: str, ylabel: str, title: str, path: str, bands: dict | None = None) -> None:
+    """One line per model; with `bands` ({model: [(x, (lo, hi))]}) the min-max over pools shaded."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for model, pts in sorted(pts_by_model.items()):
-        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=model)
+        line, = ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=model)
+        if bands and model in bands:
+            xs = [k for k, _ in bands[model]]
+            ax.fill_between(xs, [lo for _, (lo, _) in bands[model]], [hi for _, (_, hi) in bands[model]],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -73,18 +110,22 @@ def _line_plot(pts_by_model: dict, xlabel: str, ylabel: str, title: str, path: s
 def plot_all(records: list, out_dir: str, device: str) -> list:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
+    src = "depths: TREC; mr_*: MR; band: min-max over pools"
     by_n = series(records, "speed_vs_n", "N")
     if by_n:
         paths.append(os.path.join(out_dir, "speed_vs_n.png"))
-        _line_plot(by_n, "maximum depth N", "samples / s (batch 1)", f"speed vs N ({device})", paths[-1])
+        _line_plot(by_n, "maximum depth N", "samples / s (batch 1)", f"speed vs N ({device})\n{src}", paths[-1],
+                   band_series(records, "speed_vs_n", "N"))
     by_b = series(records, "speed_vs_batch", "batch")
     if by_b:
         paths.append(os.path.join(out_dir, "speed_vs_batch.png"))
-        _line_plot(by_b, "batch size", "samples / s (N = 12)", f"speed vs batch size ({device})", paths[-1])
+        _line_plot(by_b, "batch size", "samples / s (N = 12)", f"speed vs batch size ({device})\n{src}", paths[-1],
+                   band_series(records, "speed_vs_batch", "batch"))
     meas = series(records, "speed_vs_batch", "batch", "measured_speedup")
     ideal = series(records, "speed_vs_batch", "batch", "ideal_speedup")
-    pts = {f"{m} measured": meas[m] for m in ("mi", "reconstruction", "halting") if m in meas}
-    pts.update({f"{m} ideal (FLOPs)": ideal[m] for m in ("mi", "reconstruction", "halting") if m in ideal})
+    adaptive = ("mi", "mr_mi", "reconstruction", "halting")
+    pts = {f"{m} measured": meas[m] for m in adaptive if m in meas}
+    pts.update({f"{m} ideal (FLOPs)": ideal[m] for m in adaptive if m in ideal})
     if pts:
         paths.append(os.path.join(out_dir, "speedup_vs_batch.png"))
         _line_plot(pts, "batch size", "speed-up over fixed depth", f"measured vs ideal ({device})", paths[-1])
@@ -109,6 +150,16 @@ def markdown(summary: dict, records: list) -> str:
         for r in kern:
             lines.append(f"| {r['op']} | {r['backend']} | {r['rows']} | {r['gbps']:.2f} | {r['fraction_of_copy_bw']:.0%} |")
         lines.append("")
+    if summary.get("depth_sources"):
+        lines += ["Depth sources (N = 12, the benchmark pools):", "",
+                  "| model | dataset | avg depth | active token-layers |", "|---|---|---|---|"]
+        for m, d in summary["depth_sources"].items():
+            lines.append(f"| {m} | {d['dataset']} | {d['avg_depth']:.2f} | {d['active_fraction']:.1%} |")
+        lines.append("")
+    if summary.get("training_step"):
+        t = summary["training_step"]
+        lines += [f"Training step ({t['shape']}): adaptive forward + backward {t['measured_speedup']:.2f}x faster "
+                  f"than full depth, ideal {t['ideal_speedup']:.2f}x ({t['measured_over_ideal']:.0%} of ideal).", ""]
     for s in summary["savings"]:
         lines.append(f"Savings benchmark ({s['shape']}): adaptive {s['measured_speedup']:.2f}x faster than full depth, "
                      f"ideal {s['ideal_speedup']:.2f}x from counted FLOPs ({s['measured_over_ideal']:.0%} of ideal), "

@@ -1,16 +1,21 @@
 """Speed vs maximum depth N (batch 1; paper's Figure 3b) and vs batch size (N = 12; Figure 4).
 
-Models:
+The paper's speed is the number of samples processed over a data set. Here every model, N
+and batch size processes the same fixed pool of documents (IMDB-like lengths; 60 on CPU,
+240 on a GPU) in batches of b, the last one possibly short: samples/s = pool size / time.
+Three pools (different seeds) give a mean and a min-max band.
+
+Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie reviews):
     fixed           AdaptiveEncoder, every token at depth N (the fixed-depth baseline)
-    hf_sdpa         transformers BertModel encoder (SDPA attention), full depth N
-    mi              MI depths (real estimator, TREC)
-    reconstruction  reconstruction depths (real anytime MLM, TREC; rescaled from N = 6)
-    halting         halting unit on layer 1 (its linear map and argmax timed), then layers 2..N
-                    at the depths the trained TREC unit predicts (rescaled from N = 6)
+    hf_sdpa         transformers BertModel encoder, SDPA attention, padded batches, full depth
+    hf_eager        the same with eager attention (what many users run)
+    mi, mr_mi       MI depths (estimator with N bins)
+    reconstruction  reconstruction depths (anytime MLM, rescaled from N = 6)
+    halting         halting unit on layer 1, then layers 2..N at the trained unit's depths
     masked_mi       MI depths, every layer on every token, torch.where (saves nothing)
     stop_only_mi    MI depths, the whole stack stops at n_max, no compaction inside a layer
-Each test also times `fixed` on the same batch, interleaved, so measured speed-ups come
-from one run; extra_info adds the ideal speed-up from counted FLOPs and measured / ideal.
+Each test times the model and `fixed` on the same pool, interleaved, so speed-ups come from
+one run; extra_info adds the ideal speed-up from counted FLOPs and measured / ideal.
 """
 import functools
 
@@ -29,25 +34,33 @@ SHAPE = dict(hidden=768, heads=12, ffn=3072, dtype=torch.bfloat16, scale=1.0) if
     dict(hidden=256, heads=4, ffn=1024, dtype=torch.float32, scale=0.25)
 N_VALUES = [1, 6, 12] if benchlib.QUICK else list(range(1, 13))
 BATCHES = [1, 8, 15] if benchlib.QUICK else list(range(1, 16))
-ROUNDS = 2 if benchlib.QUICK else (20 if GPU else 5)
-MODELS_N = ["fixed", "halting", "mi", "reconstruction"]
-MODELS_B = MODELS_N + ["hf_sdpa", "masked_mi", "stop_only_mi"]
+ROUNDS = 1 if benchlib.QUICK or GPU else 3
+MODELS_N = ["fixed", "halting", "mi", "reconstruction", "mr_mi"]
+MODELS_B = MODELS_N + ["hf_sdpa", "hf_eager", "masked_mi", "stop_only_mi"]
+if benchlib.QUICK:
+    MODELS_B = ["fixed", "mi", "mr_mi", "hf_sdpa", "hf_eager", "masked_mi"]
 
 
 @functools.lru_cache(maxsize=None)
 def _stack(N: int):
     bert = benchlib.bert(N, SHAPE["hidden"], SHAPE["heads"], SHAPE["ffn"], dtype=SHAPE["dtype"])
-    enc = AdaptiveEncoder.from_bert(bert)
-    upper = AdaptiveEncoder(torch.nn.ModuleList(list(bert.encoder.layer)[1:]), bert.config) if N > 1 else None
+    enc = AdaptiveEncoder.from_model(bert)
+    upper = AdaptiveEncoder.from_model(bert, first_layer=1) if N > 1 else None
     unit = torch.nn.Linear(SHAPE["hidden"], N).to(DEV, SHAPE["dtype"])
     return bert, enc, upper, unit
 
 
+@functools.lru_cache(maxsize=None)
+def _eager(N: int):
+    return benchlib.bert(N, SHAPE["hidden"], SHAPE["heads"], SHAPE["ffn"], dtype=SHAPE["dtype"], attn="eager")
+
+
 def _runner(model: str, N: int, x, depths, mask):
     bert, enc, upper, unit = _stack(N)
-    if model in ("fixed", "mi", "reconstruction"):
+    kind, _ = benchlib.depth_source(model)
+    if kind in ("fixed", "mi", "reconstruction"):
         return lambda: enc(x, depths, mask)
-    if model == "halting":
+    if kind == "halting":
         def halting():
             h1 = enc(x, mask.long(), mask).last_hidden_state  # layer 1 on every real token
             unit(h1).argmax(-1)  # the unit's own cost; its depths follow the trained unit's (`depths`)
@@ -55,42 +68,70 @@ def _runner(model: str, N: int, x, depths, mask):
         return halting
     additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=SHAPE["dtype"])
     additive.masked_fill_(~mask[:, None, None, :], torch.finfo(SHAPE["dtype"]).min)
-    if model == "hf_sdpa":
+    if kind == "hf_sdpa":
         return lambda: bert.encoder(x, attention_mask=additive)
-    if model == "masked_mi":
+    if kind == "hf_eager":
+        return lambda: _eager(N).encoder(x, attention_mask=additive)
+    if kind == "masked_mi":
         return lambda: masked_forward(bert, x, depths, mask, stop_at_n_max=False)
-    if model == "stop_only_mi":
+    if kind == "stop_only_mi":
         return lambda: masked_forward(bert, x, depths, mask, stop_at_n_max=True)
     raise ValueError(model)
 
 
-def _measure(benchmark, group: str, model: str, N: int, batch: int):
-    # The seed depends on the batch size only: the same documents (lengths) for every N and model.
-    depths, mask = benchlib.make_batch(model, N, batch, seed=batch, scale=SHAPE["scale"])
-    depths, mask = depths.to(DEV), mask.to(DEV)
-    x = torch.randn(*mask.shape, SHAPE["hidden"], device=DEV, dtype=SHAPE["dtype"])
-    run = _runner(model, N, x, depths, mask)
-    fixed = _runner("fixed", N, x, torch.where(mask, N, 0), mask)
-    med = benchlib.interleaved_medians({"model": run, "fixed": fixed}, rounds=ROUNDS)
-    with torch.inference_mode():
-        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+def _flops(model: str, depths, mask, N: int) -> float:
     H, F_ = SHAPE["hidden"], SHAPE["ffn"]
-    full = encoder_flops(depths, mask, N, H, F_, adaptive=False)
-    if model in ("fixed", "hf_sdpa", "masked_mi"):
-        flops = full
-    elif model == "stop_only_mi":
-        n_max = int(depths[mask].max())
-        flops = encoder_flops(torch.where(mask, n_max, 0), mask, N, H, F_, adaptive=False)
-    else:
-        flops = encoder_flops(depths, mask, N, H, F_)
-        if model == "halting":  # layer 1 is computed for every token anyway; add the unit
-            flops += 2 * int(mask.sum()) * H * N
-    real = int(mask.sum())
-    ideal, measured = full / flops, med["fixed"] / med["model"]
-    info = dict(group=group, model=model, N=N, batch=batch, device=str(DEV), tokens=real,
-                samples_per_s=batch / med["model"], seconds=med["model"], fixed_seconds=med["fixed"],
-                active_token_layer_fraction=float(torch.where(mask, depths, 0).sum()) / (real * N),
-                ideal_speedup=ideal, measured_speedup=measured, measured_over_ideal=measured / ideal)
+    kind, _ = benchlib.depth_source(model)
+    if kind in ("fixed", "hf_sdpa", "hf_eager", "masked_mi"):
+        return encoder_flops(depths, mask, N, H, F_, adaptive=False)
+    if kind == "stop_only_mi":
+        return encoder_flops(torch.where(mask, int(depths[mask].max()), 0), mask, N, H, F_, adaptive=False)
+    flops = encoder_flops(depths, mask, N, H, F_)
+    if kind == "halting":  # layer 1 is computed for every token anyway; add the unit
+        flops += 2 * int(mask.sum()) * H * N
+    return flops
+
+
+def _pool_run(model: str, N: int, batch: int, pool_seed: int):
+    """(fn running the whole pool once, FLOPs, full-depth FLOPs, real tokens, depth sum)."""
+    docs = benchlib.make_pool(model, N, pool_seed, benchlib.pool_size(), SHAPE["scale"])
+    gen = torch.Generator().manual_seed(pool_seed)
+    fns, flops, full, real, depth_sum = [], 0, 0, 0, 0
+    for depths, mask in benchlib.pool_batches(docs, batch):
+        x = torch.randn(*mask.shape, SHAPE["hidden"], generator=gen).to(DEV, SHAPE["dtype"])
+        depths, mask = depths.to(DEV), mask.to(DEV)
+        fns.append(_runner(model, N, x, depths, mask))
+        flops += _flops(model, depths, mask, N)
+        full += encoder_flops(depths, mask, N, SHAPE["hidden"], SHAPE["ffn"], adaptive=False)
+        real += int(mask.sum())
+        depth_sum += int(torch.where(mask, depths, 0).sum())
+    return (lambda: [f() for f in fns]), flops, full, real, depth_sum
+
+
+def _measure(benchmark, group: str, model: str, N: int, batch: int):
+    size = benchlib.pool_size()
+    per_pool = []
+    for ps in benchlib.POOL_SEEDS:
+        run, flops, full, real, depth_sum = _pool_run(model, N, batch, ps)
+        fixed, *_ = _pool_run("fixed", N, batch, ps)  # same documents (lengths depend on the pool only)
+        med = benchlib.interleaved_medians({"model": run, "fixed": fixed}, rounds=ROUNDS,
+                                           warmup=1 if ps == benchlib.POOL_SEEDS[0] else 0)
+        per_pool.append(dict(sps=size / med["model"], fixed_sps=size / med["fixed"], speedup=med["fixed"] / med["model"],
+                             ideal=full / flops, active=depth_sum / (real * N), avg_depth=depth_sum / real))
+        if ps == benchlib.POOL_SEEDS[0]:
+            with torch.inference_mode():
+                benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    sps, sps_lo, sps_hi = benchlib.band([p["sps"] for p in per_pool])
+    kind, source = benchlib.depth_source(model)
+    speedup = benchlib.band([p["speedup"] for p in per_pool])
+    ideal = sum(p["ideal"] for p in per_pool) / len(per_pool)
+    info = dict(group=group, model=model, depth_source=source, N=N, batch=batch, device=str(DEV),
+                pool_size=size, pools=len(per_pool), samples_per_s=sps, samples_per_s_band=[sps_lo, sps_hi],
+                fixed_samples_per_s=benchlib.band([p["fixed_sps"] for p in per_pool])[0],
+                active_token_layer_fraction=sum(p["active"] for p in per_pool) / len(per_pool),
+                avg_depth=sum(p["avg_depth"] for p in per_pool) / len(per_pool),
+                ideal_speedup=ideal, measured_speedup=speedup[0], measured_speedup_band=list(speedup[1:]),
+                measured_over_ideal=speedup[0] / ideal)
     benchmark.extra_info.update(info)
     benchlib.RESULTS.append(info)
 
