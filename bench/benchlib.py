@@ -112,7 +112,12 @@ def document_depths(model: str, N: int, length: int, gen: torch.Generator) -> to
     """(length,) depths: real sentences' word depths concatenated, [CLS]/[SEP] at the max."""
     if model in ("fixed", "hf_sdpa"):
         return torch.full((length,), N, dtype=torch.long)
-    src = sentence_depths("mi" if model in ("masked_mi", "stop_only_mi") else model, N)
+    return concat_sentences(sentence_depths("mi" if model in ("masked_mi", "stop_only_mi") else model, N),
+                            length, gen)
+
+
+def concat_sentences(src: list, length: int, gen: torch.Generator) -> torch.Tensor:
+    """(length,) depths: random real sentences' word depths end to end, [CLS]/[SEP] at the max."""
     parts, have = [], 0
     while have < length - 2:
         d = src[int(torch.randint(len(src), (1,), generator=gen))]
@@ -179,15 +184,7 @@ def make_pool(model: str, N: int, pool_seed: int, size: int, scale: float = 1.0)
         if src is None:
             docs.append(torch.full((n,), N, dtype=torch.long))
             continue
-        g = torch.Generator().manual_seed(pool_seed * 1_000_003 + i)
-        parts, have = [], 0
-        while have < n - 2:
-            d = src[int(torch.randint(len(src), (1,), generator=g))]
-            parts.append(d)
-            have += len(d)
-        words = torch.cat(parts)[: n - 2]
-        top = words.max().view(1)
-        docs.append(torch.cat([top, words, top]))
+        docs.append(concat_sentences(src, n, torch.Generator().manual_seed(pool_seed * 1_000_003 + i)))
     return docs
 
 

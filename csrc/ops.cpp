@@ -75,11 +75,7 @@ at::Tensor gather_cpu(const at::Tensor& x, const at::Tensor& rows) {
 }
 
 at::Tensor scatter_cpu(const at::Tensor& base, const at::Tensor& src, const at::Tensor& rows) {
-  check_rows_args(base, rows, "scatter");
-  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
-              "scatter: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
-  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter: src dtype ", src.scalar_type(),
-              " differs from base dtype ", base.scalar_type());
+  check_scatter_args(base, src, rows, "scatter");
   const at::Tensor sc = src.contiguous();
   const at::Tensor rc = rows.contiguous();
   check_bounds_cpu(rc, base.size(0), "scatter");
@@ -93,11 +89,8 @@ at::Tensor scatter_cpu(const at::Tensor& base, const at::Tensor& src, const at::
 // In place: base[rows[i]] = src[i]. For inference, where the layer state is the encoder's own
 // buffer: no copy of the whole state per layer. base must be contiguous.
 void scatter_inplace_cpu(at::Tensor base, const at::Tensor& src, const at::Tensor& rows) {
-  check_rows_args(base, rows, "scatter_");
+  check_scatter_args(base, src, rows, "scatter_");
   TORCH_CHECK(base.is_contiguous(), "scatter_: base must be contiguous");
-  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
-              "scatter_: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
-  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter_: src dtype differs from base dtype");
   const at::Tensor sc = src.contiguous();
   const at::Tensor rc = rows.contiguous();
   check_bounds_cpu(rc, base.size(0), "scatter_");
@@ -143,6 +136,15 @@ std::tuple<at::Tensor, at::Tensor> plan_cpu(const at::Tensor& depths, const at::
 }
 
 }  // namespace
+
+void check_scatter_args(const at::Tensor& base, const at::Tensor& src, const at::Tensor& rows, const char* op) {
+  check_rows_args(base, rows, op);
+  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1), op,
+              ": src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
+  TORCH_CHECK(src.scalar_type() == base.scalar_type(), op, ": src dtype ", src.scalar_type(),
+              " differs from base dtype ", base.scalar_type());
+  TORCH_CHECK(src.device() == base.device(), op, ": src and base are on different devices");
+}
 
 void check_plan_args(const at::Tensor& depths, const at::Tensor& mask, int64_t num_layers) {
   TORCH_CHECK(depths.dim() == 2, "plan: depths must be (batch, seq), got ", depths.dim(), "-D");

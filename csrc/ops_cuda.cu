@@ -72,10 +72,7 @@ at::Tensor gather_cuda(const at::Tensor& x, const at::Tensor& rows) {
 }
 
 at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at::Tensor& rows) {
-  check_rows_args(base, rows, "scatter");
-  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
-              "scatter: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
-  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter: src dtype differs from base dtype");
+  check_scatter_args(base, src, rows, "scatter");
   const c10::cuda::CUDAGuard guard(base.device());
   const at::Tensor sc = src.contiguous();
   const at::Tensor rc = rows.contiguous();
@@ -86,11 +83,8 @@ at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at:
 }
 
 void scatter_inplace_cuda(at::Tensor base, const at::Tensor& src, const at::Tensor& rows) {
-  check_rows_args(base, rows, "scatter_");
+  check_scatter_args(base, src, rows, "scatter_");
   TORCH_CHECK(base.is_contiguous(), "scatter_: base must be contiguous");
-  TORCH_CHECK(src.dim() == 2 && src.size(0) == rows.size(0) && src.size(1) == base.size(1),
-              "scatter_: src must be (", rows.size(0), ", ", base.size(1), "), got ", src.sizes());
-  TORCH_CHECK(src.scalar_type() == base.scalar_type(), "scatter_: src dtype differs from base dtype");
   const c10::cuda::CUDAGuard guard(base.device());
   const at::Tensor sc = src.contiguous();
   const at::Tensor rc = rows.contiguous();

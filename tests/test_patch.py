@@ -122,6 +122,11 @@ def _patched_bert(seed=0, **cfg):
 def test_threads_with_different_depths_each_get_their_own_result():
     model, _ = _patched_bert()
     ids, mask, _ = _inputs()
+    _assert_threads_get_their_own_results(model, ids, mask, calls=40)
+
+
+def _assert_threads_get_their_own_results(model, ids, mask, calls: int):
+    """Two threads share `model`, one with every depth 1 and one with every depth 3."""
     shallow, deep = torch.ones_like(ids), torch.full_like(ids, 3)
     with torch.no_grad():
         expect = {1: model(ids, attention_mask=mask, depths=shallow).logits,
@@ -130,11 +135,10 @@ def test_threads_with_different_depths_each_get_their_own_result():
     wrong = []
 
     def worker(d, depths):
-        for _ in range(40):
+        for _ in range(calls):
             with torch.no_grad():
-                out = model(ids, attention_mask=mask, depths=depths).logits
-            if not torch.equal(out, expect[d]):
-                wrong.append(d)
+                if not torch.equal(model(ids, attention_mask=mask, depths=depths).logits, expect[d]):
+                    wrong.append(d)
 
     threads = [threading.Thread(target=worker, args=a) for a in ((1, shallow), (3, deep))]
     for t in threads:
@@ -354,24 +358,7 @@ def test_mpnet_head_is_stateless_through_a_context_variable():
             assert torch.equal(m(ids, attention_mask=mask, depths=depths).logits, mixed)
     assert model.state_dict().keys() == plain.state_dict().keys()
 
-    shallow, deep = torch.ones_like(ids), torch.full_like(ids, 3)
-    with torch.no_grad():
-        expect = {1: model(ids, attention_mask=mask, depths=shallow).logits,
-                  3: model(ids, attention_mask=mask, depths=deep).logits}
-    wrong = []
-
-    def worker(d, dep):
-        for _ in range(20):
-            with torch.no_grad():
-                if not torch.equal(model(ids, attention_mask=mask, depths=dep).logits, expect[d]):
-                    wrong.append(d)
-
-    threads = [threading.Thread(target=worker, args=a) for a in ((1, shallow), (3, deep))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert wrong == []
+    _assert_threads_get_their_own_results(model, ids, mask, calls=20)
 
 
 def test_mpnet_gradients_match_transformers_at_full_depth():

@@ -125,12 +125,16 @@ def attention_inputs(draw):
     return q, k, v, cu_q, cu_k, int(q_len.max()), int(k_len.max())
 
 
-def _per_sequence_attention(q, k, v, cu_q, cu_k):
-    """float64, one sequence at a time: the definition."""
+def _per_sequence_attention(q, k, v, cu_q, cu_k, bias=None):
+    """float64, one sequence at a time: the definition. bias: (dist (2P-1,H), q_pos, k_pos)."""
     out = torch.empty(q.shape, dtype=torch.float64)
     for b in range(cu_q.numel() - 1):
         qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
         s = torch.einsum("qhd,khd->hqk", q[qs].double(), k[ks].double()) * q.shape[-1] ** -0.5
+        if bias is not None:
+            dist, q_pos, k_pos = bias
+            P = (dist.shape[0] + 1) // 2
+            s = s + dist.double()[k_pos[ks][None, :] - q_pos[qs][:, None] + P - 1].permute(2, 0, 1)
         out[qs] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v[ks].double())
     return out
 
@@ -143,26 +147,6 @@ def test_varlen_attention_matches_per_sequence_definition(backend, inp):
     with torch.no_grad():
         out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend)
     torch.testing.assert_close(out.double(), _per_sequence_attention(q, k, v, cu_q, cu_k), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-@settings(max_examples=8, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(inp=plan_inputs(max_b=3, max_t=12, max_l=3), seed=st.integers(0, 1000))
-def test_encoder_matches_dense_reference(device, backend, inp, seed):
-    from transformers import BertModel
-
-    depths, mask, L = inp
-    if not mask.any(1).all():
-        mask[:, 0] = True  # every sequence needs a real token (tested separately)
-    torch.manual_seed(seed)
-    bert = BertModel(small_bert_config(layers=L, hidden=32, heads=2, ffn=48)).eval().to(device)
-    x = torch.randn(*depths.shape, 32, device=device)
-    depths, mask = depths.to(device), mask.to(device)
-    with torch.no_grad():
-        out = AdaptiveEncoder.from_model(bert, backend=backend)(x, depths, mask).last_hidden_state
-        ref = masked_forward(bert, x, depths, mask)
-    torch.testing.assert_close(out[mask], ref[mask], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("T", [1500, 4096])
@@ -196,29 +180,33 @@ def test_varlen_attention_with_relative_bias_matches_definition(backend, inp, se
                        [:int(cu_q[b + 1] - cu_q[b])].sort().values] for b in range(cu_q.numel() - 1)])
     with torch.no_grad():
         out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend, bias=(dist, q_pos, k_pos))
-    expect = torch.empty(q.shape, dtype=torch.float64)
-    for b in range(cu_q.numel() - 1):
-        qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
-        s = torch.einsum("qhd,khd->hqk", q[qs].double(), k[ks].double()) * q.shape[-1] ** -0.5
-        s = s + dist.double()[k_pos[ks][None, :] - q_pos[qs][:, None] + P - 1].permute(2, 0, 1)
-        expect[qs] = torch.einsum("hqk,khd->qhd", s.softmax(-1), v[ks].double())
+    expect = _per_sequence_attention(q, k, v, cu_q, cu_k, bias=(dist, q_pos, k_pos))
     torch.testing.assert_close(out.double(), expect, rtol=1e-4, atol=1e-4)
 
 
+def _random_encoder(family: str, layers: int, device):
+    """A small random BERT, or an MPNet with a visible relative position bias."""
+    from transformers import BertModel, MPNetConfig, MPNetModel
+
+    if family == "bert":
+        return BertModel(small_bert_config(layers=layers, hidden=32, heads=2, ffn=48)).eval().to(device)
+    model = MPNetModel(MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                   intermediate_size=48, vocab_size=120, max_position_embeddings=64))
+    with torch.no_grad():  # the random init of the bias table is too small to matter
+        model.encoder.relative_attention_bias.weight.normal_(0, 2)
+    return model.eval().to(device)
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-@settings(max_examples=6, deadline=None, derandomize=True, database=None,
+@settings(max_examples=7, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(inp=plan_inputs(max_b=3, max_t=12, max_l=3), seed=st.integers(0, 1000))
-def test_mpnet_encoder_matches_dense_reference(device, backend, inp, seed):
-    from transformers import MPNetConfig, MPNetModel
-
+def test_encoder_matches_dense_reference(family, device, backend, inp, seed):
     depths, mask, L = inp
-    mask[:, 0] = True
+    mask[:, 0] = True  # every sequence needs a real token (tested separately)
     torch.manual_seed(seed)
-    model = MPNetModel(MPNetConfig(hidden_size=32, num_hidden_layers=L, num_attention_heads=2, intermediate_size=48,
-                                   vocab_size=120, max_position_embeddings=64)).eval().to(device)
-    with torch.no_grad():  # a visible bias: the random init is small
-        model.encoder.relative_attention_bias.weight.normal_(0, 2)
+    model = _random_encoder(family, L, device)
     x = torch.randn(*depths.shape, 32, device=device)
     depths, mask = depths.to(device), mask.to(device)
     with torch.no_grad():
