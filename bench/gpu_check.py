@@ -190,7 +190,7 @@ def _batch(N, dtype, hidden):
     return x, depths, mask
 
 
-@check("encoder vs dense reference and BertModel")
+@check("encoder vs dense reference, BertModel, MPNet")
 def _encoder():
     errs = {}
     with torch.no_grad():
@@ -207,7 +207,18 @@ def _encoder():
                 additive.masked_fill_(~mask[:, None, None, :], torch.finfo(dtype).min)
                 hf = bert.encoder(x, attention_mask=additive).last_hidden_state
                 errs[f"{str(dtype)[6:]}/{backend}/full-vs-hf"] = rel_err(full, hf, mask)
-    ok = all(e < (1e-4 if name.startswith("float32") else 3e-2) for name, e in errs.items())
+        from transformers import MPNetConfig, MPNetModel
+
+        torch.manual_seed(0)  # MPNet: the relative position bias inside the varlen attention
+        shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE \
+            else dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
+        mp = MPNetModel(MPNetConfig(**shape, vocab_size=1000, max_position_embeddings=514)).to(DEV).eval()
+        mp.encoder.relative_attention_bias.weight.normal_(0, 1)
+        x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
+        for backend in BACKENDS:
+            out = AdaptiveEncoder.from_model(mp, backend=backend)(x, depths, mask).last_hidden_state
+            errs[f"mpnet/float32/{backend}/mixed"] = rel_err(out, masked_forward(mp, x, depths, mask), mask)
+    ok = all(e < (3e-2 if "bfloat16" in name else 1e-4) for name, e in errs.items())
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
 
 

@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py train OUT.json      one short training run: losses + final weights
     python tests/dist_worker.py mi OUT.json         MI table fitted on this rank's share of docs
+    python tests/dist_worker.py die OUT.json        rank 1 exits at once, rank 0 waits in a collective
 """
 import json
 import sys
@@ -50,6 +51,11 @@ def run_mi():
 if __name__ == "__main__":
     distributed.init_from_env()
     what, out = sys.argv[1], sys.argv[2]
+    if what == "die":
+        if distributed.rank() == 1:
+            sys.exit(3)  # a rank that dies before its collective
+        distributed.sum_([1.0])  # rank 0 would wait here for ever without timeouts / torchrun
+        sys.exit(0)
     result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi}[what]()
     if distributed.is_main():
         with open(out, "w") as f:

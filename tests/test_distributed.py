@@ -111,3 +111,12 @@ def test_bad_inputs_end_every_rank_with_a_clear_message(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(f),
                                "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode != 0 and msg in proc.stderr and str(f) in proc.stderr
+
+
+def test_a_rank_that_dies_ends_every_rank_in_bounded_time(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    proc = _torchrun(str(HERE / "dist_worker.py"), "die", str(tmp_path / "x.json"), check=False, timeout=120)
+    assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr
+    assert time.perf_counter() - t0 < 100  # torchrun stops the others; the collective timeout is 60 s here
