@@ -143,6 +143,14 @@ def _estimate_depths(args) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    """Print once: on rank 0 under torchrun."""
+    from adaptive_encoder import distributed
+
+    if distributed.is_main():
+        print(message)
+
+
 def _train_config(args):
     from adaptive_encoder.train import TrainConfig
 
@@ -168,7 +176,7 @@ def _train(args) -> int:
     from adaptive_encoder.experiment import checkpoint_name
 
     path = os.path.join(args.out, checkpoint_name(args.dataset, args.depth, args.layers, args.seed))
-    print(f"trained {args.depth} on {args.dataset} in {r['train_seconds']:.0f}s; test accuracy "
+    _say(f"trained {args.depth} on {args.dataset} in {r['train_seconds']:.0f}s; test accuracy "
           f"{100 * r['accuracy']:.2f}%, avg depth {r['avg_depth']:.2f}, token-layers {r['token_layer_fraction']:.1%}, "
           f"{r['eval_samples_per_s']:.0f} samples/s; checkpoint {path}")
     return 0
@@ -187,7 +195,7 @@ def _evaluate(args) -> int:
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
                    variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
     ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
-    print(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
+    _say(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
           f"{ev['samples_per_s']:.0f} samples/s")
     return 0
@@ -254,7 +262,7 @@ def _experiment(args) -> int:
     run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
                    command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, notes=args.notes,
                    checkpoint_dir=args.checkpoints, data_root=args.data, estimate_missing=args.estimate_missing)
-    print(f"wrote {args.out}/accuracy.json and accuracy.md")
+    _say(f"wrote {args.out}/accuracy.json and accuracy.md")
     return 0
 
 
@@ -271,7 +279,7 @@ def _sweep_layers(args) -> int:
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
                     command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, reuse=args.reuse,
                     data_root=args.data, estimate_missing=args.estimate_missing)
-    print(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
+    _say(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
     return 0
 
 
