@@ -32,7 +32,7 @@ def _readme_commands():
         for part in line.split("&&"):
             m = re.search(r"-m adaptive_encoder (.+)$", part.strip())  # python -m ... and torchrun ... -m ...
             if m:
-                cmds.append(shlex.split(m.group(1).split("#")[0]))
+                cmds.append(shlex.split(m.group(1).split("#")[0].split("`")[0]))  # inline code ends at `
     return cmds
 
 
