@@ -145,10 +145,16 @@ def make_batch(model: str, N: int, batch: int, seed: int, scale: float = 1.0):
 POOL_SEEDS = (0, 1, 2)  # three pools: mean and min-max band in every plot
 
 
-def pool_size() -> int:
+def pool_size(group: str = "speed_vs_batch") -> int:
+    """Documents per pool: 60 on CPU; 240 on a GPU, except the batch-1 N sweep (96) so that the
+    whole GPU run fits its 8 minutes; 8 in quick mode. $BENCH_POOL_SIZE overrides."""
+    if os.environ.get("BENCH_POOL_SIZE"):
+        return int(os.environ["BENCH_POOL_SIZE"])
     if QUICK:
         return 8
-    return 240 if torch.cuda.is_available() else 60
+    if torch.cuda.is_available():
+        return 96 if group == "speed_vs_n" else 240
+    return 60
 
 
 def depth_source(model: str) -> tuple:
