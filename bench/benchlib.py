@@ -183,7 +183,7 @@ def make_pool(model: str, N: int, pool_seed: int, size: int, scale: float = 1.0)
     gen = torch.Generator().manual_seed(10_000 + pool_seed)
     lengths = imdb_like_lengths(size, gen, scale).tolist()
     kind, _ = depth_source(model)
-    src = None if kind in ("fixed", "hf_sdpa", "hf_eager") else \
+    src = None if kind in ("fixed", "hf_sdpa", "hf_eager", "onnxruntime") else \
         sentence_depths_of("mi" if kind in ("masked_mi", "stop_only_mi") else model, N)
     docs = []
     for i, n in enumerate(lengths):

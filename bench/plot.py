@@ -53,7 +53,7 @@ def depth_sources(records: list) -> dict:
     out = {}
     for model in sorted({r["model"] for r in records if r.get("group") == "speed_vs_batch"}):
         rs = [r for r in records if r.get("group") == "speed_vs_batch" and r["model"] == model and "avg_depth" in r]
-        if rs and model not in ("fixed", "hf_sdpa", "hf_eager"):
+        if rs and model not in ("fixed", "hf_sdpa", "hf_eager", "onnxruntime"):
             out[model] = {"avg_depth": sum(r["avg_depth"] for r in rs) / len(rs),
                           "active_fraction": sum(r["active_token_layer_fraction"] for r in rs) / len(rs),
                           "dataset": rs[0].get("depth_source", "trec")}

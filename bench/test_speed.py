@@ -11,6 +11,9 @@ Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie revie
     fixed           AdaptiveEncoder, every token at depth N (the fixed-depth baseline)
     hf_sdpa         transformers BertModel encoder, SDPA attention, padded batches, full depth
     hf_eager        the same with eager attention (what many users run)
+    onnxruntime     CPU only: the transformers encoder exported to ONNX and run by ONNX Runtime
+                    (what CPU users deploy; the optional `[bench]` extra; intra-op spinning off
+                    so its idle threads do not take the cores from the runs interleaved with it)
     mi, mr_mi       MI depths (estimator with N bins)
     reconstruction  reconstruction depths (anytime MLM, rescaled from N = 6)
     halting         halting unit on layer 1, then layers 2..N at the trained unit's depths
@@ -37,9 +40,9 @@ N_VALUES = [1, 6, 12] if benchlib.QUICK else list(range(1, 13))
 BATCHES = [1, 8, 15] if benchlib.QUICK else list(range(1, 16))
 ROUNDS = 1 if benchlib.QUICK or GPU else 3
 MODELS_N = ["fixed", "halting", "mi", "reconstruction", "mr_mi"]
-MODELS_B = MODELS_N + ["hf_sdpa", "hf_eager", "masked_mi", "stop_only_mi"]
+MODELS_B = MODELS_N + ["hf_sdpa", "hf_eager", "masked_mi", "stop_only_mi", "onnxruntime"]
 if benchlib.QUICK:
-    MODELS_B = ["fixed", "mi", "mr_mi", "hf_sdpa", "hf_eager", "masked_mi"]
+    MODELS_B = ["fixed", "mi", "mr_mi", "hf_sdpa", "hf_eager", "masked_mi", "onnxruntime"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,6 +57,42 @@ def _stack(N: int):
 @functools.lru_cache(maxsize=None)
 def _eager(N: int):
     return benchlib.bert(N, SHAPE["hidden"], SHAPE["heads"], SHAPE["ffn"], dtype=SHAPE["dtype"], attn="eager")
+
+
+@functools.lru_cache(maxsize=None)
+def _onnx_session(N: int):
+    """ONNX Runtime session of the same weights' transformers encoder (hidden states, additive
+    key mask) -> last hidden state; dynamic batch and length."""
+    import io
+
+    import onnxruntime as ort
+
+    bert = _stack(N)[0]
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, x, additive):
+            return self.bert.encoder(x, attention_mask=additive).last_hidden_state
+
+    x = torch.randn(2, 8, SHAPE["hidden"], dtype=SHAPE["dtype"])
+    additive = torch.zeros(2, 1, 1, 8, dtype=SHAPE["dtype"])
+    buf = io.BytesIO()
+    torch.onnx.export(Encoder().eval(), (x, additive), buf, input_names=["x", "mask"], output_names=["h"],
+                      dynamic_axes={"x": {0: "b", 1: "t"}, "mask": {0: "b", 3: "t"}, "h": {0: "b", 1: "t"}},
+                      dynamo=False, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    x, additive = torch.randn(3, 11, SHAPE["hidden"], dtype=SHAPE["dtype"]), torch.zeros(3, 1, 1, 11, dtype=SHAPE["dtype"])
+    additive[1, ..., 6:] = torch.finfo(SHAPE["dtype"]).min
+    with torch.no_grad():  # a peer that computes something else would time nothing useful
+        torch.testing.assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy(), "mask": additive.numpy()})[0]),
+                                   Encoder().eval()(x, additive), rtol=1e-4, atol=1e-4)
+    return sess
 
 
 def _runner(model: str, N: int, x, depths, mask):
@@ -73,6 +112,9 @@ def _runner(model: str, N: int, x, depths, mask):
         return lambda: bert.encoder(x, attention_mask=additive)
     if kind == "hf_eager":
         return lambda: _eager(N).encoder(x, attention_mask=additive)
+    if kind == "onnxruntime":
+        sess, feed = _onnx_session(N), {"x": x.numpy(), "mask": additive.numpy()}
+        return lambda: sess.run(None, feed)
     if kind == "masked_mi":
         return lambda: masked_forward(bert, x, depths, mask, stop_at_n_max=False)
     if kind == "stop_only_mi":
@@ -83,7 +125,7 @@ def _runner(model: str, N: int, x, depths, mask):
 def _flops(model: str, depths, mask, N: int) -> float:
     H, F_ = SHAPE["hidden"], SHAPE["ffn"]
     kind, _ = benchlib.depth_source(model)
-    if kind in ("fixed", "hf_sdpa", "hf_eager", "masked_mi"):
+    if kind in ("fixed", "hf_sdpa", "hf_eager", "onnxruntime", "masked_mi"):
         return encoder_flops(depths, mask, N, H, F_, adaptive=False)
     if kind == "stop_only_mi":
         return encoder_flops(torch.where(mask, int(depths[mask].max()), 0), mask, N, H, F_, adaptive=False)
@@ -163,5 +205,9 @@ def test_speed_vs_n(benchmark, model, N):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", MODELS_B)
 def test_speed_vs_batch(benchmark, model, batch):
+    if model == "onnxruntime":
+        if GPU:
+            pytest.skip("ONNX Runtime is the CPU deployment peer; on a GPU the peers are transformers' own")
+        pytest.importorskip("onnxruntime", reason="ONNX Runtime is optional: pip install -e '.[bench]'")
     benchmark.group = "speed_vs_batch"
     _measure(benchmark, "speed_vs_batch", model, 12, batch=batch)
