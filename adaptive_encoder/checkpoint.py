@@ -85,17 +85,23 @@ def convert(old: str, new: str) -> None:
     save_checkpoint(new, model, meta, tokenizer, table)
 
 
-def mi_table(meta: dict, tokenizer, data_root=None):
-    """The TokenDepthLookup of an MI checkpoint, refitted on its training data (deterministic)."""
+def mi_estimator(meta: dict, tokenizer, data_root=None):
+    """The MIDepthEstimator of an MI checkpoint, refitted on its training data (deterministic)."""
     from .data import load_dataset
-    from .depth.mi import MIDepthEstimator, TokenDepthLookup
+    from .depth.mi import MIDepthEstimator
     from .depth.pipeline import tokenizer_words
 
     train = load_dataset(meta["dataset"], root=data_root)["train"]
     if meta.get("limit"):
         train = train.subset(range(min(meta["limit"], len(train))))
-    est = MIDepthEstimator(meta["layers"]).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
-    return TokenDepthLookup.from_estimator(est, tokenizer)
+    return MIDepthEstimator(meta["layers"]).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+
+
+def mi_table(meta: dict, tokenizer, data_root=None):
+    """The TokenDepthLookup of an MI checkpoint (see mi_estimator)."""
+    from .depth.mi import TokenDepthLookup
+
+    return TokenDepthLookup.from_estimator(mi_estimator(meta, tokenizer, data_root), tokenizer)
 
 
 class PipelineModel(nn.Module):

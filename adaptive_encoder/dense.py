@@ -6,7 +6,7 @@ nothing (what the paper's released code did). Shapes as AdaptiveEncoder.forward.
 """
 import torch
 
-from .encoder import _bert_encoder, layers_and_config
+from .encoder import encoder_and_config
 from .families import family_of
 
 
@@ -16,7 +16,8 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
 
     stop_at_n_max=False runs all N layers even when no token is that deep.
     """
-    layers, config = layers_and_config(bert)
+    enc, config = encoder_and_config(bert)
+    layers = enc.layer
     family = family_of(config)
     B, T, _ = hidden_states.shape
     mask = torch.ones(B, T, dtype=torch.bool, device=hidden_states.device) if attention_mask is None \
@@ -27,7 +28,6 @@ def masked_forward(bert, hidden_states: torch.Tensor, depths: torch.Tensor,
     n_run = int(depths[mask].max()) if stop_at_n_max and mask.any() else len(layers)
     bias = None
     if family.distance_bias is not None:  # (1, H, T, T) relative position bias, as the family's encoder adds it
-        enc = _bert_encoder(bert)
         dist = family.distance_bias({m: getattr(enc, m) for m in family.encoder_modules}, T)
         pos = torch.arange(T, device=hidden_states.device)
         bias = dist[pos[None, :] - pos[:, None] + T - 1].permute(2, 0, 1).unsqueeze(0)

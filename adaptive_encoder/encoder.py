@@ -45,15 +45,10 @@ def _base_and_encoder(model) -> tuple:
     raise TypeError(f"expected a transformers encoder model (or its encoder), got {type(model).__name__}")
 
 
-def _bert_encoder(model) -> nn.Module:
-    """The encoder module (has .layer) inside `model`."""
-    return _base_and_encoder(model)[1]
-
-
-def layers_and_config(model) -> tuple:
-    """(layer ModuleList, config) of a transformers model or its encoder."""
+def encoder_and_config(model) -> tuple:
+    """(encoder module with .layer, config) of a transformers model or its encoder."""
     base, enc = _base_and_encoder(model)
-    return enc.layer, (base.config if base is not None else enc.config)
+    return enc, (base.config if base is not None else enc.config)
 
 
 # Concatenated projection weights for inference. An entry is valid only while the very same
@@ -101,6 +96,7 @@ class AdaptiveEncoder(nn.Module):
             raise ValueError(f"a {config.model_type} encoder needs its {', '.join(missing)} (use from_model)")
         for name in family.encoder_modules:
             setattr(self, name, modules[name])
+        self.family = family  # the adapter of config.model_type (module-level functions: picklable)
         self.config = config
         self.num_layers = len(layers)
         self.hidden_size = config.hidden_size
@@ -108,16 +104,12 @@ class AdaptiveEncoder(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.backend = backend
 
-    @property
-    def family(self):
-        return check_supported(self.config, ())
-
     @classmethod
     def from_model(cls, model, backend: str | None = None, first_layer: int = 0) -> "AdaptiveEncoder":
         """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, MPNetModel, ...)
         or its encoder; `first_layer` > 0 keeps only the layers from there up (a partial stack)."""
-        layers, config = layers_and_config(model)
-        enc = _bert_encoder(model)
+        enc, config = encoder_and_config(model)
+        layers = enc.layer
         modules = {m: getattr(enc, m) for m in check_supported(config, ()).encoder_modules}
         if first_layer:
             layers = nn.ModuleList(list(layers)[first_layer:])

@@ -196,6 +196,18 @@ def _check_rows(x: torch.Tensor, rows: torch.Tensor, op: str, x_name: str = "x")
         raise ValueError(f"{op}: {x_name} is on {x.device} but rows on {rows.device}")
 
 
+def _check_scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, op: str) -> None:
+    """The arguments of scatter / scatter_: src (A, D) of base's dtype and device."""
+    _check_rows(base, rows, op, "base")
+    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] != rows.shape[0] \
+            or src.shape[1] != base.shape[1]:
+        raise ValueError(f"{op}: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(getattr(src, 'shape', ()))}")
+    if src.dtype != base.dtype:
+        raise TypeError(f"{op}: src dtype {src.dtype} differs from base dtype {base.dtype}")
+    if src.device != base.device:
+        raise ValueError(f"{op}: base is on {base.device} but src on {src.device}")
+
+
 def check_rows_in_range(rows: torch.Tensor, limit: int, op: str, unique: bool) -> None:
     """ValueError unless every row is in [0, limit) (and, if `unique`, no row repeats)."""
     if rows.numel() == 0:
@@ -203,7 +215,7 @@ def check_rows_in_range(rows: torch.Tensor, limit: int, op: str, unique: bool) -
     if torch.compiler.is_compiling():  # no host sync inside a graph: a traceable assertion instead
         ok = (rows >= 0).all() & (rows < limit).all()
         if unique:
-            ok = ok & _unique(rows, limit)
+            ok = ok & (_most_hits(rows, limit) <= 1)
         torch._assert_async(ok, f"{op}: a row index is out of range [0, {limit})" + (" or repeated" if unique else ""))
         return
     if limit == 0:
@@ -211,9 +223,7 @@ def check_rows_in_range(rows: torch.Tensor, limit: int, op: str, unique: bool) -
     lo, hi = rows.aminmax()
     stats = [lo, hi]
     if unique:  # duplicates: any row hit twice (out-of-range rows are clamped, reported first)
-        hits = torch.zeros(limit, dtype=torch.int32, device=rows.device)
-        hits.index_add_(0, rows.clamp(0, limit - 1), torch.ones_like(rows, dtype=torch.int32))
-        stats.append(hits.amax().to(rows.dtype))
+        stats.append(_most_hits(rows, limit).to(rows.dtype))
     stats = torch.stack(stats).tolist()  # the one host sync of the check
     if stats[0] < 0 or stats[1] >= limit:
         bad = stats[0] if stats[0] < 0 else stats[1]
@@ -222,10 +232,12 @@ def check_rows_in_range(rows: torch.Tensor, limit: int, op: str, unique: bool) -
         raise ValueError(f"{op}: rows must be unique (a row appears {stats[2]} times)")
 
 
-def _unique(rows: torch.Tensor, limit: int) -> torch.Tensor:
-    hits = torch.zeros(max(limit, 1), dtype=torch.int32, device=rows.device)
-    hits.index_add_(0, rows.clamp(0, max(limit, 1) - 1), torch.ones_like(rows, dtype=torch.int32))
-    return hits.amax() <= 1
+def _most_hits(rows: torch.Tensor, limit: int) -> torch.Tensor:
+    """0-d int32: how often the most frequent row occurs (rows clamped into [0, limit))."""
+    limit = max(limit, 1)
+    hits = torch.zeros(limit, dtype=torch.int32, device=rows.device)
+    hits.index_add_(0, rows.clamp(0, limit - 1), torch.ones_like(rows, dtype=torch.int32))
+    return hits.amax()
 
 
 def check_depths(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, op: str = "plan") -> None:
@@ -282,14 +294,7 @@ def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: 
             check: bool = True) -> torch.Tensor:
     """out = base with out[rows[i]] = src[i]. base (R,D), src (A,D) same dtype, rows (A,) int64
     unique, in [0, R)."""
-    _check_rows(base, rows, "scatter", "base")
-    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] != rows.shape[0] \
-            or src.shape[1] != base.shape[1]:
-        raise ValueError(f"scatter: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(getattr(src, 'shape', ()))}")
-    if src.dtype != base.dtype:
-        raise TypeError(f"scatter: src dtype {src.dtype} differs from base dtype {base.dtype}")
-    if src.device != base.device:
-        raise ValueError(f"scatter: base is on {base.device} but src on {src.device}")
+    _check_scatter(base, src, rows, "scatter")
     name = resolve_backend(base.device, backend)
     if check:
         check_rows_in_range(rows, base.shape[0], "scatter", unique=True)
@@ -300,12 +305,7 @@ def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend:
              check: bool = True) -> torch.Tensor:
     """In place: base[rows[i]] = src[i]; returns base. base (R,D) contiguous. For inference (no
     autograd): it saves the out-of-place scatter's copy of the whole of base."""
-    _check_rows(base, rows, "scatter_", "base")
-    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] != rows.shape[0] \
-            or src.shape[1] != base.shape[1]:
-        raise ValueError(f"scatter_: src must be ({rows.shape[0]}, {base.shape[1]}), got {tuple(getattr(src, 'shape', ()))}")
-    if src.dtype != base.dtype or src.device != base.device:
-        raise TypeError("scatter_: src must have base's dtype and device")
+    _check_scatter(base, src, rows, "scatter_")
     if not base.is_contiguous():
         raise ValueError("scatter_: base must be contiguous")
     if torch.is_grad_enabled() and (base.requires_grad or src.requires_grad):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .encoder import AdaptiveEncoder, _base_and_encoder
-from .families import check_supported, family_of
+from .families import check_supported
 
 _MASK, _STATES = "adaptive_attention_mask", "adaptive_hidden_states"  # per-call kwargs we add
 

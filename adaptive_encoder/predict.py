@@ -41,23 +41,18 @@ def read_texts(path: str) -> list:
     return texts
 
 
-def _depths_for(meta: dict, tokenizer, words: list, dataset_texts: bool, data_root, depth_dir):
+def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir):
     """Per-text depth lists (or None per text: the model decides) for the checkpoint's variant."""
     from .depth.pipeline import encode_words
 
-    variant, N = meta["variant"], meta["layers"]
+    variant = meta["variant"]
     max_length = meta["config"]["max_length"]
     if variant in ("fixed", "halting"):
         return None
-    if variant == "mi":
-        from .data import load_dataset
-        from .depth.mi import MIDepthEstimator
-        from .depth.pipeline import tokenizer_words
+    if variant == "mi":  # exact per-word depths from the refitted estimator (not the token table)
+        from .checkpoint import mi_estimator
 
-        train = load_dataset(meta["dataset"], root=data_root)["train"]
-        if meta.get("limit"):
-            train = train.subset(range(min(meta["limit"], len(train))))
-        est = MIDepthEstimator(N).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+        est = mi_estimator(meta, tokenizer, data_root)
         enc = encode_words(tokenizer, words, max_length)
         return [est.sequence_depths(words[i], enc.word_ids(i)) for i in range(len(words))]
     raise ValueError(f"predict: {variant} depths for new texts need the anytime MLM's loss tables, which "
@@ -87,7 +82,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
                            variants=["reconstruction"], data_root=data_root, estimate_missing=False)
             depths = full["reconstruction"][1 if dataset_split[1] == "test" else 0].depths[lo:hi]
         else:
-            depths = _depths_for(meta, tokenizer, words, dataset_split is not None, data_root, depth_dir)
+            depths = _depths_for(meta, tokenizer, words, data_root, depth_dir)
         ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
         data = Encoded(ids, [0] * len(ids), depths)
         lines = []

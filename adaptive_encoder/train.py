@@ -111,6 +111,16 @@ def _data_parallel(module):
     return DistributedDataParallel(module, find_unused_parameters=True)
 
 
+def _global_mean(loss_sum: torch.Tensor, count: int) -> tuple:
+    """(loss to backpropagate, global mean loss to log) from this rank's summed loss over its
+    `count` items. The loss is the sum x W / the global count: DDP's gradient average is then
+    the mean over the global batch, exactly as one process computes it."""
+    W = distributed.world_size()
+    n = distributed.sum_([count])[0]
+    loss = loss_sum * (W / n)
+    return loss, (distributed.sum_([loss_sum.item()])[0] / n if W > 1 else loss.item())
+
+
 def _shard():
     return (distributed.rank(), distributed.world_size()) if distributed.active() else None
 
@@ -129,27 +139,23 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     losses = []
     t0 = time.perf_counter()
     n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    W = distributed.world_size()
     net = _data_parallel(model)
     model.train()
     for epoch in range(cfg.epochs):
         for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                                    f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
-            n_global = distributed.sum_([len(labels)])[0] if W > 1 else len(labels)
             if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
                 logits = net(ids, mask, anytime=True)
                 loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="sum")
                 loss_sum = loss_sum / logits.shape[0]
             else:
                 loss_sum = F.cross_entropy(net(ids, mask, depths).logits, labels, reduction="sum")
-            # Summed over this rank's rows, x W / global rows: DDP's gradient average is then the
-            # mean over the global batch, exactly as one process computes it.
-            loss = loss_sum * (W / n_global)
+            loss, logged = _global_mean(loss_sum, len(labels))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             opt.step()
-            losses.append(distributed.sum_([loss_sum.item()])[0] / n_global if W > 1 else loss.item())
+            losses.append(logged)
     if halting:
         losses += train_halting_unit(model, held_out, cfg, pad_id, gen, progress)
     model.eval()
@@ -161,7 +167,6 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
     example's pseudo depth."""
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
     unit = _data_parallel(model.halting)
-    W = distributed.world_size()
     losses = []
     for epoch in range(cfg.halting_epochs):
         for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
@@ -173,13 +178,11 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
                 h1 = model.encoder(model.bert.embeddings(input_ids=ids), m.long(), m).last_hidden_state
             logits = unit(h1)[m]  # the unit's logits over depths 1..N
             tok_target = (target.unsqueeze(1).expand_as(mask)[m]) - 1
-            n_tokens = distributed.sum_([int(m.sum())])[0] if W > 1 else int(m.sum())
-            loss_sum = F.cross_entropy(logits, tok_target, reduction="sum")
-            loss = loss_sum * (W / n_tokens)
+            loss, logged = _global_mean(F.cross_entropy(logits, tok_target, reduction="sum"), int(m.sum()))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(distributed.sum_([loss_sum.item()])[0] / n_tokens if W > 1 else loss.item())
+            losses.append(logged)
     return losses
 
 
