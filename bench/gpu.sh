@@ -104,6 +104,9 @@ else
 fi
 
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).
+# Each record also goes to records.jsonl the moment its benchmark ends (a cut run keeps them).
+case "$STAGES" in *" benchmarks "*) rm -f "$RES/records.jsonl" ;; esac
+export BENCH_RECORDS="$RES/records.jsonl"
 stage benchmarks "$([ "$SMOKE" = 1 ] && echo 1200 || echo 330)" python -m pytest bench --benchmark-only -q \
   -p no:cacheprovider --benchmark-json="$RES/benchmark.json"
 
@@ -114,7 +117,7 @@ pack() {
   [ -n "${OUT:-}" ] || { echo "OUT not set: results stay in $RES"; return 0; }
   mkdir -p "$OUT"
   tar czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$RES")" "$(basename "$RES")"
-  for f in correctness.json summary.json env.txt; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
+  for f in correctness.json summary.json env.txt records.jsonl; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
   ls -la "$OUT"
 }
 export -f pack

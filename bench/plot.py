@@ -24,8 +24,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def load_records(path: str) -> list:
-    with open(path) as f:
-        data = json.load(f)
+    """The records of a pytest-benchmark JSON, or of a $BENCH_RECORDS JSON-lines file (.jsonl).
+    A missing or broken JSON (a run cut short writes none, or an empty one) falls back to the
+    records.jsonl beside it, which has every benchmark that finished."""
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        alt = os.path.join(os.path.dirname(path), "records.jsonl")
+        if not os.path.exists(alt):
+            raise
+        print(f"plot.py: {path} unusable ({type(e).__name__}); using {alt}")
+        return load_records(alt)
     return [b["extra_info"] for b in data["benchmarks"] if b.get("extra_info")]
 
 
@@ -169,7 +182,7 @@ def markdown(summary: dict, records: list) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="pytest-benchmark --benchmark-json output")
+    ap.add_argument("json", help="pytest-benchmark --benchmark-json output, or a $BENCH_RECORDS .jsonl")
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="", help="the command that produced the JSON")
     ap.add_argument("--device", default=None, help="device name for titles and summary (default: from records)")

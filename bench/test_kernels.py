@@ -39,7 +39,7 @@ def _record(benchmark, op, backend, R, nbytes, seconds):
                 seconds=seconds, gbps=nbytes / seconds / 1e9, copy_gbps=bw / 1e9,
                 fraction_of_copy_bw=nbytes / seconds / bw)
     benchmark.extra_info.update(info)
-    benchlib.RESULTS.append(info)
+    benchlib.record(info)
 
 
 @pytest.mark.parametrize("R", ROWS)

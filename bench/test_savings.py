@@ -42,6 +42,6 @@ def test_adaptive_vs_full_depth(benchmark):
         ideal_speedup=ideal, measured_over_ideal=measured / ideal,
     )
     benchmark.extra_info.update(info)
-    benchlib.RESULTS.append(info)
+    benchlib.record(info)
     assert plan.n_max == s["layers"]
     assert 0.2 < plan.active_fraction < 0.35

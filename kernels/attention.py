@@ -18,7 +18,7 @@ import triton.language as tl
 def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H,
                         bias_ptr, q_pos_ptr, k_pos_ptr, bias_off,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr):
+                        UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
@@ -48,7 +48,7 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
             if HAS_BIAS:  # bias by distance: a (2P-1, H) table, no (B, H, T, T) tensor
                 k_pos = tl.load(k_pos_ptr + k_start + offs_n, mask=k_ok, other=0)
                 dist = k_pos[None, :] - q_pos[:, None] + bias_off
@@ -59,11 +59,22 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=(offs_m < q_len)[:, None])
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Triton dot precision for `dtype` inputs: for float32 the one torch uses for float32
+    matmuls, IEEE unless the user allowed TF32 (torch.set_float32_matmul_precision("high")).
+    Triton's own default is TF32, which gave 1.3e-3 relative error against float64 on an
+    H200 (bench/results/h200/correctness.json, 2026-11-26) where float32 users expect float32.
+    Other dtypes: the tensor cores' native path (the argument only affects float32)."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
 
 
 def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | None = None, bias=None):
@@ -89,5 +100,5 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
         extra = (q, cu_q, cu_k, 0)  # unused pointers when HAS_BIAS is off
     _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H, *extra,
                               HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret,
-                              HAS_BIAS=bias is not None)
+                              HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(q.dtype))
     return out

@@ -12,7 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder, ops, reference
 from adaptive_encoder.attention import varlen_attention
 from adaptive_encoder.dense import masked_forward
-from conftest import DEVICE_BACKENDS, small_bert_config
+from conftest import DEVICE_BACKENDS, TRITON_DEVICE, small_bert_config
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -139,13 +139,22 @@ def _per_sequence_attention(q, k, v, cu_q, cu_k, bias=None):
     return out
 
 
+def _run_attention(backend, q, k, v, cu_q, cu_k, *args, bias=None):
+    """varlen_attention where `backend` runs (Triton: the GPU if there is one, else the
+    interpreter on CPU), the result back on CPU for the float64 definition."""
+    dev = TRITON_DEVICE if backend == "triton" else "cpu"
+    to = (lambda ts: tuple(t.to(dev) for t in ts))
+    bias = None if bias is None else to(bias)
+    return varlen_attention(*to((q, k, v, cu_q, cu_k)), *args, backend=backend, bias=bias).cpu()
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @settings(max_examples=15, deadline=None, derandomize=True, database=None)
 @given(inp=attention_inputs())
 def test_varlen_attention_matches_per_sequence_definition(backend, inp):
     q, k, v, cu_q, cu_k, max_q, max_k = inp
     with torch.no_grad():
-        out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend)
+        out = _run_attention(backend, q, k, v, cu_q, cu_k, max_q, max_k)
     torch.testing.assert_close(out.double(), _per_sequence_attention(q, k, v, cu_q, cu_k), rtol=1e-4, atol=1e-4)
 
 
@@ -162,7 +171,7 @@ def test_triton_attention_tiles_long_sequences(T):
     cu_q = torch.tensor([0, q.shape[0]])
     cu_k = torch.tensor([0, T])
     with torch.no_grad():
-        out = varlen_attention(q, k, v, cu_q, cu_k, q.shape[0], T, backend="triton")
+        out = _run_attention("triton", q, k, v, cu_q, cu_k, q.shape[0], T)
     torch.testing.assert_close(out.double(), _per_sequence_attention(q, k, v, cu_q, cu_k), rtol=1e-4, atol=1e-4)
 
 
@@ -179,7 +188,7 @@ def test_varlen_attention_with_relative_bias_matches_definition(backend, inp, se
     q_pos = torch.cat([k_pos[cu_k[b]:cu_k[b + 1]][torch.randperm(int(cu_k[b + 1] - cu_k[b]), generator=gen)
                        [:int(cu_q[b + 1] - cu_q[b])].sort().values] for b in range(cu_q.numel() - 1)])
     with torch.no_grad():
-        out = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, backend=backend, bias=(dist, q_pos, k_pos))
+        out = _run_attention(backend, q, k, v, cu_q, cu_k, max_q, max_k, bias=(dist, q_pos, k_pos))
     expect = _per_sequence_attention(q, k, v, cu_q, cu_k, bias=(dist, q_pos, k_pos))
     torch.testing.assert_close(out.double(), expect, rtol=1e-4, atol=1e-4)
 
