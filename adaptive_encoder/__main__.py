@@ -276,10 +276,13 @@ def _sweep_layers(args) -> int:
         _check_layers(n, args.model)
     if args.reuse and not os.path.isfile(args.reuse):
         raise SystemExit(f"error: --reuse file {args.reuse} not found")
+    from adaptive_encoder.experiment import sweep_figure_name
+    from adaptive_encoder.pretrained import model_label
+
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
                     command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, reuse=args.reuse,
                     data_root=args.data, estimate_missing=args.estimate_missing)
-    _say(f"wrote {args.out}/accuracy_vs_layers.json, .md and accuracy_vs_layers_{args.dataset}.png")
+    _say(f"wrote {args.out}/accuracy_vs_layers.json, .md and {sweep_figure_name(args.dataset, model_label(args.model))}")
     return 0
 
 

@@ -192,28 +192,42 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     return records
 
 
-def write_sweep_markdown(records: list, path: str, command: str, figure: str = "") -> None:
-    """Accuracy (mean ± std over seeds) with token-layer fraction, one row per N, one column per variant."""
+def sweep_figure_name(dataset: str, model: str) -> str:
+    """PNG of one (dataset, model) sweep; MiniLM keeps the name it had before models were recorded."""
+    from .pretrained import MINILM
+
+    return f"accuracy_vs_layers_{dataset}.png" if model == MINILM else f"accuracy_vs_layers_{dataset}_{model}.png"
+
+
+def write_sweep_markdown(records: list, path: str, command: str) -> None:
+    """Accuracy (mean ± std over seeds) with token-layer fraction, one row per N, one column per
+    variant; one table and figure per (dataset, model): runs of different models never mix."""
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
-    lines = ["# Accuracy vs number of layers N (paper's Figure 3a)", "", f"Command: `{command}`", "",
-             "Model: the bottom N layers of all-MiniLM-L6-v2. Each cell: test accuracy % (mean ± std over "
+    # The sweeps' own commands (a reused run's command is the accuracy table's, listed there).
+    commands = list(dict.fromkeys([r["command"] for r in records if r.get("command") and not r.get("reused_from")]
+                                  + [command]))
+    lines = ["# Accuracy vs number of layers N (paper's Figure 3a)", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in commands), "",
+             "Model: the bottom N layers of the pretrained encoder named in each section. Each cell: test accuracy % (mean ± std over "
              "seeds) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
              "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
              "halting unit predicts over 1..N (none at N = 1, where there is nothing to choose). At N = 1 every "
              "token has depth 1, so all variants compute the same function: their spread there is run-to-run "
              "noise, a yardstick for single-seed differences. In these runs (as in accuracy.json) `seed` "
              "seeded training but not the classifier head's initialisation, which depended on the runs "
-             "before it in the process; run_one now seeds both.", ""] + ([f"![accuracy vs N]({figure})", ""] if figure else [])
+             "before it in the process; run_one now seeds both (MiniLM runs; the MPNet runs came after).", ""]
     reused = sorted({(r["layers"], r["reused_from"]) for r in records if r.get("reused_from")})
     if reused:
         lines += ["Runs of N = " + ", ".join(str(n) for n, _ in reused) + " are the identical runs of "
                   + ", ".join(sorted({f for _, f in reused})) + " (taken, not retrained).", ""]
-    for ds in sorted({r["dataset"] for r in records}):
-        lines += [f"## {ds}", "", "| N | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
-        for n in sorted({r["layers"] for r in records if r["dataset"] == ds}):
+    for ds, model in sorted({(r["dataset"], _model_of(r)) for r in records}):
+        group = [r for r in records if r["dataset"] == ds and _model_of(r) == model]
+        lines += [f"## {ds}, {model}", "", f"![accuracy vs N, {ds}, {model}]({sweep_figure_name(ds, model)})", "",
+                  "| N | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+        for n in sorted({r["layers"] for r in group}):
             cells = []
             for v in variants:
-                rs = [r for r in records if r["dataset"] == ds and r["layers"] == n and r["variant"] == v]
+                rs = [r for r in group if r["layers"] == n and r["variant"] == v]
                 if not rs:
                     cells.append("")
                     continue
@@ -236,29 +250,33 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
     from . import plots
     from .pretrained import load_pretrained
 
+    from .pretrained import model_label
+
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
-    done = {(r["dataset"], r["layers"], r["variant"], r["seed"]) for r in records}
+    model = model_label(model_path)
+    # The model is part of a run's identity: an MPNet sweep must neither skip nor reuse MiniLM runs.
+    done = {(r["dataset"], _model_of(r), r["layers"], r["variant"], r["seed"]) for r in records}
     if reuse and not limit:
         for r in json.load(open(reuse)):
-            same = (r["dataset"] == dataset and r.get("layers") in layer_counts and r["variant"] in variants
-                    and r["seed"] in seeds and (r.get("epochs"), r.get("lr"), r.get("batch_size"))
-                    == (cfg.epochs, cfg.lr, cfg.batch_size))
-            key = (r["dataset"], r["layers"], r["variant"], r["seed"])
+            same = (r["dataset"] == dataset and _model_of(r) == model and r.get("layers") in layer_counts
+                    and r["variant"] in variants and r["seed"] in seeds
+                    and (r.get("epochs"), r.get("lr"), r.get("batch_size")) == (cfg.epochs, cfg.lr, cfg.batch_size))
+            key = (r["dataset"], model, r["layers"], r["variant"], r["seed"])
             if same and key not in done:
                 done.add(key)
                 records.append({**r, "reused_from": os.path.basename(reuse)})
-    figure = f"accuracy_vs_layers_{dataset}.png"
 
     def save():
         if not distributed.is_main():
             return
         with open(json_path, "w") as f:
             json.dump(records, f, indent=1)
-        plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset],
-                                        os.path.join(out_dir, figure), title=dataset)
-        write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command, figure)
+        plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset and _model_of(r) == model],
+                                        os.path.join(out_dir, sweep_figure_name(dataset, model)),
+                                        title=f"{dataset}, {model}")
+        write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command)
 
     need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
     tokenizer = None
@@ -266,7 +284,7 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         # At N = 1 every token has depth 1: all variants are the fixed model, and a halting unit
         # has nothing to choose between (build_model refuses it), so only the others run.
         todo = [(s, v) for s in seeds for v in variants
-                if (dataset, n, v, s) not in done and not (v == "halting" and n < 2)]
+                if (dataset, model, n, v, s) not in done and not (v == "halting" and n < 2)]
         if not todo:
             continue
         if tokenizer is None:
@@ -277,11 +295,12 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
         for seed, v in todo:
             r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
+            r["command"] = command
             records.append(r)
             if distributed.is_main():
                 log(f"{dataset} N={n} {v:<15} seed {seed}: accuracy {100 * r['accuracy']:.2f}  "
                     f"avg depth {r['avg_depth']:.2f}  token-layers {r['token_layer_fraction']:.1%}")
             save()
-    if any(r["dataset"] == dataset for r in records):
+    if any(r["dataset"] == dataset and _model_of(r) == model for r in records):
         save()
     return records

@@ -16,9 +16,10 @@ def _records():
 
 def test_sweep_markdown_rows_per_layer_count(tmp_path):
     path = tmp_path / "sweep.md"
-    write_sweep_markdown(_records(), str(path), "python -m adaptive_encoder sweep-layers", "fig.png")
+    write_sweep_markdown(_records(), str(path), "python -m adaptive_encoder sweep-layers")
     text = path.read_text()
-    assert "Command: `python -m adaptive_encoder sweep-layers`" in text and "![accuracy vs N](fig.png)" in text
+    assert "Commands: `python -m adaptive_encoder sweep-layers`" in text
+    assert "## trec, all-MiniLM-L6-v2" in text and "(accuracy_vs_layers_trec.png)" in text
     rows = [line for line in text.splitlines() if line.startswith("| 2 ") or line.startswith("| 6 ")]
     assert rows == ["| 2 | 93.00 ± 1.41 / 100% (2) | 93.00 ± 1.41 / 50% (2) |",
                     "| 6 | 97.00 ± 1.41 / 100% (2) | 97.00 ± 1.41 / 50% (2) |"]
@@ -63,6 +64,34 @@ def test_layer_sweep_reuses_only_identical_runs(tmp_path):
     assert json.loads((tmp_path / "out" / "accuracy_vs_layers.json").read_text()) == out
     assert (tmp_path / "out" / "accuracy_vs_layers_trec.png").exists()
     assert "Runs of N = 6 are the identical runs of accuracy.json" in (tmp_path / "out" / "accuracy_vs_layers.md").read_text()
+
+
+def test_layer_sweep_keeps_models_apart(tmp_path):
+    """An MPNet sweep neither skips nor reuses MiniLM runs of the same N, and each model gets
+    its own table and figure."""
+    import json
+
+    from adaptive_encoder.experiment import run_layer_sweep
+    from adaptive_encoder.train import TrainConfig
+
+    cfg = TrainConfig(epochs=3, lr=5e-5, batch_size=32)
+    minilm = [dict(r, epochs=3, lr=5e-5, batch_size=32) for r in _records() if r["layers"] == 6]
+    (tmp_path / "accuracy.json").write_text(json.dumps(minilm))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "accuracy_vs_layers.json").write_text(json.dumps(minilm))  # a MiniLM sweep already there
+    with pytest.raises(OSError):  # nothing of MPNet's is done or reusable: it would train
+        run_layer_sweep("trec", ["fixed", "mi"], [6], [0], cfg, str(out), "cmd", model_path=str(tmp_path / "mpnet"),
+                        reuse=str(tmp_path / "accuracy.json"), log=lambda *a: None)
+    mpnet = [dict(r, model="all-mpnet-base-v2", accuracy=0.5) for r in minilm]
+    (out / "accuracy_vs_layers.json").write_text(json.dumps(minilm + mpnet))
+    recs = run_layer_sweep("trec", ["fixed", "mi"], [6], [0, 1], cfg, str(out), "cmd", model_path="mpnet",
+                           log=lambda *a: None)
+    assert recs == minilm + mpnet  # all done: nothing trained, nothing mixed
+    text = (out / "accuracy_vs_layers.md").read_text()
+    assert "## trec, all-MiniLM-L6-v2" in text and "## trec, all-mpnet-base-v2" in text
+    assert "| 6 | 50.00 ± 0.00 / 100% (2) | 50.00 ± 0.00 / 50% (2) |" in text
+    assert (out / "accuracy_vs_layers_trec_all-mpnet-base-v2.png").exists()
 
 
 def test_run_one_is_determined_by_its_seed():
