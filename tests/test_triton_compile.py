@@ -30,7 +30,13 @@ for dt in ("bf16", "fp16"):
             {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "v_ptr": "*" + dt, "o_ptr": "*" + dt,
              "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32",
              "bias_ptr": "*" + dt, "q_pos_ptr": "*i64", "k_pos_ptr": "*i64", "bias_off": "i64"},
-            {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": bias})
+            {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": bias, "DOT_PRECISION": "tf32"})
+for prec in ("ieee", "tf32"):  # float32: IEEE by default (torch's float32 matmuls), TF32 only when allowed
+    out["attention_fp32_" + prec] = ptx(_varlen_attn_kernel,
+        {"q_ptr": "*fp32", "k_ptr": "*fp32", "v_ptr": "*fp32", "o_ptr": "*fp32",
+         "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32",
+         "bias_ptr": "*fp32", "q_pos_ptr": "*i64", "k_pos_ptr": "*i64", "bias_off": "i64"},
+        {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": False, "DOT_PRECISION": prec})
 for has_dst in (False, True):
     out["copy_rows_dst%d" % has_dst] = ptx(_copy_rows_kernel,
         {"dst_ptr": "*bf16", "src_ptr": "*bf16", "dst_rows_ptr": "*i64", "src_rows_ptr": "*i64", "n": "i64", "D": "i64",
@@ -49,7 +55,12 @@ def test_kernels_compile_for_sm90():
     assert proc.returncode == 0, proc.stderr[-3000:]
     ptx = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(ptx) == {"attention_bf16", "attention_fp16", "attention_bf16_bias", "attention_fp16_bias",
+                        "attention_fp32_ieee", "attention_fp32_tf32",
                         "copy_rows_dst0", "copy_rows_dst1", "plan_count", "plan_fill"}
+    # The H200 run (2026-11-26) measured 1.3e-3 error from TF32 dots on float32 inputs: the
+    # default float32 kernel must have no TF32 tensor-core instruction, the opt-in one must.
+    assert "tf32" not in ptx["attention_fp32_ieee"]
+    assert "tf32" in ptx["attention_fp32_tf32"]
     for dt, ptx_type in (("bf16", "bf16"), ("fp16", "f16")):
         for suffix in ("", "_bias"):
             assert f"wgmma.mma_async.sync.aligned.m64n64k16.f32.{ptx_type}.{ptx_type}" in ptx[f"attention_{dt}{suffix}"]
