@@ -69,7 +69,10 @@ class PatchedEncoder(AdaptiveEncoder):
         if kwargs.get("output_attentions"):
             raise ValueError(_NO_ATTENTIONS)
         mask = kwargs.get(_MASK)
-        calls = _CALLS.get()
+        # Only families whose models drop **kwargs use the context variable; the others never
+        # read it, which keeps torch.compile's graph whole here (Dynamo cannot trace
+        # ContextVar.get: a graph break per forward).
+        calls = () if self.family.kwargs_reach_encoder else _CALLS.get()
         if calls and calls[-1][0] is self:  # this encoder's model was called with depths / a mask
             depths = calls[-1][1] if depths is None else depths
             mask = calls[-1][2] if mask is None else mask

@@ -1,6 +1,6 @@
 """torch.compile on a patched model: compilations, graph breaks and time against eager.
 
-    python bench/compile_speed.py [--batch 8] [--seq 64] [--patterns 8] [--nested-graph-breaks]
+    python bench/compile_speed.py [--batch 8] [--seq 64] [--patterns 8]
 
 MiniLM (6 layers) from the pretrained-model package, MI-like random depths in 1..6 with one
 token per sequence at depth 6 (so every pattern runs all layers). Prints one line per
@@ -22,14 +22,7 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--patterns", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--nested-graph-breaks", action="store_true",
-                    help="torch._dynamo.config.nested_graph_breaks = True: resume tracing inside the frame that "
-                         "broke, so the plan's one break is not repeated in every caller's frame")
     a = ap.parse_args()
-    if a.nested_graph_breaks:
-        if not hasattr(torch._dynamo.config, "nested_graph_breaks"):
-            raise SystemExit(f"torch {torch.__version__} has no torch._dynamo.config.nested_graph_breaks")
-        torch._dynamo.config.nested_graph_breaks = True
     torch.manual_seed(0)
     model = apply_adaptive_encoder(BertModel.from_pretrained(default_model_path()).eval())
     ids = torch.randint(1000, 20000, (a.batch, a.seq))

@@ -325,6 +325,22 @@ def test_torch_compile_does_not_recompile_per_depth_pattern():
     torch._dynamo.reset()
 
 
+def test_torch_compile_breaks_only_at_the_plan():
+    """The forward's one graph-break site is the plan (data-dependent sizes, computed eagerly).
+    Dynamo repeats a break in every frame on the call stack, so explain counts one per frame,
+    but every reason is that one function; the per-call context variable (MPNet's route) is not
+    read for families whose models pass **kwargs down (it was a second break site)."""
+    torch._dynamo.reset()
+    model, _ = _patched_bert()
+    ids, mask, depths = _inputs(T=12)
+    with torch.no_grad():
+        ex = torch._dynamo.explain(lambda i, m, d: model.bert(i, attention_mask=m, depths=d).last_hidden_state)(
+            ids, mask, depths)
+    assert ex.graph_break_count >= 1
+    assert all("make_plan" in r.reason for r in ex.break_reasons), [r.reason.splitlines()[0] for r in ex.break_reasons]
+    torch._dynamo.reset()
+
+
 def test_mpnet_head_is_stateless_through_a_context_variable():
     """MPNet's models drop **kwargs: depths given to the head reach the encoder through a
     call-scoped context variable. Threads, failures, copies and hidden states as for BERT."""
