@@ -2,7 +2,7 @@
 
 The paper's speed is the number of samples processed over a data set. Here every model, N
 and batch size processes the same fixed pool of documents (IMDB-like lengths; 60 on CPU,
-64 on a GPU, 32 for the GPU's batch-1 N sweep) in batches of b, the last one possibly
+240 on a GPU, 48 for the GPU's batch-1 N sweep) in batches of b, the last one possibly
 short: samples/s = pool size / time. Three pools (different seeds) give a mean and a
 min-max band. `fixed` is timed once per (N, batch, pool) in the run and every model's
 speed-up is against that time.
