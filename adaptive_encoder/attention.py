@@ -8,11 +8,28 @@ Two implementations: the padded-SDPA reference (any case, differentiable, dropou
 Triton kernel (kernels/attention.py: forward only, no dropout). The Triton kernel runs when
 the backend is "triton", or by default on CUDA tensors, and only where it applies: no
 gradient needed, no dropout, power-of-two head dim in [16, 256]. Everything else, e.g.
-training, takes the reference.
+training, takes the reference. The kernel is the custom op
+`adaptive_encoder::triton_varlen_attention`, so torch.compile treats it as one opaque call
+(its launch grid depends on max_q, an unbacked size when the plan is traced).
 """
 import torch
 
 from . import ops, reference
+
+
+@torch.library.custom_op("adaptive_encoder::triton_varlen_attention", mutates_args=())
+def _triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+               max_q: int, max_k: int, scale: float, dist: torch.Tensor | None, q_pos: torch.Tensor | None,
+               k_pos: torch.Tensor | None) -> torch.Tensor:
+    from .kernels import triton_varlen_attention  # imported late: TRITON_INTERPRET is read at import
+
+    bias = None if dist is None else (dist, q_pos, k_pos)
+    return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, bias=bias)
+
+
+@_triton_op.register_fake
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, dist, q_pos, k_pos):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def _triton_applies(q, k, v, dropout_p: float) -> bool:
@@ -45,8 +62,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     wants_triton = backend == "triton" or (backend in (None, "cuda") and q.is_cuda)
     grad_bias = bias is not None and torch.is_grad_enabled() and bias[0].requires_grad
     if wants_triton and _triton_applies(q, k, v, dropout_p) and not grad_bias:
-        from .kernels import triton_varlen_attention
-
-        return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, bias=bias)
+        dist, q_pos, k_pos = bias if bias is not None else (None, None, None)
+        return _triton_op(q, k, v, cu_q, cu_k, max_q, max_k, q.shape[-1] ** -0.5 if scale is None else scale,
+                          dist, q_pos, k_pos)
     return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p,
                                       bias=bias)

@@ -201,7 +201,7 @@ class AdaptiveEncoder(nn.Module):
             keys = state if plan.key_rows is None else gather(state, plan.key_rows)
             # Every real token active: nothing to compact. (Not under torch.compile, where the
             # branch would guard on the data and recompile when it flips.)
-            if lp.count == plan.num_real and not torch.compiler.is_compiling():
+            if not torch.compiler.is_compiling() and lp.count == plan.num_real:
                 pos = None if bias is None else (bias, k_pos, k_pos)
                 out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos)
                 state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
@@ -219,7 +219,7 @@ class AdaptiveEncoder(nn.Module):
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,))."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (the weight cache is eager-only)
             q, k, v = parts.query(xq), parts.key(xkv), parts.value(xkv)
         elif xq is xkv:  # every token active: one GEMM for q, k and v
             q, k, v = F.linear(xq, *_fused(parts.query, parts.key, parts.value)).chunk(3, dim=-1)

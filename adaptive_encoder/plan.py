@@ -50,23 +50,49 @@ class Plan:
         return sum(self.layer_counts) / max(self.num_real * self.num_layers, 1)
 
 
-# Under torch.compile the plan is computed eagerly, outside the graph: its sizes depend on the
-# data (one host sync). That is the forward's one graph break; the layers after it are traced
-# with the plan's counts as dynamic sizes, so a new depth pattern does not recompile.
-@torch.compiler.disable
 def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None) -> Plan:
-    """depths (B,T) int64 in [0, num_layers], mask (B,T) bool -> Plan. Raises ValueError on bad depths."""
+    """depths (B,T) int64 in [0, num_layers], mask (B,T) bool -> Plan. Raises ValueError on bad depths.
+
+    Under torch.compile, two routes (the plan's sizes depend on the data):
+    - default: the plan is computed eagerly, outside the graph. That is the forward's one graph
+      break; the layers after it are traced with its counts as dynamic sizes, so a new depth
+      pattern does not recompile (a new deepest layer does, once per value).
+    - with `torch._dynamo.config.capture_scalar_outputs` and `capture_dynamic_output_shape_ops`
+      on: the plan is traced, its counts become unbacked sizes, and the whole forward is one
+      graph (fullgraph=True works, nothing recompiles for new depths). Every layer is then
+      run, layers above the deepest token on zero queries (their K/V GEMM is the price).
+    """
+    if torch.compiler.is_compiling() and _traceable():
+        return _traced_plan(depths, mask, num_layers, backend)
+    return _eager_plan(depths, mask, num_layers, backend)
+
+
+def _traceable() -> bool:
+    cfg = torch._dynamo.config
+    return bool(cfg.capture_scalar_outputs and cfg.capture_dynamic_output_shape_ops)
+
+
+def _stats(depths, mask, offsets, num_layers: int) -> tuple:
+    """One (2L+5,) int64 tensor: active rows per layer, longest active run per layer, then the
+    longest and shortest sequence, real tokens, min and max depth; and the (B,) lengths."""
+    B = depths.shape[0]
+    counts = (offsets[1:] - offsets[:-1]).view(num_layers, B)
+    lengths = mask.sum(1)
+    return torch.cat([
+        counts.sum(1), counts.amax(1),
+        torch.stack([lengths.amax(), lengths.amin(), mask.sum(), depths.amin(), depths.amax()]),
+    ]), lengths
+
+
+@torch.compiler.disable
+def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     B, T = depths.shape
     if B == 0 or T == 0:
         raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
     # Unchecked: the range check below rides on the one host sync this function makes anyway.
     rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
-    counts = (offsets[1:] - offsets[:-1]).view(num_layers, B)
-    lengths = mask.sum(1)
-    stats = torch.cat([
-        counts.sum(1), counts.amax(1),
-        torch.stack([lengths.amax(), lengths.amin(), mask.sum(), depths.amin(), depths.amax()]),
-    ]).tolist()  # the one host sync of the forward (besides the plan op's own)
+    stats, lengths = _stats(depths, mask, offsets, num_layers)
+    stats = stats.tolist()  # the one host sync of the forward (besides the plan op's own)
     L = num_layers
     layer_counts, layer_max_q = stats[:L], stats[L:2 * L]
     max_k, min_k, num_real, dmin, dmax = stats[2 * L:]
@@ -80,4 +106,31 @@ def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
+                num_layers=num_layers, batch=B)
+
+
+def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
+    """The same plan inside a graph: every count an unbacked size, no branch on the data.
+    Bad depths or an all-padding sequence fail the graph's runtime asserts (RuntimeError)."""
+    B, T = depths.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
+    rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
+    # The real tokens' rows: the plan op with one layer and depth 1 on every real token.
+    key_rows, _ = ops.plan(mask.long(), mask, 1, backend=backend, check=False)
+    stats, lengths = _stats(depths, mask, offsets, num_layers)
+    stats = stats.tolist()
+    L = num_layers
+    layer_counts, layer_max_q = stats[:L], stats[L:2 * L]
+    max_k, min_k, num_real, dmin, dmax = stats[2 * L:]
+    for size in layer_counts + layer_max_q + [max_k, num_real]:
+        torch._check(size >= 0)
+    torch._check(dmin >= 0, lambda: f"depths must lie in [0, {num_layers}]")
+    torch._check(dmax <= num_layers, lambda: f"depths must lie in [0, {num_layers}]")
+    torch._check(min_k > 0, lambda: "attention_mask: every sequence needs at least one real token")
+    torch._check(rows.shape[0] == sum(layer_counts))
+    torch._check(key_rows.shape[0] == num_real)
+    cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
+                key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=num_layers,
                 num_layers=num_layers, batch=B)

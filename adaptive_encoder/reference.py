@@ -54,10 +54,15 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
     """
     B = cu_q.numel() - 1
     H, Dh = q.shape[1], q.shape[2]
-    if B == 1 and bias is None:  # one sequence: nothing to pad, no mask (every key is real)
+    # One sequence: nothing to pad, no mask (every key is real). Not under torch.compile, where a
+    # traced plan's lengths are unbacked sizes that SDPA would guard on.
+    if B == 1 and bias is None and not torch.compiler.is_compiling():
         out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
                                              v.transpose(0, 1)[None], dropout_p=dropout_p, scale=scale)
         return out[0].transpose(0, 1)
+    # At least 2 padded positions: under torch.compile the lengths are unbacked sizes and SDPA
+    # would guard on "length == 1" (a broadcast check) without this lower bound.
+    max_q, max_k = torch.sym_max(max_q, 2), torch.sym_max(max_k, 2)
     seq_q, pos_q = _padded_index(cu_q, q.shape[0])
     seq_k, pos_k = _padded_index(cu_k, k.shape[0])
     qp = q.new_zeros(B, max_q, H, Dh).index_put((seq_q, pos_q), q)

@@ -1,10 +1,15 @@
 """torch.compile on a patched model: compilations, graph breaks and time against eager.
 
-    python bench/compile_speed.py [--batch 8] [--seq 64] [--patterns 8]
+    python bench/compile_speed.py [--batch 8] [--seq 64] [--patterns 8] [--route default|traced]
 
 MiniLM (6 layers) from the pretrained-model package, MI-like random depths in 1..6 with one
-token per sequence at depth 6 (so every pattern runs all layers). Prints one line per
+token per sequence at depth 6 (every layer runs) in the first half of the patterns, the
+deepest layer varying over 4..6 in the second. Prints one line per
 pattern and a summary; CPU, fp32, inductor.
+
+Routes (adaptive_encoder/plan.py): `default` computes the plan eagerly at a graph break;
+`traced` turns on Dynamo's scalar and dynamic-shape capture, so the plan is traced with
+unbacked sizes and the forward compiles as one graph (fullgraph=True).
 """
 import argparse
 import time
@@ -22,7 +27,11 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--patterns", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--route", choices=("default", "traced"), default="default")
     a = ap.parse_args()
+    traced = a.route == "traced"
+    torch._dynamo.config.capture_scalar_outputs = traced
+    torch._dynamo.config.capture_dynamic_output_shape_ops = traced
     torch.manual_seed(0)
     model = apply_adaptive_encoder(BertModel.from_pretrained(default_model_path()).eval())
     ids = torch.randint(1000, 20000, (a.batch, a.seq))
@@ -39,12 +48,17 @@ def main():
     print(f"explain: {ex.graph_count} graphs, {ex.graph_break_count} breaks at {len(sites)} site(s): "
           + "; ".join(r.reason.splitlines()[0][:80] for r in ex.break_reasons[:1]))
     torch._dynamo.reset()
-    compiled = torch.compile(f)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(f, backend=counter, fullgraph=traced)
     te_all, tc_all = [], []
     with torch.no_grad():
         for p in range(a.patterns):
             d = torch.randint(1, 7, ids.shape, generator=torch.Generator().manual_seed(p))
             d[:, 0] = 6
+            if p >= a.patterns // 2:  # the second half also changes the deepest layer reached (4..6)
+                d = d.clamp(max=4 + p % 3)
             t = time.perf_counter()
             out = compiled(ids, mask, d)
             first = time.perf_counter() - t
@@ -52,11 +66,11 @@ def main():
             te = min(_time(lambda: f(ids, mask, d)) for _ in range(a.repeats))
             err = float((out - f(ids, mask, d)).abs().max())
             print(f"pattern {p}: first call {first:.2f} s, compiled {tc * 1e3:.1f} ms, eager {te * 1e3:.1f} ms, "
-                  f"max diff {err:.1e}")
+                  f"max diff {err:.1e}, graphs compiled so far {counter.frame_count}")
             if p >= 2:
                 te_all.append(te)
                 tc_all.append(tc)
-    print(f"after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
+    print(f"route {a.route}: after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
 
 
 def _time(fn):

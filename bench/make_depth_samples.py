@@ -1,7 +1,8 @@
 """Build bench/data/depth_samples.pt: real per-token depths the speed benchmarks sample from.
 
     python bench/make_depth_samples.py [--halting-checkpoint runs/checkpoints/trec_halting_N6_seed0]
-    python bench/make_depth_samples.py --add-mr [--mr-depths runs/depths/mr] [--mr-halting-checkpoint ...]
+    python bench/make_depth_samples.py --add-mr [--mr-depths runs/depths/mr | --mr-reconstruction-steps 300]
+                                       [--mr-halting-checkpoint ...]
 
 From the TREC test split (500 sentences), word tokens only (no [CLS]/[SEP]), stored flat
 (int8) with one "lengths" tensor that splits every entry back into sentences:
@@ -19,7 +20,7 @@ import os
 import torch
 
 from adaptive_encoder.data import load_dataset
-from adaptive_encoder.depth.pipeline import encode_words, mi_depths, tokenizer_words
+from adaptive_encoder.depth.pipeline import encode_words, mi_depths, reconstruction_depths, tokenizer_words
 from adaptive_encoder.pretrained import load_pretrained
 
 
@@ -57,6 +58,13 @@ def add_mr(args) -> None:
         recon = torch.load(os.path.join(args.mr_depths, "depths_reconstruction.pt"))
         assert recon["layers"] == 6
         mr["reconstruction6"] = torch.cat([strip_specials(x) for x in recon["depths"]["test"]])
+    elif args.mr_reconstruction_steps:
+        # The anytime MLM trained on MR's training texts, depths of the test split only: the
+        # full estimate-depths run also scores every training token (one pass each, hours here).
+        bert, _ = load_pretrained()
+        _, d, _, _ = reconstruction_depths(splits, bert, tok, steps=args.mr_reconstruction_steps, max_length=512,
+                                           progress=True, depth_splits=("test",))
+        mr["reconstruction6"] = torch.cat([strip_specials(x) for x in d["test"]])
     if args.mr_halting_checkpoint:
         mr["halting6"] = torch.cat(_halting_depths(args.mr_halting_checkpoint, splits["test"].texts))
     for k in ("reconstruction6", "halting6"):
@@ -72,6 +80,9 @@ def main():
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--add-mr", action="store_true", help="add MR depths to the existing file")
     ap.add_argument("--mr-depths", default=None, help="estimate-depths output for MR, N = 6 (reconstruction)")
+    ap.add_argument("--mr-reconstruction-steps", type=int, default=0,
+                    help="without --mr-depths: train the anytime MLM this many steps on MR's training texts "
+                         "and estimate the test split's depths (lambda 0.1)")
     ap.add_argument("--mr-halting-checkpoint", default=None, help="a `train --dataset mr --depth halting` checkpoint")
     ap.add_argument("--depths", default="runs/depths/trec", help="estimate-depths output for TREC, N = 6")
     ap.add_argument("--halting-checkpoint", default=None, help="a `train --depth halting` checkpoint (TREC)")

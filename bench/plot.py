@@ -104,8 +104,12 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
 def _line_plot(pts_by_model: dict, xlabel: str, ylabel: str, title: str, path: str, bands: dict | None = None) -> None:
     """One line per model; with `bands` ({model: [(x, (lo, hi))]}) the min-max over pools shaded."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # One colour per kind of model; MR's depth sources (mr_*) dashed in the colour of TREC's.
+    kinds = sorted({m.removeprefix("mr_") for m in pts_by_model})
+    colors = {k: plt.get_cmap("tab10" if len(kinds) <= 10 else "tab20")(i) for i, k in enumerate(kinds)}
     for model, pts in sorted(pts_by_model.items()):
-        line, = ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=model)
+        line, = ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", ms=3, label=model,
+                        color=colors[model.removeprefix("mr_")], linestyle="--" if model.startswith("mr_") else "-")
         if bands and model in bands:
             xs = [k for k, _ in bands[model]]
             ax.fill_between(xs, [lo for _, (lo, _) in bands[model]], [hi for _, (_, hi) in bands[model]],

@@ -88,3 +88,18 @@ def test_triton_float32_dot_precision_follows_torch(monkeypatch):
         assert dot_precision(torch.bfloat16) == "tf32"  # no effect off float32: the native path
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_triton_attention_op_passes_opcheck(with_bias):
+    """The kernel is registered as a custom op (schema, fake tensor, no autograd: inference only)."""
+    q, k, v, cu_q, cu_k, mq, mk = _case(3, 9, 2, 16, torch.float32, TRITON_DEVICE, seed=5)
+    dist = q_pos = k_pos = None
+    if with_bias:
+        gen = torch.Generator().manual_seed(6)
+        dist = torch.randn(2 * 9 - 1, 2, generator=gen).to(TRITON_DEVICE)
+        q_pos = torch.cat([torch.arange(int(cu_q[b + 1] - cu_q[b])) for b in range(3)]).to(TRITON_DEVICE)
+        k_pos = torch.cat([torch.arange(int(cu_k[b + 1] - cu_k[b])) for b in range(3)]).to(TRITON_DEVICE)
+    torch.library.opcheck(torch.ops.adaptive_encoder.triton_varlen_attention.default,
+                          (q, k, v, cu_q, cu_k, mq, mk, 0.25, dist, q_pos, k_pos),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -337,7 +337,61 @@ def test_torch_compile_breaks_only_at_the_plan():
         ex = torch._dynamo.explain(lambda i, m, d: model.bert(i, attention_mask=m, depths=d).last_hidden_state)(
             ids, mask, depths)
     assert ex.graph_break_count >= 1
-    assert all("make_plan" in r.reason for r in ex.break_reasons), [r.reason.splitlines()[0] for r in ex.break_reasons]
+    assert all("_eager_plan" in r.reason for r in ex.break_reasons), \
+        [r.reason.splitlines()[0] for r in ex.break_reasons]
+    torch._dynamo.reset()
+
+
+_TRACED_PLAN = dict(capture_scalar_outputs=True, capture_dynamic_output_shape_ops=True)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_torch_compile_fullgraph_with_the_traced_plan(B):
+    """With Dynamo's scalar and dynamic-shape capture on, the plan is traced (unbacked sizes):
+    one graph for the whole forward (fullgraph=True), compiled once for every depth pattern,
+    a different deepest layer included; outputs equal eager; bad depths fail the graph's asserts."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model, _ = _patched_bert()
+    ids, mask, _ = _inputs(B=B, T=12)
+    counter = CompileCounter()
+    f = lambda i, m, d: model.bert(i, attention_mask=m, depths=d).last_hidden_state  # noqa: E731
+    with torch._dynamo.config.patch(**_TRACED_PLAN), torch.no_grad():
+        compiled = torch.compile(f, backend=counter, fullgraph=True)
+        for seed in range(6):
+            d = torch.randint(1, 4, ids.shape, generator=torch.Generator().manual_seed(seed))
+            d = d.clamp(max=1 + seed % 3)  # deepest layer 1, 2, 3, 1, ...
+            _close_on_real(compiled(ids, mask, d), f(ids, mask, d), mask)
+        assert counter.frame_count == 1, counter.frame_count
+        with pytest.raises(RuntimeError):
+            compiled(ids, mask, d + 5)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_traced_plan_with_inductor_and_export():
+    """The traced plan through inductor (generated code, not just the graph) and torch.export:
+    both equal eager for depth patterns other than the one traced."""
+    torch._dynamo.reset()
+    model, _ = _patched_bert()
+    ids, mask, depths = _inputs(T=12)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, i, m, d):
+            return self.bert(i, attention_mask=m, depths=d).last_hidden_state
+
+    enc = Encoder(model.bert)
+    with torch._dynamo.config.patch(**_TRACED_PLAN), torch.no_grad():
+        compiled = torch.compile(enc, fullgraph=True)
+        exported = torch.export.export(enc, (ids, mask, depths), strict=False).module()
+        for seed in range(3):
+            d = torch.randint(1, 4, ids.shape, generator=torch.Generator().manual_seed(seed)).clamp(max=2 + seed % 2)
+            _close_on_real(compiled(ids, mask, d), enc(ids, mask, d), mask)
+            _close_on_real(exported(ids, mask, d), enc(ids, mask, d), mask)
     torch._dynamo.reset()
 
 

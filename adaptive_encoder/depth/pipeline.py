@@ -51,8 +51,10 @@ def mi_depths(splits: dict, tokenizer, num_layers: int, max_length: int = 128, s
 
 def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps: int = 300,
                           batch_size: int = 32, lr: float = 5e-5, max_length: int = 128,
-                          cache_dir: str | None = None, seed: int = 0, progress: bool = False):
-    """Train the anytime MLM on the training texts (no labels), then depths for every split.
+                          cache_dir: str | None = None, seed: int = 0, progress: bool = False,
+                          depth_splits: tuple | None = None):
+    """Train the anytime MLM on the training texts (no labels), then depths for every split
+    (or only the splits named in `depth_splits`: each token costs one forward pass).
 
     Returns (model, depth lists, per-step training losses, loss tables)."""
     torch.manual_seed(seed)
@@ -62,6 +64,8 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
                                max_length=max_length, seed=seed, progress=progress) if steps > 0 else []
     tables, out = {}, {}
     for name, ts in texts.items():
+        if depth_splits is not None and name not in depth_splits:
+            continue
         if cache_dir:
             tables[name] = cached_loss_tables(model, tokenizer, ts, cache_dir, max_length=max_length,
                                               progress=progress)
