@@ -369,6 +369,33 @@ def test_torch_compile_fullgraph_with_the_traced_plan(B):
     torch._dynamo.reset()
 
 
+def test_torch_compile_traced_plan_trains_like_eager():
+    """A training step (loss and gradients through the compact layers) compiled as one graph
+    with the traced plan equals eager, for several depth patterns."""
+    torch._dynamo.reset()
+    model, _ = _patched_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.train()
+    twin = copy.deepcopy(model)
+    ids, mask, _ = _inputs(T=12)
+    labels = torch.tensor([0, 2, 1])
+
+    def loss(m, d):
+        return m(ids, attention_mask=mask, depths=d, labels=labels).loss
+
+    with torch._dynamo.config.patch(**_TRACED_PLAN):
+        compiled = torch.compile(lambda d: loss(model, d), fullgraph=True, backend="aot_eager")
+        for seed in range(3):
+            d = torch.randint(1, 4, ids.shape, generator=torch.Generator().manual_seed(seed)).clamp(max=2 + seed % 2)
+            compiled(d).backward()
+            loss(twin, d).backward()
+            for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+                if q.grad is not None:
+                    torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+            model.zero_grad()
+            twin.zero_grad()
+    torch._dynamo.reset()
+
+
 def test_torch_compile_traced_plan_with_inductor_and_export():
     """The traced plan through inductor (generated code, not just the graph) and torch.export:
     both equal eager for depth patterns other than the one traced."""
