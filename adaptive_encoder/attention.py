@@ -4,17 +4,32 @@ q (Aq, H, Dh), k/v (Ak, H, Dh); cu_q/cu_k (B+1,) int64 offsets of each sequence'
 and keys (they differ: halted tokens are keys but not queries). Output (Aq, H, Dh), the
 dtype of q.
 
-Two implementations: the padded-SDPA reference (any case, differentiable, dropout) and the
-Triton kernel (kernels/attention.py: forward only, no dropout). The Triton kernel runs when
-the backend is "triton", or by default on CUDA tensors, and only where it applies: no
-gradient needed, no dropout, power-of-two head dim in [16, 256]. Everything else, e.g.
-training, takes the reference. The kernel is the custom op
-`adaptive_encoder::triton_varlen_attention`, so torch.compile treats it as one opaque call
-(its launch grid depends on max_q, an unbacked size when the plan is traced).
+Three implementations: the padded-SDPA reference (any case, differentiable, dropout), the
+Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call
+per sequence, no padding); both kernels are forward only, without dropout. The Triton
+kernel runs when the backend is "triton", or by default on CUDA tensors, where it applies:
+power-of-two head dim in [16, 256]. The C++ op runs by default on CPU tensors (backend
+"cpu"). Either only when no gradient is needed; everything else, e.g. training, takes the
+reference. Both kernels are custom ops (`adaptive_encoder::varlen_attention` and
+`adaptive_encoder::triton_varlen_attention`), so torch.compile treats each as one opaque call
+(the Triton launch grid depends on max_q, an unbacked size when the plan is traced).
 """
 import torch
 
 from . import ops, reference
+
+
+# The C++ op exists when the extension was built from these sources (an older build lacks it).
+_HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "varlen_attention")
+if _HAS_CPP:
+    @torch.library.register_fake("adaptive_encoder::varlen_attention")
+    def _(q, k, v, cu_q, cu_k, scale, dist, q_pos, k_pos):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _no_grad_needed(q, k, v, bias) -> bool:
+    return not torch.is_grad_enabled() or not any(
+        t is not None and t.requires_grad for t in (q, k, v, *(bias if bias is not None else ())))
 
 
 @torch.library.custom_op("adaptive_encoder::triton_varlen_attention", mutates_args=())
@@ -59,11 +74,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError(f"varlen_attention: bias table must be (2P-1, H={q.shape[1]}), got {tuple(dist.shape)}")
         if q_pos.shape != (q.shape[0],) or k_pos.shape != (k.shape[0],):
             raise ValueError("varlen_attention: bias positions must be (Aq,) and (Ak,)")
-    wants_triton = backend == "triton" or (backend in (None, "cuda") and q.is_cuda)
+    scale_or_default = q.shape[-1] ** -0.5 if scale is None else scale
+    dist, q_pos, k_pos = bias if bias is not None else (None, None, None)
+    backend = backend or ops.resolve_backend(q.device)  # argument, else $ADAPTIVE_ENCODER_BACKEND, else default
+    if _HAS_CPP and backend == "cpu" and dropout_p == 0 and _no_grad_needed(q, k, v, bias):
+        return torch.ops.adaptive_encoder.varlen_attention(q, k, v, cu_q, cu_k, scale_or_default, dist, q_pos, k_pos)
+    wants_triton = backend == "triton" or (backend == "cuda" and q.is_cuda)
     grad_bias = bias is not None and torch.is_grad_enabled() and bias[0].requires_grad
     if wants_triton and _triton_applies(q, k, v, dropout_p) and not grad_bias:
-        dist, q_pos, k_pos = bias if bias is not None else (None, None, None)
-        return _triton_op(q, k, v, cu_q, cu_k, max_q, max_k, q.shape[-1] ** -0.5 if scale is None else scale,
-                          dist, q_pos, k_pos)
+        return _triton_op(q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default, dist, q_pos, k_pos)
     return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p,
                                       bias=bias)

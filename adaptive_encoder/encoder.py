@@ -111,9 +111,13 @@ class AdaptiveEncoder(nn.Module):
         enc, config = encoder_and_config(model)
         layers = enc.layer
         modules = {m: getattr(enc, m) for m in check_supported(config, ()).encoder_modules}
+        # The source's mode: a new ModuleList (first_layer > 0) starts in training mode, and
+        # .train() below sets it on the shared layers, so reading it there would switch an
+        # eval-mode model's dropout on.
+        training = layers.training
         if first_layer:
             layers = nn.ModuleList(list(layers)[first_layer:])
-        return cls(layers, config, backend=backend, modules=modules).train(layers.training)
+        return cls(layers, config, backend=backend, modules=modules).train(training)
 
     from_bert = from_model  # the original name, kept
 

@@ -8,6 +8,7 @@
 //   scatter_(base (R,D) contiguous, src (A,D), rows (A,)) -> ()   base[rows[i]] = src[i], in place
 //   scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)
 //       out = base; out[rows[i]] = src[i]   (rows must be unique: the plan guarantees it)
+//   varlen_attention(q, k, v, cu_q, cu_k, scale, dist?, q_pos?, k_pos?): see attention.cpp
 //
 // gather/scatter copy whole rows as raw bytes, so every dtype works with one code path.
 #include <Python.h>
@@ -161,6 +162,9 @@ TORCH_LIBRARY(adaptive_encoder, m) {
   m.def("gather(Tensor x, Tensor rows) -> Tensor");
   m.def("scatter(Tensor base, Tensor src, Tensor rows) -> Tensor");
   m.def("scatter_(Tensor(a!) base, Tensor src, Tensor rows) -> ()");
+  // CPU only (attention.cpp); on CUDA the Triton kernel runs (adaptive_encoder/attention.py).
+  m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_q, Tensor cu_k, float scale, "
+        "Tensor? dist, Tensor? q_pos, Tensor? k_pos) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(adaptive_encoder, CPU, m) {

@@ -41,7 +41,7 @@ def test_triton_and_reference_match_per_sequence_sdpa(device, dtype, tol, B, max
         dtype = torch.float32  # CPU SDPA half support varies; the kernel's fp16 path is the bf16 one
     q, k, v, cu_q, cu_k, mq, mk = _case(B, max_len, H, Dh, dtype, device, seed=B * 100 + max_len)
     expect = _per_sequence_sdpa(q, k, v, cu_q, cu_k)
-    backends = [b for d, b in DEVICE_BACKENDS if d == device and b in ("torch", "triton")]
+    backends = [b for d, b in DEVICE_BACKENDS if d == device and b in ("torch", "triton", "cpu")]
     assert "torch" in backends and ("triton" in backends or device != TRITON_DEVICE)
     if "triton" in backends:
         with torch.no_grad():
@@ -103,3 +103,36 @@ def test_triton_attention_op_passes_opcheck(with_bias):
     torch.library.opcheck(torch.ops.adaptive_encoder.triton_varlen_attention.default,
                           (q, k, v, cu_q, cu_k, mq, mk, 0.25, dist, q_pos, k_pos),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cpp_attention_runs_without_padding_and_passes_opcheck(monkeypatch):
+    """On CPU tensors the default backend is the C++ op (no call into the padded reference);
+    with gradients needed the reference runs. Schema and fake tensor checked by opcheck."""
+    from adaptive_encoder import reference
+
+    assert attention._HAS_CPP, "the C++ extension lacks varlen_attention: rebuild it"
+    q, k, v, cu_q, cu_k, mq, mk = _case(4, 37, 2, 64, torch.float32, "cpu", seed=9)
+    expect = _per_sequence_sdpa(q, k, v, cu_q, cu_k)
+    calls = []
+    real = reference.varlen_attention
+    monkeypatch.setattr(reference, "varlen_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():
+        out = varlen_attention(q, k, v, cu_q, cu_k, mq, mk)
+    assert calls == [] and torch.allclose(out.double(), expect, atol=1e-5)
+    q.requires_grad_()
+    varlen_attention(q, k, v, cu_q, cu_k, mq, mk).sum().backward()
+    assert calls == [1] and q.grad is not None
+    torch.library.opcheck(torch.ops.adaptive_encoder.varlen_attention.default,
+                          (q.detach(), k, v, cu_q, cu_k, 0.125, None, None, None),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cpp_attention_refuses_bad_offsets():
+    q, k, v = torch.randn(3, 2, 16), torch.randn(4, 2, 16), torch.randn(4, 2, 16)
+    op = torch.ops.adaptive_encoder.varlen_attention
+    with pytest.raises(RuntimeError, match="cu_k must run from 0 to 4"):
+        op(q, k, v, torch.tensor([0, 3]), torch.tensor([0, 5]), 0.25, None, None, None)
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        op(q, k, v, torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 2, 4]), 0.25, None, None, None)
+    with pytest.raises(RuntimeError, match="has queries but no keys"):
+        op(q, k, v, torch.tensor([0, 3, 3]), torch.tensor([0, 0, 4]), 0.25, None, None, None)

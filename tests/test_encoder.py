@@ -259,3 +259,25 @@ def test_patch_with_depth_fn_on_bert_model():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state
         ref = masked_forward(plain, plain.embeddings(input_ids=ids), table[ids], mask)
     assert _rel(out, ref, mask) < 1e-5
+
+
+def test_partial_stack_keeps_the_model_mode_and_runs_the_upper_layers():
+    """from_model(first_layer=k) shares layers k.. without switching an eval-mode model's
+    dropout on (it once did: a new ModuleList starts in training mode), and equals running
+    those layers densely."""
+    bert = _bert(layers=4).eval()
+    upper = AdaptiveEncoder.from_model(bert, first_layer=1)
+    assert not bert.training and not any(m.training for m in bert.modules())
+    assert len(upper.layer) == 3 and upper.layer[0] is bert.encoder.layer[1]
+    _, mask, gen = _ragged(2, 9, seed=4)
+    x = torch.randn(*mask.shape, bert.config.hidden_size, generator=gen)
+    depths = torch.randint(0, 4, mask.shape, generator=gen)
+    ref = copy.deepcopy(bert)
+    ref.encoder.layer = ref.encoder.layer[1:]  # the dense reference of layers 1..3
+    with torch.no_grad():
+        out = upper(x, depths, mask).last_hidden_state
+        expect = masked_forward(ref, x, depths, mask)
+        assert torch.equal(upper(x, depths, mask).last_hidden_state, out)  # no dropout: deterministic
+    assert _rel(out, expect, mask) < 1e-5
+    bert.train()
+    assert AdaptiveEncoder.from_model(bert, first_layer=2).layer[0].training  # a training model stays so

@@ -148,7 +148,7 @@ def _run_attention(backend, q, k, v, cu_q, cu_k, *args, bias=None):
     return varlen_attention(*to((q, k, v, cu_q, cu_k)), *args, backend=backend, bias=bias).cpu()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @settings(max_examples=15, deadline=None, derandomize=True, database=None)
 @given(inp=attention_inputs())
 def test_varlen_attention_matches_per_sequence_definition(backend, inp):
@@ -175,7 +175,7 @@ def test_triton_attention_tiles_long_sequences(T):
     torch.testing.assert_close(out.double(), _per_sequence_attention(q, k, v, cu_q, cu_k), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
 @given(inp=attention_inputs(), seed=st.integers(0, 1000))
 def test_varlen_attention_with_relative_bias_matches_definition(backend, inp, seed):
