@@ -174,7 +174,8 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
         data = prepare(ds, tokenizer, layers, cfg.max_length, os.path.join(depth_root, ds), model_path,
                        data_root=data_root, estimate_missing=estimate_missing,
                        progress=progress, limit=limit, variants=variants)
-        num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
+        train, test = next(iter(data.values()))  # every variant has the same labels
+        num_labels = max(train.labels + test.labels) + 1
         for seed in seeds:
             for v in variants:
                 if (ds, v, seed, label, layers) in done:
@@ -292,7 +293,8 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
                        progress=progress, limit=limit, variants=need, data_root=data_root,
                        estimate_missing=estimate_missing)
-        num_labels = max(data["fixed"][0].labels + data["fixed"][1].labels) + 1
+        train, test = next(iter(data.values()))  # every variant has the same labels
+        num_labels = max(train.labels + test.labels) + 1
         for seed, v in todo:
             r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
             r["command"] = command

@@ -109,3 +109,17 @@ def test_run_one_is_determined_by_its_seed():
     second = run_one("toy", "fixed", 3, data, cfg, layers=1, num_labels=2)
     assert first["final_train_loss"] == second["final_train_loss"]
     assert first["accuracy"] == second["accuracy"]
+
+
+def test_experiment_runs_a_variant_without_fixed(tmp_path):
+    """--variants halting (or mi) alone: the label count comes from whichever variant ran
+    (it once read the fixed variant's data only, a KeyError)."""
+    import json
+
+    from adaptive_encoder.experiment import run_experiment
+    from adaptive_encoder.train import TrainConfig
+
+    records = run_experiment(["trec"], ["mi"], [0], TrainConfig(epochs=1, batch_size=8), layers=2,
+                             out_dir=str(tmp_path), command="test", progress=False, limit=16, log=lambda *a: None)
+    assert [(r["variant"], r["layers"]) for r in records] == [("mi", 2)]
+    assert json.load(open(tmp_path / "accuracy.json"))[0]["variant"] == "mi"
