@@ -28,11 +28,12 @@ class Plan:
     offsets: torch.Tensor       # (L*B+1,) int64
     layer_counts: list          # active rows per layer, host ints
     layer_max_q: list           # longest active query run of one sequence, per layer
-    key_rows: torch.Tensor | None  # (K,) flattened rows of real tokens; None if all are real
+    key_rows: torch.Tensor | None  # (K,) flattened rows of real tokens; None if all are real (eager only)
     cu_k: torch.Tensor          # (B+1,) int64 key offsets (real tokens per sequence)
     max_k: int
     num_real: int
-    n_max: int                  # deepest layer any real token reaches (0 = none)
+    n_max: int                  # deepest layer any real token reaches (0 = none); N when traced
+                                # under torch.compile (make_plan), where it cannot be read
     num_layers: int
     batch: int
 
