@@ -21,10 +21,15 @@ from . import ops, reference
 
 # The C++ op exists when the extension was built from these sources (an older build lacks it).
 _HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "varlen_attention")
+
+
+def _like_q(q, *args):
+    """Fake (meta) output of both kernels: a contiguous tensor like q."""
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 if _HAS_CPP:
-    @torch.library.register_fake("adaptive_encoder::varlen_attention")
-    def _(q, k, v, cu_q, cu_k, scale, dist, q_pos, k_pos):
-        return torch.empty_like(q, memory_format=torch.contiguous_format)
+    torch.library.register_fake("adaptive_encoder::varlen_attention")(_like_q)
 
 
 def _no_grad_needed(q, k, v, bias) -> bool:
@@ -42,15 +47,11 @@ def _triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Te
     return triton_varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, bias=bias)
 
 
-@_triton_op.register_fake
-def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, dist, q_pos, k_pos):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+_triton_op.register_fake(_like_q)
 
 
 def _triton_applies(q, k, v, dropout_p: float) -> bool:
-    if dropout_p > 0 or not ops.triton_available(q.device.type):
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if dropout_p > 0 or not ops.triton_available(q.device.type) or not _no_grad_needed(q, k, v, None):
         return False
     Dh = q.shape[-1]
     return Dh & (Dh - 1) == 0 and 16 <= Dh <= 256
@@ -80,8 +81,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if _HAS_CPP and backend == "cpu" and dropout_p == 0 and _no_grad_needed(q, k, v, bias):
         return torch.ops.adaptive_encoder.varlen_attention(q, k, v, cu_q, cu_k, scale_or_default, dist, q_pos, k_pos)
     wants_triton = backend == "triton" or (backend == "cuda" and q.is_cuda)
-    grad_bias = bias is not None and torch.is_grad_enabled() and bias[0].requires_grad
-    if wants_triton and _triton_applies(q, k, v, dropout_p) and not grad_bias:
+    if wants_triton and _triton_applies(q, k, v, dropout_p) and _no_grad_needed(q, k, v, bias):
         return _triton_op(q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default, dist, q_pos, k_pos)
     return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p,
                                       bias=bias)

@@ -122,6 +122,12 @@ def _model_of(record: dict) -> str:
     return record.get("model", "all-MiniLM-L6-v2")  # records written before the model was recorded
 
 
+def _num_labels(data: dict) -> int:
+    """Classes in a prepared dataset ({variant: (train, test)}): every variant has the same labels."""
+    train, test = next(iter(data.values()))
+    return max(train.labels + test.labels) + 1
+
+
 def _mean_std(xs) -> tuple:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -174,8 +180,7 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
         data = prepare(ds, tokenizer, layers, cfg.max_length, os.path.join(depth_root, ds), model_path,
                        data_root=data_root, estimate_missing=estimate_missing,
                        progress=progress, limit=limit, variants=variants)
-        train, test = next(iter(data.values()))  # every variant has the same labels
-        num_labels = max(train.labels + test.labels) + 1
+        num_labels = _num_labels(data)
         for seed in seeds:
             for v in variants:
                 if (ds, v, seed, label, layers) in done:
@@ -293,8 +298,7 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
                        progress=progress, limit=limit, variants=need, data_root=data_root,
                        estimate_missing=estimate_missing)
-        train, test = next(iter(data.values()))  # every variant has the same labels
-        num_labels = max(train.labels + test.labels) + 1
+        num_labels = _num_labels(data)
         for seed, v in todo:
             r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
             r["command"] = command

@@ -73,37 +73,40 @@ def _traceable() -> bool:
     return bool(cfg.capture_scalar_outputs and cfg.capture_dynamic_output_shape_ops)
 
 
-def _stats(depths, mask, offsets, num_layers: int) -> tuple:
-    """One (2L+5,) int64 tensor: active rows per layer, longest active run per layer, then the
-    longest and shortest sequence, real tokens, min and max depth; and the (B,) lengths."""
-    B = depths.shape[0]
+def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
+    """What both routes share: the plan op's rows and offsets, the host-side numbers, cu_k.
+
+    Returns (rows, offsets, layer_counts, layer_max_q, (max_k, min_k, num_real, dmin, dmax),
+    cu_k): per layer the active rows and the longest active run of one sequence; then the
+    longest and shortest sequence, real tokens, min and max depth. Python ints eagerly,
+    unbacked sizes when traced."""
+    B, T = depths.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
+    # Unchecked: the depth range is checked on the numbers below, which need the sync anyway.
+    rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
     counts = (offsets[1:] - offsets[:-1]).view(num_layers, B)
     lengths = mask.sum(1)
-    return torch.cat([
+    stats = torch.cat([
         counts.sum(1), counts.amax(1),
         torch.stack([lengths.amax(), lengths.amin(), mask.sum(), depths.amin(), depths.amax()]),
-    ]), lengths
+    ]).tolist()  # the one host sync of the forward (besides the plan op's own)
+    L = num_layers
+    cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    return rows, offsets, stats[:L], stats[L:2 * L], stats[2 * L:], cu_k
 
 
 @torch.compiler.disable
 def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     B, T = depths.shape
-    if B == 0 or T == 0:
-        raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
-    # Unchecked: the range check below rides on the one host sync this function makes anyway.
-    rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
-    stats, lengths = _stats(depths, mask, offsets, num_layers)
-    stats = stats.tolist()  # the one host sync of the forward (besides the plan op's own)
-    L = num_layers
-    layer_counts, layer_max_q = stats[:L], stats[L:2 * L]
-    max_k, min_k, num_real, dmin, dmax = stats[2 * L:]
+    rows, offsets, layer_counts, layer_max_q, rest, cu_k = _plan_and_stats(depths, mask, num_layers, backend)
+    max_k, min_k, num_real, dmin, dmax = rest
     if dmin < 0 or dmax > num_layers:
         ops.check_depths(depths, mask, num_layers, op="depths")  # raises, naming where
     if min_k == 0:
         raise ValueError("attention_mask: every sequence needs at least one real token")
     all_real = num_real == B * T
     key_rows = None if all_real else mask.reshape(-1).nonzero().squeeze(1)
-    cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
@@ -113,17 +116,10 @@ def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
 def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
     """The same plan inside a graph: every count an unbacked size, no branch on the data.
     Bad depths or an all-padding sequence fail the graph's runtime asserts (RuntimeError)."""
-    B, T = depths.shape
-    if B == 0 or T == 0:
-        raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
-    rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
+    rows, offsets, layer_counts, layer_max_q, rest, cu_k = _plan_and_stats(depths, mask, num_layers, backend)
+    max_k, min_k, num_real, dmin, dmax = rest
     # The real tokens' rows: the plan op with one layer and depth 1 on every real token.
     key_rows, _ = ops.plan(mask.long(), mask, 1, backend=backend, check=False)
-    stats, lengths = _stats(depths, mask, offsets, num_layers)
-    stats = stats.tolist()
-    L = num_layers
-    layer_counts, layer_max_q = stats[:L], stats[L:2 * L]
-    max_k, min_k, num_real, dmin, dmax = stats[2 * L:]
     for size in layer_counts + layer_max_q + [max_k, num_real]:
         torch._check(size >= 0)
     torch._check(dmin >= 0, lambda: f"depths must lie in [0, {num_layers}]")
@@ -131,7 +127,6 @@ def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
     torch._check(min_k > 0, lambda: "attention_mask: every sequence needs at least one real token")
     torch._check(rows.shape[0] == sum(layer_counts))
     torch._check(key_rows.shape[0] == num_real)
-    cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=num_layers,
-                num_layers=num_layers, batch=B)
+                num_layers=num_layers, batch=depths.shape[0])

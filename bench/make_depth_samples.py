@@ -45,7 +45,7 @@ def _halting_depths(checkpoint: str, texts: list) -> list:
 def add_mr(args) -> None:
     flat = torch.load(args.out)
     splits = load_dataset("mr")
-    _, tok = load_pretrained()
+    bert, tok = load_pretrained()
     mr = {"source": "MR test split (fixed 10 %), word tokens (specials removed)", "mi": {}}
     per = {}
     for N in range(1, 13):
@@ -61,7 +61,6 @@ def add_mr(args) -> None:
     elif args.mr_reconstruction_steps:
         # The anytime MLM trained on MR's training texts, depths of the test split only: the
         # full estimate-depths run also scores every training token (one pass each, hours here).
-        bert, _ = load_pretrained()
         _, d, _, _ = reconstruction_depths(splits, bert, tok, steps=args.mr_reconstruction_steps, max_length=512,
                                            progress=True, depth_splits=("test",))
         mr["reconstruction6"] = torch.cat([strip_specials(x) for x in d["test"]])
