@@ -1,0 +1,89 @@
+"""Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
+
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--out DIR]
+
+The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
+IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
+that computes half the token-layers but launches more kernels (plan, gather, scatter) cannot
+be faster. This script times the same pool of documents (benchlib's IMDB-like lengths, TREC
+and MR depth sources, BERT-base in bf16 on a GPU, the suite's CPU shape otherwise) at larger
+batches, all models interleaved in one run, and reports for each:
+
+    samples/s, speed-up over `fixed` (our encoder at full depth), the FLOP-counted ideal,
+    measured/ideal, and host/GPU: the time to issue the forward (Python and launches, no
+    sync) over the time until the GPU is done. Near 1: launch-bound; well below 1: GPU-bound.
+
+Prints a table; with --out writes gpu_scaling.json there.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402
+import test_speed  # noqa: E402  (the suite's models and pool runner: the same thing is timed)
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def host_fraction(run, repeats: int = 2) -> float:
+    """Median over repeats of (time to return from run() without a sync) / (time until done)."""
+    fracs = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            _sync()
+            t0 = time.perf_counter()
+            run()
+            t_host = time.perf_counter() - t0
+            _sync()
+            fracs.append(t_host / (time.perf_counter() - t0))
+    return statistics.median(fracs)
+
+
+def main():
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--models", nargs="+", default=["fixed", "mi", "mr_mi", "reconstruction", "hf_sdpa"])
+    ap.add_argument("--pool", type=int, default=256, help="documents per pool (the same for every batch)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--N", type=int, default=12)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    rows = []
+    print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
+          f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")
+    print(f"{'batch':>5} {'model':>15} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
+          f"{'host/GPU':>8} {'active':>7}")
+    for batch in a.batches:
+        runs, stats = {}, {}
+        for m in a.models:
+            run, flops, full, real, depth_sum = test_speed._pool_run(m, a.N, batch, 0, a.pool)
+            runs[m] = run
+            stats[m] = dict(ideal=full / flops, active=depth_sum / (real * a.N))
+        med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=1)
+        for m in a.models:
+            row = dict(batch=batch, model=m, N=a.N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
+                       speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
+                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_fraction(runs[m]))
+            row["measured_over_ideal"] = row["speedup"] / row["ideal"]
+            rows.append(row)
+            print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
+                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['active']:>7.1%}", flush=True)
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "gpu_scaling.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                           command=" ".join(sys.argv), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
