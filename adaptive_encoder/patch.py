@@ -43,6 +43,20 @@ _MASK, _STATES = "adaptive_attention_mask", "adaptive_hidden_states"  # per-call
 # task), lives on no module, and is empty between calls.
 _CALLS: ContextVar[tuple] = ContextVar("adaptive_encoder_calls", default=())
 
+# transformers output classes by name, looked up when an encoder is built: forward only reads
+# this dict, because an import statement inside forward stops Dynamo under torch 2.11 with
+# transformers 5.17 (measured on the H200 machine, 2026-11-27; torch 2.13 traces it).
+_OUTPUT_CLASSES: dict = {}
+
+
+def _output_class(name: str) -> type:
+    cls = _OUTPUT_CLASSES.get(name)
+    if cls is None:  # first encoder of this family in this process (or one unpickled here)
+        from transformers import modeling_outputs
+
+        cls = _OUTPUT_CLASSES[name] = getattr(modeling_outputs, name)
+    return cls
+
 
 class PatchedEncoder(AdaptiveEncoder):
     """AdaptiveEncoder with a transformers encoder's call signature.
@@ -59,11 +73,10 @@ class PatchedEncoder(AdaptiveEncoder):
         # Kept out of the module registry: a depth table is not a weight of the model, and
         # registering it would add keys to the transformers checkpoint.
         self.__dict__["depth_fn"] = depth_fn
+        _output_class(self.family.encoder_output)  # resolved here, so forward has no import
 
     def forward(self, hidden_states, attention_mask=None, *args, depths=None, encoder_hidden_states=None,
                 **kwargs):
-        from transformers import modeling_outputs
-
         if encoder_hidden_states is not None:
             raise ValueError("the adaptive encoder has no cross-attention (encoder_hidden_states given)")
         if kwargs.get("output_attentions"):
@@ -90,8 +103,7 @@ class PatchedEncoder(AdaptiveEncoder):
         last = state.view(hidden_states.shape)
         if states is not None:  # layers above n_max repeat the last state
             states.extend([last] * (self.num_layers + 1 - len(states)))
-        cls = getattr(modeling_outputs, self.family.encoder_output)
-        return cls(last_hidden_state=last, hidden_states=None if states is None else tuple(states))
+        return _output_class(self.family.encoder_output)(last_hidden_state=last, hidden_states=None if states is None else tuple(states))
 
 
 def _key_mask_from_4d(mask: torch.Tensor, bt) -> torch.Tensor:
