@@ -2,7 +2,8 @@
 
 An adapter maps one of the family's layers onto the parts the shared compact-layer code
 (encoder.py) needs: the q/k/v projections, the attention-output block (projection, dropout,
-residual, LayerNorm) and the FFN block (both post-LayerNorm, as in BERT), plus where the
+residual, LayerNorm) and the FFN (projection, activation, then the same closing block; both
+post-LayerNorm, as in BERT), plus where the
 encoder sits in the base model and how to run one of its own layers densely (for the
 masked reference in dense.py). Nothing else of a layer is assumed.
 
@@ -17,20 +18,42 @@ from torch import nn
 
 
 @dataclass
+class Closing:
+    """The block that closes both sublayers of a post-LayerNorm layer:
+    y = norm(dropout(linear(x)) + residual). dropout: the layer's nn.Dropout (its own mode
+    decides, as when transformers calls it) or None."""
+
+    linear: nn.Module
+    dropout: nn.Module | None
+    norm: nn.Module
+
+
+@dataclass
 class LayerParts:
     """One post-LayerNorm encoder layer, seen through its adapter.
 
-    query/key/value: nn.Linear D -> D.  attn_dropout: dropout probability on the attention
-    probabilities (applied only in training).  attn_output(ctx (A,D), residual (A,D)) -> (A,D)
-    and ffn(h (A,D)) -> (A,D) include their residual and LayerNorm.
+    query/key/value: D -> D projections.  attn_dropout: the dropout probability on the
+    attention probabilities now: 0 unless the module that decides in transformers (BERT,
+    DistilBERT: the attention module; MPNet: its Dropout) is in training mode.  attn_output(ctx (A,D), residual (A,D)) -> (A,D)
+    and ffn(h (A,D)) -> (A,D): the two closing blocks through the layer's own modules (their
+    hooks fire). The same blocks by piece, for the direct path (encoder.py) that skips the
+    module calls when no module involved has a hook: attn_out (projection of the heads'
+    context, residual = the layer's input); ffn_in, act, then ffn_out (residual = the
+    attention output); `containers`, the modules the module path calls besides those pieces.
+    All are the layer's own modules, not copies.
     """
 
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
+    query: nn.Module
+    key: nn.Module
+    value: nn.Module
     attn_dropout: float
     attn_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     ffn: Callable[[torch.Tensor], torch.Tensor]
+    attn_out: Closing
+    ffn_in: nn.Module
+    act: Callable[[torch.Tensor], torch.Tensor]
+    ffn_out: Closing
+    containers: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -65,11 +88,14 @@ class Family:
 # --- BERT and its copies (RoBERTa, XLM-R, CamemBERT, ELECTRA): same layer, other names ---
 
 def _bert_parts(layer) -> LayerParts:
-    sa = layer.attention.self
+    sa, so = layer.attention.self, layer.attention.output  # BertSelfOutput: dense, dropout, LayerNorm(x + residual)
     return LayerParts(
-        query=sa.query, key=sa.key, value=sa.value, attn_dropout=sa.dropout.p,
-        attn_output=layer.attention.output,                # dense, dropout, LayerNorm(x + residual)
-        ffn=lambda h: layer.output(layer.intermediate(h), h),
+        query=sa.query, key=sa.key, value=sa.value, attn_dropout=sa.dropout.p if sa.training else 0.0,
+        attn_output=so, ffn=lambda h: layer.output(layer.intermediate(h), h),
+        attn_out=Closing(so.dense, so.dropout, so.LayerNorm),
+        ffn_in=layer.intermediate.dense, act=layer.intermediate.intermediate_act_fn,
+        ffn_out=Closing(layer.output.dense, layer.output.dropout, layer.output.LayerNorm),
+        containers=(so, layer.intermediate, layer.output),
     )
 
 
@@ -81,11 +107,15 @@ def _bert_dense(layer, h, additive, bias=None):
 # --- DistilBERT: q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn, output_layer_norm ---
 
 def _distilbert_parts(layer) -> LayerParts:
-    att = layer.attention
+    att, ffn = layer.attention, layer.ffn  # no dropout after out_lin; FFN: lin1, activation, lin2, dropout
     return LayerParts(
-        query=att.q_lin, key=att.k_lin, value=att.v_lin, attn_dropout=att.dropout.p,
+        query=att.q_lin, key=att.k_lin, value=att.v_lin, attn_dropout=att.dropout.p if att.training else 0.0,
         attn_output=lambda ctx, x: layer.sa_layer_norm(att.out_lin(ctx) + x),
-        ffn=lambda h: layer.output_layer_norm(layer.ffn(h) + h),
+        ffn=lambda h: layer.output_layer_norm(ffn(h) + h),
+        attn_out=Closing(att.out_lin, None, layer.sa_layer_norm),
+        ffn_in=ffn.lin1, act=ffn.activation,
+        ffn_out=Closing(ffn.lin2, ffn.dropout, layer.output_layer_norm),
+        containers=(ffn,),
     )
 
 
@@ -93,11 +123,16 @@ def _distilbert_parts(layer) -> LayerParts:
 # (32 buckets x heads) on the encoder shared by every layer ---
 
 def _mpnet_parts(layer) -> LayerParts:
-    att = layer.attention
+    att = layer.attention  # LayerNorm(dropout(o(context)) + x); FFN as BERT's
     return LayerParts(
-        query=att.attn.q, key=att.attn.k, value=att.attn.v, attn_dropout=att.attn.dropout.p,
+        query=att.attn.q, key=att.attn.k, value=att.attn.v,
+        attn_dropout=att.attn.dropout.p if att.attn.dropout.training else 0.0,
         attn_output=lambda ctx, x: att.LayerNorm(att.dropout(att.attn.o(ctx)) + x),
         ffn=lambda h: layer.output(layer.intermediate(h), h),
+        attn_out=Closing(att.attn.o, att.dropout, att.LayerNorm),
+        ffn_in=layer.intermediate.dense, act=layer.intermediate.intermediate_act_fn,
+        ffn_out=Closing(layer.output.dense, layer.output.dropout, layer.output.LayerNorm),
+        containers=(layer.intermediate, layer.output),
     )
 
 

@@ -37,13 +37,22 @@ class Plan:
     num_layers: int
     batch: int
 
+    def __post_init__(self):
+        # Every layer's query offsets (L, B+1), rebased to 0, in one op rather than one
+        # subtraction per layer (on a GPU each is a launch, and small batches are launch-bound).
+        B, L = self.batch, self.num_layers
+        idx = torch.arange(L, device=self.offsets.device)[:, None] * B + torch.arange(B + 1, device=self.offsets.device)
+        table = self.offsets[idx]
+        self._cu_q = table - table[:, :1]
+        self._starts = [0]
+        for c in self.layer_counts[:-1]:
+            self._starts.append(self._starts[-1] + c)
+
     def layer(self, n: int) -> LayerPlan:
         """Plan of 0-based layer n (the paper's layer n+1)."""
-        B = self.batch
-        cu = self.offsets[n * B:(n + 1) * B + 1]
-        start = sum(self.layer_counts[:n])
+        start = self._starts[n]
         rows = self.rows[start:start + self.layer_counts[n]]
-        return LayerPlan(rows=rows, cu_q=cu - cu[0], max_q=self.layer_max_q[n], count=self.layer_counts[n])
+        return LayerPlan(rows=rows, cu_q=self._cu_q[n], max_q=self.layer_max_q[n], count=self.layer_counts[n])
 
     @property
     def active_fraction(self) -> float:
@@ -122,8 +131,10 @@ def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
     key_rows, _ = ops.plan(mask.long(), mask, 1, backend=backend, check=False)
     for size in layer_counts + layer_max_q + [max_k, num_real]:
         torch._check(size >= 0)
-    torch._check(dmin >= 0, lambda: f"depths must lie in [0, {num_layers}]")
-    torch._check(dmax <= num_layers, lambda: f"depths must lie in [0, {num_layers}]")
+    # Messages without closures: Dynamo of torch 2.11 refuses a message function that reads a
+    # local variable (graph break "Can't extract message from torch._check()").
+    torch._check(dmin >= 0, lambda: "depths must lie in [0, N], N the number of layers")
+    torch._check(dmax <= num_layers, lambda: "depths must lie in [0, N], N the number of layers")
     torch._check(min_k > 0, lambda: "attention_mask: every sequence needs at least one real token")
     torch._check(rows.shape[0] == sum(layer_counts))
     torch._check(key_rows.shape[0] == num_real)

@@ -476,3 +476,84 @@ def test_mpnet_gradients_match_transformers_at_full_depth():
             continue
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert model.mpnet.encoder.relative_attention_bias.weight.grad.abs().sum() > 0
+
+
+class _Doubled(torch.nn.Linear):
+    """A Linear subclass with its own forward, like a LoRA or quantized wrapper: its .weight is
+    not what it computes with, so nothing may read the weight past its forward."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _wrap_linears(model):
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if type(child) is torch.nn.Linear:
+                new = _Doubled(child.in_features, child.out_features, bias=child.bias is not None)
+                new.load_state_dict(child.state_dict())
+                setattr(m, child_name, new)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+@pytest.mark.parametrize("grad", [False, True])
+def test_wrapped_linears_run_their_own_forward(family, grad):
+    """Every projection a Linear subclass with its own forward (doubling): the patched model
+    still matches the unpatched one, in inference (fused-weight path) and with autograd."""
+    torch.manual_seed(0)
+    model = _wrap_linears(FAMILY_MODELS[family]().eval())
+    plain = copy.deepcopy(model)
+    ids, mask, _ = _inputs()
+    apply_adaptive_encoder(model)
+    with torch.set_grad_enabled(grad):
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+    _close_on_real(out, ref, mask, tol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_direct_blocks_equal_the_module_calls(family):
+    """The closing blocks run as functional calls unless a hook asks for the modules: both give
+    the same numbers, with dropout in training (same seed, same draws) and in eval."""
+    from adaptive_encoder.families import family_of
+
+    torch.manual_seed(0)
+    model = FAMILY_MODELS[family]()
+    apply_adaptive_encoder(model)
+    ids, mask, depths = _inputs()
+    enc = model.transformer if model.config.model_type == "distilbert" else model.encoder
+    parts = family_of(model.config).parts(enc.layer[0])
+    seen = []
+    for training in (False, True):
+        model.train(training)
+        outs = []
+        for hooked in (False, True):
+            handle = parts.ffn_out.norm.register_forward_hook(lambda *a: seen.append(1)) if hooked else None
+            torch.manual_seed(1)
+            with torch.no_grad():
+                outs.append(model(input_ids=ids, attention_mask=mask, depths=depths).last_hidden_state)
+            if handle is not None:
+                handle.remove()
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert len(seen) == 2  # the hooked runs called the module (layer 0, eval and training)
+
+
+def test_dropout_modules_in_eval_inside_a_training_model_are_honoured():
+    """model.train() with every Dropout switched to eval (a common way to train without
+    hidden dropout): deterministic and equal to transformers. (Attention dropout is decided by
+    the attention module's mode in BERT, as in transformers: off in the config here.)"""
+    torch.manual_seed(0)
+    model = tf.BertModel(tf.BertConfig(**SMALL, attention_probs_dropout_prob=0.0))
+    plain = copy.deepcopy(model)
+    apply_adaptive_encoder(model)
+    for m in (model, plain):
+        m.train()
+        m.apply(lambda mod: mod.eval() if isinstance(mod, torch.nn.Dropout) else None)
+    ids, mask, _ = _inputs()
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _close_on_real(a, ref, mask)
