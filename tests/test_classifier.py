@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from adaptive_encoder.classifier import AdaptiveClassifier, halting_pseudo_labels, pool
 from adaptive_encoder.train import Encoded, TrainConfig, batches, evaluate, train
-from conftest import small_bert_config
+from conftest import needs_minilm, small_bert_config
 
 
 def _model(halting=False, seed=0, layers=3):
@@ -98,6 +98,7 @@ def test_evaluate_reports_depth_and_fraction():
     assert 0 < ev["token_layer_fraction"] < 1 and 0 <= ev["accuracy"] <= 1 and ev["samples_per_s"] > 0
 
 
+@needs_minilm
 def test_checkpoint_round_trip_identical_predictions(tmp_path):
     from adaptive_encoder.train import build_model, load_checkpoint, save_checkpoint
 
@@ -137,6 +138,7 @@ def test_halting_threshold_rule():
         AdaptiveClassifier(model.bert, 3, halting=True, halting_threshold=0.0)
 
 
+@needs_minilm
 def test_old_pickled_checkpoint_loads_with_deprecation_and_converts(tmp_path):
     import warnings
 
@@ -160,6 +162,7 @@ def test_old_pickled_checkpoint_loads_with_deprecation_and_converts(tmp_path):
     assert meta2["variant"] == "fixed"
 
 
+@needs_minilm
 def test_mi_checkpoint_runs_in_a_transformers_pipeline(tmp_path):
     from transformers import pipeline
 

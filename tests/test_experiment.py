@@ -2,6 +2,7 @@
 import pytest
 
 from adaptive_encoder.experiment import write_markdown, write_sweep_markdown
+from conftest import needs_minilm
 
 
 def _records():
@@ -94,6 +95,7 @@ def test_layer_sweep_keeps_models_apart(tmp_path):
     assert (out / "accuracy_vs_layers_trec_all-mpnet-base-v2.png").exists()
 
 
+@needs_minilm
 def test_run_one_is_determined_by_its_seed():
     """The seed fixes the whole run, the new classifier head included, whatever ran before."""
     import torch
@@ -111,6 +113,7 @@ def test_run_one_is_determined_by_its_seed():
     assert first["accuracy"] == second["accuracy"]
 
 
+@needs_minilm
 def test_experiment_runs_a_variant_without_fixed(tmp_path):
     """--variants halting (or mi) alone: the label count comes from whichever variant ran
     (it once read the fixed variant's data only, a KeyError)."""

