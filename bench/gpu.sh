@@ -19,7 +19,7 @@ FAILED=()
 T_ALL=$(date +%s)
 
 # GPU_STAGES="..." runs only the named stages (e.g. a rerun of "benchmarks plots pack").
-STAGES=" ${GPU_STAGES:-env build correctness tests benchmarks plots pack} "
+STAGES=" ${GPU_STAGES:-env build correctness tests scaling benchmarks plots pack} "
 # GPU_BUDGET_S: the whole script's wall-time budget (default 480 s on a GPU, none for --smoke). Each stage's limit is cut so that the
 # script, plots and pack included, ends inside it: a device lease killed mid-run returns
 # nothing, a shortened benchmark stage still returns what it measured.
@@ -103,6 +103,14 @@ else
     tests/test_properties.py -q -x -p no:cacheprovider -m "not slow"
 fi
 
+# Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
+# (110 s on an H200, 2026-11-27); a tiny pool in smoke runs.
+if [ "$SMOKE" = 1 ]; then
+  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --out "$RES"
+else
+  stage scaling 150 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --out "$RES"
+fi
+
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).
 # Each record also goes to records.jsonl the moment its benchmark ends (a cut run keeps them).
 case "$STAGES" in *" benchmarks "*) rm -f "$RES/records.jsonl" ;; esac
@@ -117,7 +125,7 @@ pack() {
   [ -n "${OUT:-}" ] || { echo "OUT not set: results stay in $RES"; return 0; }
   mkdir -p "$OUT"
   tar czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$RES")" "$(basename "$RES")"
-  for f in correctness.json summary.json env.txt records.jsonl; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
+  for f in correctness.json summary.json env.txt records.jsonl gpu_scaling.json; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/"; done
   ls -la "$OUT"
 }
 export -f pack
