@@ -235,8 +235,7 @@ class AdaptiveEncoder(nn.Module):
             k, v = F.linear(xkv, *_fused(parts.key, parts.value)).chunk(2, dim=-1)
         q, k, v = q.reshape(-1, H, Dh), k.reshape(-1, H, Dh), v.reshape(-1, H, Dh)
         ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=parts.attn_dropout,
-                               backend=backend,
-                               bias=bias)
+                               backend=backend, bias=bias)
         ctx = ctx.reshape(-1, H * Dh)
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             return parts.ffn(parts.attn_output(ctx, xq))
@@ -247,11 +246,13 @@ class AdaptiveEncoder(nn.Module):
 def _direct(m: nn.Module, cls: type) -> bool:
     """Whether m is exactly `cls` with no hooks: then its forward is one functional call, and
     calling that skips the module machinery (a few microseconds a call, a dozen calls a layer)."""
-    return type(m) is cls and not (m._forward_hooks or m._forward_pre_hooks or _global_hooks())
+    return type(m) is cls and not _hooked(m)
 
 
-def _global_hooks() -> bool:
-    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+def _hooked(m) -> bool:
+    """Forward hooks on m (if a module) or on every module (global ones)."""
+    own = isinstance(m, nn.Module) and bool(m._forward_hooks or m._forward_pre_hooks)
+    return own or bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _direct_blocks(parts) -> bool:
@@ -261,8 +262,7 @@ def _direct_blocks(parts) -> bool:
     return (all(_direct(b.linear, nn.Linear) and _direct(b.norm, nn.LayerNorm)
                 and (b.dropout is None or _direct(b.dropout, nn.Dropout)) for b in blocks)
             and _direct(parts.ffn_in, nn.Linear)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in parts.containers)
-            and not (isinstance(parts.act, nn.Module) and (parts.act._forward_hooks or parts.act._forward_pre_hooks)))
+            and not any(_hooked(m) for m in (*parts.containers, parts.act)))
 
 
 def _plain(*modules) -> bool:
