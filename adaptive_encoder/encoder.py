@@ -240,7 +240,7 @@ class AdaptiveEncoder(nn.Module):
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             return parts.ffn(parts.attn_output(ctx, xq))
         h = _close(parts.attn_out, ctx, xq)
-        return _close(parts.ffn_out, parts.act(_linear(parts.ffn_in, h)), h)
+        return _close(parts.ffn_out, parts.act(F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
 
 
 def _direct(m: nn.Module, cls: type) -> bool:
@@ -275,8 +275,8 @@ def _linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
-    blocks that pass _direct_blocks."""
-    y = _linear(block.linear, x)
+    blocks that passed _direct_blocks (plain modules, no hooks: not checked again here)."""
+    y = F.linear(x, block.linear.weight, block.linear.bias)
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)

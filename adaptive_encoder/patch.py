@@ -103,7 +103,8 @@ class PatchedEncoder(AdaptiveEncoder):
         last = state.view(hidden_states.shape)
         if states is not None:  # layers above n_max repeat the last state
             states.extend([last] * (self.num_layers + 1 - len(states)))
-        return _output_class(self.family.encoder_output)(last_hidden_state=last, hidden_states=None if states is None else tuple(states))
+        return _output_class(self.family.encoder_output)(
+            last_hidden_state=last, hidden_states=None if states is None else tuple(states))
 
 
 def _key_mask_from_4d(mask: torch.Tensor, bt) -> torch.Tensor:

@@ -14,7 +14,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -37,12 +36,6 @@ def _hooks(bert, on: bool, handles: list):
             handles.append(fam.parts(layer).containers[-1].register_forward_hook(lambda *a: None))
 
 
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def host_overhead(rounds: int):
     bert = benchlib.bert(N, 32, 2, 64)
     enc = AdaptiveEncoder.from_model(bert)
@@ -55,7 +48,7 @@ def host_overhead(rounds: int):
             for name in t:
                 _hooks(bert, name == "modules", handles)
                 enc(x, depths, mask)  # warm
-                t[name].append(min(_time(lambda: enc(x, depths, mask)) for _ in range(20)))
+                t[name].append(min(benchlib.time_call(lambda: enc(x, depths, mask)) for _ in range(20)))
     _hooks(bert, False, handles)
     layers = int((depths > torch.arange(N)[:, None, None]).any(-1).sum())  # layers that run
     us = {k: statistics.median(v) / layers * 1e6 for k, v in t.items()}
@@ -85,7 +78,7 @@ def pools(pool: int, rounds: int):
                 for r in range(rounds + 1):
                     for (p, deep) in t:
                         _hooks(bert, p == "modules", handles)
-                        el = _time(lambda: run(deep))
+                        el = benchlib.time_call(lambda: run(deep))
                         if r:
                             t[(p, deep)].append(el)
             m = {k: statistics.median(v) for k, v in t.items()}

@@ -14,13 +14,17 @@ Routes (adaptive_encoder/plan.py): `default` computes the plan eagerly at a grap
 unbacked sizes and the forward compiles as one graph (fullgraph=True).
 """
 import argparse
+import os
+import sys
 import time
 
 import torch
 from transformers import BertModel
 
-from adaptive_encoder import apply_adaptive_encoder
-from adaptive_encoder.pretrained import default_model_path
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402  (time_call: CUDA events on a GPU, perf_counter on CPU)
+from adaptive_encoder import apply_adaptive_encoder  # noqa: E402
+from adaptive_encoder.pretrained import default_model_path  # noqa: E402
 
 
 def main():
@@ -74,8 +78,8 @@ def main():
             t = time.perf_counter()
             out = compiled(ids, mask, d)
             first = time.perf_counter() - t
-            tc = min(_time(lambda: compiled(ids, mask, d)) for _ in range(a.repeats))
-            te = min(_time(lambda: f(ids, mask, d)) for _ in range(a.repeats))
+            tc = min(benchlib.time_call(lambda: compiled(ids, mask, d)) for _ in range(a.repeats))
+            te = min(benchlib.time_call(lambda: f(ids, mask, d)) for _ in range(a.repeats))
             err = float((out - f(ids, mask, d)).abs().max())
             print(f"pattern {p}: first call {first:.2f} s, compiled {tc * 1e3:.1f} ms, eager {te * 1e3:.1f} ms, "
                   f"max diff {err:.1e}, graphs compiled so far {counter.frame_count}")
@@ -83,16 +87,6 @@ def main():
                 te_all.append(te)
                 tc_all.append(tc)
     print(f"route {a.route}: after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
-
-
-def _time(fn):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

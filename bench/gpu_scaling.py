@@ -77,7 +77,8 @@ def main():
             rows.append(row)
             print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
                   f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['active']:>7.1%}", flush=True)
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "gpu_scaling.json"), "w") as f:

