@@ -240,7 +240,7 @@ class AdaptiveEncoder(nn.Module):
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             return parts.ffn(parts.attn_output(ctx, xq))
         h = _close(parts.attn_out, ctx, xq)
-        return _close(parts.ffn_out, parts.act(F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
+        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
 
 
 def _direct(m: nn.Module, cls: type) -> bool:
@@ -281,4 +281,22 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Ten
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)
     norm = block.norm
-    return F.layer_norm(y + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
+    # pass over it fewer; the same numbers). With autograd the sum is a new tensor.
+    y = y.add_(residual) if not torch.is_grad_enabled() else y + residual
+    return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _activate(act, y: torch.Tensor) -> torch.Tensor:
+    """act(y) for y the FFN GEMM's fresh output. Inference with transformers' own GELU (erf,
+    not overridden, no hooks): in place, as above. Anything else: act's own call."""
+    if not torch.is_grad_enabled() and _plain_gelu(act):
+        return torch.ops.aten.gelu_(y)
+    return act(y)
+
+
+def _plain_gelu(act) -> bool:
+    cls = type(act)
+    return (cls.__name__ == "GELUActivation" and cls.__module__ == "transformers.activations"
+            and cls.forward.__qualname__ == "GELUActivation.forward" and "forward" not in vars(act)
+            and getattr(act, "act", None) is F.gelu and not _hooked(act))

@@ -11,6 +11,8 @@ import time
 import torch
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+# Benchmark models that run TREC's MI depths in another way (test_speed.py's list).
+MI_VARIANTS = ("masked_mi", "stop_only_mi", "layers_only_mi")
 RESULTS: list[dict] = []  # filled by benchmarks, printed at the end of the session
 # $BENCH_RECORDS: a JSON-lines file that gets each record the moment its benchmark ends, so a
 # run cut short (a device lease's time limit) keeps everything it measured; pytest-benchmark's
@@ -126,7 +128,7 @@ def document_depths(model: str, N: int, length: int, gen: torch.Generator) -> to
     """(length,) depths: real sentences' word depths concatenated, [CLS]/[SEP] at the max."""
     if model in ("fixed", "hf_sdpa"):
         return torch.full((length,), N, dtype=torch.long)
-    return concat_sentences(sentence_depths("mi" if model in ("masked_mi", "stop_only_mi") else model, N),
+    return concat_sentences(sentence_depths("mi" if model in MI_VARIANTS else model, N),
                             length, gen)
 
 
@@ -202,7 +204,7 @@ def make_pool(model: str, N: int, pool_seed: int, size: int, scale: float = 1.0)
     lengths = imdb_like_lengths(size, gen, scale).tolist()
     kind, _ = depth_source(model)
     src = None if kind in ("fixed", "hf_sdpa", "hf_eager", "onnxruntime") else \
-        sentence_depths_of("mi" if kind in ("masked_mi", "stop_only_mi") else model, N)
+        sentence_depths_of("mi" if kind in MI_VARIANTS else model, N)
     docs = []
     for i, n in enumerate(lengths):
         if src is None:
@@ -230,3 +232,37 @@ def pool_batches(docs: list, batch: int) -> list:
 def band(values: list) -> tuple:
     """(mean, min, max)."""
     return statistics.mean(values), min(values), max(values)
+
+
+def layer_inputs(enc, depths: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, active_keys_only: bool = False) -> list:
+    """The adaptive forward's per-layer work with its inputs gathered beforehand, as
+    [(layer, xq (A,D), xkv (K,D) or xq itself, cu_q, cu_k, max_q, max_k), ...] for
+    `run_layers`: the same GEMMs and attention as enc(x, depths, mask) (xkv is xq when every
+    real token is active, as there), without the plan, gathers and scatters. Row values come
+    from x (they do not change the time). active_keys_only: each layer a dense layer on its
+    active tokens alone (keys = queries; K/V of halted tokens not computed): less work than
+    the exact forward, the least any compaction could do per layer."""
+    from adaptive_encoder import ops
+    from adaptive_encoder.plan import make_plan
+
+    with torch.inference_mode():
+        plan = make_plan(depths, mask, enc.num_layers)
+        state = x.reshape(-1, x.shape[-1])
+        keys = state if plan.key_rows is None else ops.gather(state, plan.key_rows)
+        out = []
+        for n in range(plan.n_max):
+            lp = plan.layer(n)
+            xq = ops.gather(state, lp.rows)
+            if active_keys_only:
+                out.append((enc.layer[n], xq, xq, lp.cu_q, lp.cu_q, lp.max_q, lp.max_q))
+            elif lp.count == plan.num_real:
+                out.append((enc.layer[n], keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k))
+            else:
+                out.append((enc.layer[n], xq, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k))
+    return out
+
+
+def run_layers(enc, inputs: list) -> None:
+    """The layers of `layer_inputs`, each on its own gathered inputs."""
+    for layer, xq, xkv, cu_q, cu_k, max_q, max_k in inputs:
+        enc._layer(layer, xq, xkv, cu_q, cu_k, max_q, max_k)

@@ -8,6 +8,7 @@ speedup_vs_batch.png (measured vs ideal speed-up), results.md and summary.json:
 {"device", "date", "command", "speed_vs_n": {model: [samples/s for N = 1..12]},
  "speed_vs_batch": {model: [samples/s for batch 1..15]}, "speed_vs_n_band" / "speed_vs_batch_band":
  {model: [[min, max], ...]} over the pools, "speedup_of_ideal": {batch: measured/ideal} (MI),
+ "layers_only_speedup" / "measured_over_layers_only": {batch: x} (MI's layer work alone, see test_speed.py),
  "depth_sources": {model: {"avg_depth", "active_fraction", "dataset"}},
  "training_step": {"measured_speedup", "ideal_speedup", ...}, ...}
 """
@@ -77,6 +78,7 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
     by_n = series(records, "speed_vs_n", "N")
     by_b = series(records, "speed_vs_batch", "batch")
     ratio = series(records, "speed_vs_batch", "batch", "measured_over_ideal")
+    speedup = series(records, "speed_vs_batch", "batch", "measured_speedup")
     dev = device or next((r["device"] for r in records if "device" in r), "unknown")
     train = next((r for r in records if r.get("bench") == "training_step"), None)
     return {
@@ -95,6 +97,11 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
         "training_step": None if train is None else {k: train[k] for k in ("measured_speedup", "ideal_speedup",
                                                                               "measured_over_ideal", "shape")},
         "speedup_of_ideal_by_model": {m: {str(b): v for b, v in pts} for m, pts in ratio.items()},
+        # The bound without bookkeeping (layers_only_mi: the same layer work on pre-gathered
+        # inputs) and how much of it MI reaches: the gap to the FLOP ideal split in two.
+        "layers_only_speedup": {str(b): v for b, v in speedup.get("layers_only_mi", [])},
+        "measured_over_layers_only": {str(b): v / dict(speedup["layers_only_mi"])[b] for b, v in speedup.get("mi", [])
+                                      if b in dict(speedup.get("layers_only_mi", []))},
         "kernels": [{k: r[k] for k in ("op", "backend", "rows", "gbps", "fraction_of_copy_bw") if k in r}
                     for r in records if r.get("group") == "kernels"],
         "savings": [r for r in records if r.get("bench") == "savings"],
@@ -143,6 +150,8 @@ def plot_all(records: list, out_dir: str, device: str) -> list:
     adaptive = ("mi", "mr_mi", "reconstruction", "halting")
     pts = {f"{m} measured": meas[m] for m in adaptive if m in meas}
     pts.update({f"{m} ideal (FLOPs)": ideal[m] for m in adaptive if m in ideal})
+    if "layers_only_mi" in meas:  # MI's layer work without plan, gathers and scatters
+        pts["mi layers only (no bookkeeping)"] = meas["layers_only_mi"]
     if pts:
         paths.append(os.path.join(out_dir, "speedup_vs_batch.png"))
         _line_plot(pts, "batch size", "speed-up over fixed depth", f"measured vs ideal ({device})", paths[-1])

@@ -25,6 +25,7 @@ def _record(group, model, N, batch, sps, meas=1.0, ideal=1.0):
 def test_summary_plots_and_markdown(plot, tmp_path):
     recs = [_record("speed_vs_n", m, n, 1, 10.0 * n + (m == "mi")) for m in ("fixed", "mi") for n in (3, 1, 2)]
     recs += [_record("speed_vs_batch", "mi", b, b, 5.0 * b, meas=1.5, ideal=2.0) for b in (2, 1)]
+    recs += [_record("speed_vs_batch", "layers_only_mi", 12, b, 6.0 * b, meas=1.5 + 0.5 * b, ideal=2.0) for b in (1, 2)]
     recs += [{"group": "kernels", "op": "gather", "backend": "cpu", "rows": 64, "gbps": 3.0, "copy_gbps": 6.0,
               "fraction_of_copy_bw": 0.5}]
     recs += [{"bench": "savings", "shape": "L8", "measured_speedup": 2.2, "ideal_speedup": 2.7,
@@ -37,8 +38,10 @@ def test_summary_plots_and_markdown(plot, tmp_path):
     assert s["device"] == "cpu" and s["command"] == "pytest bench"
     assert s["speed_vs_n"] == {"fixed": [10.0, 20.0, 30.0], "mi": [11.0, 21.0, 31.0]}  # sorted by N
     assert s["n_values"] == [1, 2, 3]
-    assert s["speed_vs_batch"] == {"mi": [5.0, 10.0]}
+    assert s["speed_vs_batch"] == {"layers_only_mi": [6.0, 12.0], "mi": [5.0, 10.0]}
     assert s["speedup_of_ideal"] == {"1": 0.75, "2": 0.75}
+    assert s["layers_only_speedup"] == {"1": 2.0, "2": 2.5}
+    assert s["measured_over_layers_only"] == {"1": 0.75, "2": 0.6}
     for name in ("speed_vs_n.png", "speed_vs_batch.png", "speedup_vs_batch.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "out" / "results.md").read_text()

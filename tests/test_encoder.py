@@ -135,6 +135,31 @@ def test_compaction_computes_only_active_rows():
     assert rec.calls == expect
 
 
+@pytest.mark.parametrize("act", ["gelu", "gelu_python", "relu", "gelu_new"])
+def test_inference_closing_in_place_matches_autograd_and_leaves_inputs_alone(act):
+    """Inference adds the residual into the GEMM output in place, and applies transformers' own
+    GELU in place; other activations take their own call. Same numbers as the autograd path,
+    and neither the input nor any residual is written."""
+    import adaptive_encoder.encoder as E
+
+    bert = _bert(seed=4, hidden_act=act)
+    ids, mask, gen = _ragged(3, 11, seed=4)
+    depths = torch.randint(0, 5, (3, 11), generator=gen)
+    enc = AdaptiveEncoder.from_bert(bert)
+    assert E._plain_gelu(enc.family.parts(enc.layer[0]).act) == (act == "gelu")
+    with torch.no_grad():
+        x = bert.embeddings(input_ids=ids)
+    x0 = x.clone()
+    with torch.inference_mode():
+        fast = enc(x, depths, mask).last_hidden_state
+    slow = enc(x, depths, mask).last_hidden_state  # autograd on: every op out of place
+    assert torch.equal(x, x0)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        ref = masked_forward(bert, x, depths, mask)
+    assert _rel(fast, ref, mask) < 1e-5
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_bf16_close_to_fp32_reference(device, backend):
     bert = _bert(device=device)
