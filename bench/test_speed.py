@@ -4,8 +4,12 @@ The paper's speed is the number of samples processed over a data set. Here every
 and batch size processes the same fixed pool of documents (IMDB-like lengths; 60 on CPU,
 240 on a GPU, 48 for the GPU's batch-1 N sweep) in batches of b, the last one possibly
 short: samples/s = pool size / time. Three pools (different seeds) give a mean and a
-min-max band. `fixed` is timed once per (N, batch, pool) in the run and every model's
-speed-up is against that time.
+min-max band. On CPU every model is timed interleaved with `fixed` on the same pool (fixed,
+model, fixed, model, ...) and its speed-up is against that paired time. This machine's speed
+drifts (every model, transformers' too, ran 20-30 % slower at 08:13 than at 06:00 on
+2026-11-27), and against a `fixed` time taken minutes earlier a model doing a strict subset of
+MI's work (layers_only_mi) came out 4 % slower than MI at batch 8. On a GPU (and with BENCH_PAIRED=0), where the run must fit its 8 minutes, `fixed`
+is timed once per (N, batch, pool) and reused.
 
 Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie reviews):
     fixed           AdaptiveEncoder, every token at depth N (the fixed-depth baseline)
@@ -26,6 +30,7 @@ Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie revie
 extra_info adds the ideal speed-up from counted FLOPs over the pool and measured / ideal.
 """
 import functools
+import os
 
 import pytest
 import torch
@@ -44,6 +49,7 @@ SHAPE = dict(hidden=768, heads=12, ffn=3072, dtype=torch.bfloat16, scale=1.0) if
 N_VALUES = [1, 6, 12] if benchlib.QUICK else ([1, 2, 4, 6, 8, 10, 12] if GPU else list(range(1, 13)))
 BATCHES = [1, 8, 15] if benchlib.QUICK else ([1, 2, 4, 8, 12, 15] if GPU else list(range(1, 16)))
 ROUNDS = 1 if benchlib.QUICK or GPU else 3
+PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 MODELS_N = ["fixed", "halting", "mi", "reconstruction", "mr_mi"]
 # MR's reconstruction and halting depths (movie reviews, IMDB's domain) in the batch sweep only,
 # which is where the summary's depth sources are read: the N sweep would take a third longer.
@@ -185,7 +191,12 @@ def _measure(benchmark, group: str, model: str, N: int, batch: int):
             if ps == benchlib.POOL_SEEDS[0]:  # pytest-benchmark's own record doubles as the warm-up
                 with torch.inference_mode():
                     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-            model_s = benchlib.interleaved_medians({"model": run}, rounds=ROUNDS, warmup=0)["model"]
+            if PAIRED:  # side by side with fixed depth on the same documents, rounds interleaved
+                fixed_run = _pool_run("fixed", N, batch, ps, size)[0]
+                t = benchlib.interleaved_medians({"fixed": fixed_run, "model": run}, rounds=ROUNDS, warmup=0)
+                fixed_s, model_s = t["fixed"], t["model"]
+            else:
+                model_s = benchlib.interleaved_medians({"model": run}, rounds=ROUNDS, warmup=0)["model"]
         per_pool.append(dict(sps=size / model_s, fixed_sps=size / fixed_s, speedup=fixed_s / model_s,
                              ideal=full / flops, active=depth_sum / (real * N), avg_depth=depth_sum / real))
     if model == "fixed":
