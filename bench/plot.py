@@ -147,15 +147,34 @@ def plot_all(records: list, out_dir: str, device: str) -> list:
                    band_series(records, "speed_vs_batch", "batch"))
     meas = series(records, "speed_vs_batch", "batch", "measured_speedup")
     ideal = series(records, "speed_vs_batch", "batch", "ideal_speedup")
-    adaptive = ("mi", "mr_mi", "reconstruction", "halting")
-    pts = {f"{m} measured": meas[m] for m in adaptive if m in meas}
-    pts.update({f"{m} ideal (FLOPs)": ideal[m] for m in adaptive if m in ideal})
-    if "layers_only_mi" in meas:  # MI's layer work without plan, gathers and scatters
-        pts["mi layers only (no bookkeeping)"] = meas["layers_only_mi"]
-    if pts:
+    if any(m in meas for m in ADAPTIVE):
         paths.append(os.path.join(out_dir, "speedup_vs_batch.png"))
-        _line_plot(pts, "batch size", "speed-up over fixed depth", f"measured vs ideal ({device})", paths[-1])
+        _speedup_plot(meas, ideal, f"measured vs ideal ({device})", paths[-1])
     return paths
+
+
+ADAPTIVE = ("mi", "mr_mi", "reconstruction", "halting")
+
+
+def _speedup_plot(meas: dict, ideal: dict, title: str, path: str) -> None:
+    """One colour per depth source: measured solid, FLOP ideal dashed; MI's layer work alone
+    (layers_only_mi: no plan, gathers or scatters) dotted in MI's colour."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, m in enumerate(m for m in ADAPTIVE if m in meas):
+        color = plt.get_cmap("tab10")(i)
+        for pts, style, label in ((meas.get(m), "-", "measured"), (ideal.get(m), "--", "ideal (FLOPs)"),
+                                  (meas.get("layers_only_mi") if m == "mi" else None, ":", "layers only")):
+            if pts:
+                ax.plot([k for k, _ in pts], [v for _, v in pts], linestyle=style, marker="o" if style == "-" else None,
+                        ms=3, color=color, label=f"{m} {label}")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("speed-up over fixed depth")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def markdown(summary: dict, records: list) -> str:
