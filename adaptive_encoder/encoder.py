@@ -288,8 +288,9 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Ten
 
 
 def _activate(act, y: torch.Tensor) -> torch.Tensor:
-    """act(y) for y the FFN GEMM's fresh output. Inference with transformers' own GELU (erf,
-    not overridden, no hooks): in place, as above. Anything else: act's own call."""
+    """act(y) for y the FFN GEMM's fresh output, on the direct path (so act has no hooks:
+    _direct_blocks checked). Inference with transformers' own GELU (erf, not overridden): in
+    place, as above. Anything else: act's own call."""
     if not torch.is_grad_enabled() and _plain_gelu(act):
         return torch.ops.aten.gelu_(y)
     return act(y)
@@ -299,4 +300,4 @@ def _plain_gelu(act) -> bool:
     cls = type(act)
     return (cls.__name__ == "GELUActivation" and cls.__module__ == "transformers.activations"
             and cls.forward.__qualname__ == "GELUActivation.forward" and "forward" not in vars(act)
-            and getattr(act, "act", None) is F.gelu and not _hooked(act))
+            and getattr(act, "act", None) is F.gelu)

@@ -14,6 +14,7 @@ import argparse
 import os
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -21,7 +22,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
 from adaptive_encoder.families import family_of  # noqa: E402
-from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 N = 12
 
@@ -63,25 +63,9 @@ def pools(pool: int, rounds: int):
     for batch in (1, 8):
         res = {"modules": [], "direct": []}
         for ps in benchlib.POOL_SEEDS:
-            docs = benchlib.make_pool("mi", N, ps, pool, 0.25)
-            gen = torch.Generator().manual_seed(ps)
-            bs = [(d, m, torch.randn(*m.shape, 256, generator=gen)) for d, m in benchlib.pool_batches(docs, batch)]
-            ideal = sum(encoder_flops(d, m, N, 256, 1024, adaptive=False) for d, m, _ in bs) / \
-                sum(encoder_flops(d, m, N, 256, 1024) for d, m, _ in bs)
-
-            def run(deep):
-                for d, m, x in bs:
-                    enc(x, torch.where(m, N, 0) if deep else d, m)
-
-            t = {(p, deep): [] for p in res for deep in (0, 1)}
-            with torch.inference_mode():
-                for r in range(rounds + 1):
-                    for (p, deep) in t:
-                        _hooks(bert, p == "modules", handles)
-                        el = benchlib.time_call(lambda: run(deep))
-                        if r:
-                            t[(p, deep)].append(el)
-            m = {k: statistics.median(v) for k, v in t.items()}
+            bs, ideal = benchlib.cpu_pool(N, ps, batch, size=pool)
+            m = benchlib.ab_full_adaptive(enc, bs, {p: partial(_hooks, bert, p == "modules", handles) for p in res},
+                                          rounds)
             for p in res:
                 res[p].append((m[(p, 1)] / m[(p, 0)] / ideal, m[(p, 0)], m[(p, 1)]))
             print(f"batch {batch} pool {ps}: ideal {ideal:.2f}x; " + "; ".join(

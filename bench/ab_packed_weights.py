@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -23,7 +24,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
 import adaptive_encoder.encoder as E  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
-from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 N = 12
 
@@ -41,22 +41,11 @@ def main():
     for batch in a.batches:
         res = {p: [] for p in arms}
         for ps in benchlib.POOL_SEEDS:
-            gen = torch.Generator().manual_seed(ps)
-            bs = [(d, m, torch.randn(*m.shape, 256, generator=gen))
-                  for d, m in benchlib.pool_batches(benchlib.make_pool("mi", N, ps, 60, 0.25), batch)]
-            ideal = sum(encoder_flops(d, m, N, 256, 1024, adaptive=False) for d, m, _ in bs) / \
-                sum(encoder_flops(d, m, N, 256, 1024) for d, m, _ in bs)
-            t = {(p, deep): [] for p in arms for deep in (0, 1)}
-            with torch.inference_mode():
-                for r in range(5):
-                    for (p, deep) in t:
-                        E.F.linear = arms[p]  # every projection goes through encoder.F.linear
-                        el = benchlib.time_call(lambda: [enc(x, torch.where(m, N, 0) if deep else d, m)
-                                                         for d, m, x in bs])
-                        if r:
-                            t[(p, deep)].append(el)
+            bs, ideal = benchlib.cpu_pool(N, ps, batch)
+            # every projection goes through encoder.F.linear
+            m = benchlib.ab_full_adaptive(enc, bs, {p: partial(setattr, E.F, "linear", f) for p, f in arms.items()},
+                                          rounds=4)
             E.F.linear = plain
-            m = {k: statistics.median(v) for k, v in t.items()}
             for p in arms:
                 res[p].append(m[(p, 1)] / m[(p, 0)] / ideal)
             print(f"batch {batch} pool {ps}: ideal {ideal:.2f}; " + "; ".join(

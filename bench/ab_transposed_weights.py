@@ -11,6 +11,7 @@ measured speed-up over the FLOP ideal for each arm.
 import os
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -18,7 +19,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
 import adaptive_encoder.encoder as E  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
-from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 N = 12
 
@@ -29,24 +29,13 @@ def main():
     for batch in (1, 8):
         res = {"plain": [], "transposed": []}
         for ps in benchlib.POOL_SEEDS:
-            docs = benchlib.make_pool("mi", N, ps, 60, 0.25)
-            gen = torch.Generator().manual_seed(ps)
-            bs = [(d, m, torch.randn(*m.shape, 256, generator=gen)) for d, m in benchlib.pool_batches(docs, batch)]
-            ideal = sum(encoder_flops(d, m, N, 256, 1024, adaptive=False) for d, m, _ in bs) / \
-                sum(encoder_flops(d, m, N, 256, 1024) for d, m, _ in bs)
-            t = {(p, deep): [] for p in res for deep in (0, 1)}
-            with torch.inference_mode():
-                for r in range(5):
-                    for (p, deep) in t:
-                        # every projection goes through torch.nn.functional.linear (encoder.F)
-                        E.F.linear = (lambda x, w, b, _p=plain_linear: _transposed_or(x, w, b, _p)) \
-                            if p == "transposed" else plain_linear
-                        el = benchlib.time_call(lambda: [enc(x, torch.where(m, N, 0) if deep else d, m)
-                                                         for d, m, x in bs])
-                        if r:
-                            t[(p, deep)].append(el)
+            bs, ideal = benchlib.cpu_pool(N, ps, batch)
+            # every projection goes through torch.nn.functional.linear (encoder.F)
+            transposed = lambda x, w, b, _p=plain_linear: _transposed_or(x, w, b, _p)  # noqa: E731
+            m = benchlib.ab_full_adaptive(enc, bs, {"plain": partial(setattr, E.F, "linear", plain_linear),
+                                                    "transposed": partial(setattr, E.F, "linear", transposed)},
+                                          rounds=4)
             E.F.linear = plain_linear
-            m = {k: statistics.median(v) for k, v in t.items()}
             for p in res:
                 res[p].append(m[(p, 1)] / m[(p, 0)] / ideal)
             print(f"batch {batch} pool {ps}: ideal {ideal:.2f}; " + "; ".join(

@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
-from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 N = 12
 
@@ -42,11 +41,8 @@ def main():
     for batch in a.batches:
         res = {k: [] for k in ("ideal", "adaptive", "layers_only", "active_only")}
         for ps in benchlib.POOL_SEEDS:
-            gen = torch.Generator().manual_seed(ps)
-            bs = [(d, m, torch.randn(*m.shape, 256, generator=gen))
-                  for d, m in benchlib.pool_batches(benchlib.make_pool("mi", N, ps, 60, 0.25), batch)]
-            res["ideal"].append(sum(encoder_flops(d, m, N, 256, 1024, adaptive=False) for d, m, _ in bs) /
-                                sum(encoder_flops(d, m, N, 256, 1024) for d, m, _ in bs))
+            bs, ideal = benchlib.cpu_pool(N, ps, batch)
+            res["ideal"].append(ideal)
             exact = [benchlib.layer_inputs(enc, d, m, x) for d, m, x in bs]
             least = [benchlib.layer_inputs(enc, d, m, x, active_keys_only=True) for d, m, x in bs]
             runs = {

@@ -266,3 +266,32 @@ def run_layers(enc, inputs: list) -> None:
     """The layers of `layer_inputs`, each on its own gathered inputs."""
     for layer, xq, xkv, cu_q, cu_k, max_q, max_k in inputs:
         enc._layer(layer, xq, xkv, cu_q, cu_k, max_q, max_k)
+
+
+def cpu_pool(num_layers: int, pool_seed: int, batch: int, size: int = 60) -> tuple:
+    """The suite's CPU pool for the A/B and profiling scripts: TREC MI depths, documents at 1/4
+    IMDB length, in batches of `batch`, each with a random (B,T,256) float32 input. Returns
+    ([(depths, mask, x), ...], FLOP ideal speed-up over the pool at hidden 256 / FFN 1024)."""
+    from adaptive_encoder.flops import encoder_flops
+
+    gen = torch.Generator().manual_seed(pool_seed)
+    bs = [(d, m, torch.randn(*m.shape, 256, generator=gen))
+          for d, m in pool_batches(make_pool("mi", num_layers, pool_seed, size, 0.25), batch)]
+    full = sum(encoder_flops(d, m, num_layers, 256, 1024, adaptive=False) for d, m, _ in bs)
+    return bs, full / sum(encoder_flops(d, m, num_layers, 256, 1024) for d, m, _ in bs)
+
+
+def ab_full_adaptive(enc, bs: list, arms: dict, rounds: int) -> dict:
+    """{(arm, deep): median seconds of the pool}: every arm (name -> function that switches it
+    on) at adaptive depth (deep = 0, the batches' depths) and full depth (deep = 1), all four
+    interleaved per round under inference mode; rounds + 1 rounds, the first one dropped."""
+    N = enc.num_layers
+    t = {(p, deep): [] for p in arms for deep in (0, 1)}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for (p, deep) in t:
+                arms[p]()
+                el = time_call(lambda: [enc(x, torch.where(m, N, 0) if deep else d, m) for d, m, x in bs])
+                if r:
+                    t[(p, deep)].append(el)
+    return {k: statistics.median(v) for k, v in t.items()}

@@ -52,9 +52,7 @@ def main():
         setattr(owner, attr, _timed(names[attr], fn, acc))
     try:
         for batch in a.batches:
-            gen = torch.Generator().manual_seed(0)
-            bs = [(d, m, torch.randn(*m.shape, 256, generator=gen))
-                  for d, m in benchlib.pool_batches(benchlib.make_pool("mi", N, 0, 60, 0.25), batch)]
+            bs, _ = benchlib.cpu_pool(N, 0, batch)
             ms = {}
             with torch.inference_mode():
                 for name, deep in (("full", True), ("adaptive", False)):

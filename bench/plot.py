@@ -79,6 +79,7 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
     by_b = series(records, "speed_vs_batch", "batch")
     ratio = series(records, "speed_vs_batch", "batch", "measured_over_ideal")
     speedup = series(records, "speed_vs_batch", "batch", "measured_speedup")
+    layers_only = dict(speedup.get("layers_only_mi", []))
     dev = device or next((r["device"] for r in records if "device" in r), "unknown")
     train = next((r for r in records if r.get("bench") == "training_step"), None)
     return {
@@ -99,9 +100,8 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
         "speedup_of_ideal_by_model": {m: {str(b): v for b, v in pts} for m, pts in ratio.items()},
         # The bound without bookkeeping (layers_only_mi: the same layer work on pre-gathered
         # inputs) and how much of it MI reaches: the gap to the FLOP ideal split in two.
-        "layers_only_speedup": {str(b): v for b, v in speedup.get("layers_only_mi", [])},
-        "measured_over_layers_only": {str(b): v / dict(speedup["layers_only_mi"])[b] for b, v in speedup.get("mi", [])
-                                      if b in dict(speedup.get("layers_only_mi", []))},
+        "layers_only_speedup": {str(b): v for b, v in layers_only.items()},
+        "measured_over_layers_only": {str(b): v / layers_only[b] for b, v in speedup.get("mi", []) if b in layers_only},
         "kernels": [{k: r[k] for k in ("op", "backend", "rows", "gbps", "fraction_of_copy_bw") if k in r}
                     for r in records if r.get("group") == "kernels"],
         "savings": [r for r in records if r.get("bench") == "savings"],

@@ -16,7 +16,6 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
-from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 N = 12
 
@@ -26,11 +25,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     a = ap.parse_args()
     enc = AdaptiveEncoder.from_model(benchlib.bert(N, 256, 4, 1024))
-    gen = torch.Generator().manual_seed(0)
-    bs = [(d, m, torch.randn(*m.shape, 256, generator=gen))
-          for d, m in benchlib.pool_batches(benchlib.make_pool("mi", N, 0, 60, 0.25), a.batch)]
-    ideal = sum(encoder_flops(d, m, N, 256, 1024, adaptive=False) for d, m, _ in bs) / \
-        sum(encoder_flops(d, m, N, 256, 1024) for d, m, _ in bs)
+    bs, ideal = benchlib.cpu_pool(N, 0, a.batch)
     self_ms, calls = {}, {}
     with torch.inference_mode():
         for name, deep in (("full", True), ("adaptive", False)):

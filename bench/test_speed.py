@@ -8,8 +8,9 @@ min-max band. On CPU every model is timed interleaved with `fixed` on the same p
 model, fixed, model, ...) and its speed-up is against that paired time. This machine's speed
 drifts (every model, transformers' too, ran 20-30 % slower at 08:13 than at 06:00 on
 2026-11-27), and against a `fixed` time taken minutes earlier a model doing a strict subset of
-MI's work (layers_only_mi) came out 4 % slower than MI at batch 8. On a GPU (and with BENCH_PAIRED=0), where the run must fit its 8 minutes, `fixed`
-is timed once per (N, batch, pool) and reused.
+MI's work (layers_only_mi) came out 4 % slower than MI at batch 8. On a GPU (and with
+BENCH_PAIRED=0), where the run must fit its 8 minutes, `fixed` is timed once per (N, batch,
+pool) and reused.
 
 Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie reviews):
     fixed           AdaptiveEncoder, every token at depth N (the fixed-depth baseline)
