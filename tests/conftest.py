@@ -1,7 +1,10 @@
 """Shared fixtures. Without a GPU, Triton kernels run in the interpreter: the variable must
 be set before any module defining @triton.jit kernels is imported."""
+import functools
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,6 +38,40 @@ def backends_for(device: str) -> list[str]:
 DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in backends_for(d)]
 # Where Triton kernels run in this process: the GPU when there is one, else the interpreter on CPU.
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# A C++ check that fails must reach Python as RuntimeError. On the GPU machine of 2026-11-27
+# it killed the process (SIGSEGV) instead, and with it the whole pytest session: tests that
+# provoke one ask this fixture first, which provokes one in a child process.
+_CPP_ERROR_PROBES = {
+    "ours": "torch.ops.adaptive_encoder.plan(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), 0)",
+    "torch": "torch.ones(2, 3) @ torch.ones(4, 5)",
+}
+
+
+@functools.cache
+def _cpp_error_crashes(which: str, preload: str = "") -> bool:
+    """Whether provoking the `which` C++ check kills a child process (preload: an LD_PRELOAD
+    library, for tests/native/crash_on_cpp_error.c, which mimics that machine)."""
+    code = ("import sys, torch, adaptive_encoder._C\n"
+            f"try:\n    {_CPP_ERROR_PROBES[which]}\nexcept RuntimeError:\n    sys.exit(0)\nsys.exit(3)")
+    env = dict(os.environ, LD_PRELOAD=preload) if preload else None
+    rc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env).returncode
+    assert rc in (0, 3) or rc < 0, f"the C++ error probe failed to run (exit {rc})"
+    assert rc != 3, f"the {which} C++ check did not raise"
+    return rc < 0  # killed by a signal
+
+
+@pytest.fixture
+def cpp_errors_raise():
+    """For tests that provoke a C++ check of the extension: fail (ours crash, torch's raise) or
+    skip (torch's own crash too: nothing of ours to test) instead of killing the session."""
+    if _cpp_error_crashes("ours"):
+        if _cpp_error_crashes("torch"):
+            pytest.skip("this machine's torch kills the process on any C++ error, its own too "
+                        "(bench/cpp_errors.py)")
+        pytest.fail("a failing C++ check of this extension kills the process here (SIGSEGV) while "
+                    "torch's own raise: see python -X faulthandler bench/cpp_errors.py --inline")
 
 
 @pytest.fixture

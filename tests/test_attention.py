@@ -127,7 +127,7 @@ def test_cpp_attention_runs_without_padding_and_passes_opcheck(monkeypatch):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_cpp_attention_refuses_bad_offsets():
+def test_cpp_attention_refuses_bad_offsets(cpp_errors_raise):
     q, k, v = torch.randn(3, 2, 16), torch.randn(4, 2, 16), torch.randn(4, 2, 16)
     op = torch.ops.adaptive_encoder.varlen_attention
     with pytest.raises(RuntimeError, match="cu_k must run from 0 to 4"):

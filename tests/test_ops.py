@@ -1,4 +1,7 @@
 """plan / gather / scatter: every backend against the PyTorch reference, autograd, opcheck."""
+import os
+import subprocess
+
 import pytest
 import torch
 
@@ -172,13 +175,24 @@ def test_backend_selection_errors(monkeypatch):
         ops.resolve_backend("cpu", "triton")
 
 
-def test_cpu_kernel_checks_bounds_even_unchecked():
+def test_cpu_kernel_checks_bounds_even_unchecked(cpp_errors_raise):
     x = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="out of range"):
         ops.gather(x, torch.tensor([0, 4]), backend="cpu", check=False)
     with pytest.raises(RuntimeError, match="out of range"):
         ops.scatter(x, torch.randn(1, 3), torch.tensor([-1]), backend="cpu", check=False)
 
+
+def test_cpp_error_probe_tells_a_crash_from_a_raise(tmp_path):
+    """The probe behind the cpp_errors_raise fixture, under a preloaded library that mimics the
+    GPU machine of 2026-11-27 (our C++ errors crash, torch's own raise): it must see both."""
+    from conftest import _cpp_error_crashes
+
+    lib = tmp_path / "crash.so"
+    src = os.path.join(os.path.dirname(__file__), "native", "crash_on_cpp_error.c")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), src, "-ldl"], check=True)
+    assert _cpp_error_crashes("ours", str(lib))
+    assert not _cpp_error_crashes("torch", str(lib))
 
 BAD_ROWS = [([4], "row index 4 out of range"), ([0, -1], "row index -1 out of range"),
             ([100000], "row index 100000 out of range")]
