@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils.checkpoint import checkpoint
 
-from . import ops
+from . import graphs, ops
 from .attention import varlen_attention
 from .families import Closing, check_supported
 from .plan import Plan, make_plan
@@ -63,7 +63,7 @@ def _fused(*linears) -> tuple:
     """(weight, bias) of the linears stacked along the output dimension."""
     tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
     key = tuple(id(t) for t in tensors)
-    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    stamp = graphs.stamp(tensors)
     hit = _FUSED.get(key)
     if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == stamp:
         return hit[2]
@@ -86,7 +86,8 @@ class AdaptiveEncoder(nn.Module):
     refused in the constructor.
     """
 
-    def __init__(self, layers: nn.ModuleList, config, backend: str | None = None, modules: dict | None = None):
+    def __init__(self, layers: nn.ModuleList, config, backend: str | None = None, modules: dict | None = None,
+                 cuda_graphs: bool = False):
         super().__init__()
         family = check_supported(config, layers)
         self.layer = layers
@@ -104,9 +105,11 @@ class AdaptiveEncoder(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.backend = backend
+        self.cuda_graphs = cuda_graphs  # inference on CUDA: one graph launch per layer (graphs.py)
 
     @classmethod
-    def from_model(cls, model, backend: str | None = None, first_layer: int = 0) -> "AdaptiveEncoder":
+    def from_model(cls, model, backend: str | None = None, first_layer: int = 0,
+                   cuda_graphs: bool = False) -> "AdaptiveEncoder":
         """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, MPNetModel, ...)
         or its encoder; `first_layer` > 0 keeps only the layers from there up (a partial stack)."""
         enc, config = encoder_and_config(model)
@@ -118,7 +121,7 @@ class AdaptiveEncoder(nn.Module):
         training = layers.training
         if first_layer:
             layers = nn.ModuleList(list(layers)[first_layer:])
-        return cls(layers, config, backend=backend, modules=modules).train(training)
+        return cls(layers, config, backend=backend, modules=modules, cuda_graphs=cuda_graphs).train(training)
 
     from_bert = from_model  # the original name, kept
 
@@ -160,9 +163,15 @@ class AdaptiveEncoder(nn.Module):
         return depths.to(torch.int64), mask
 
     def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, backend: str | None = None) -> AdaptiveEncoderOutput:
+                attention_mask: torch.Tensor | None = None, backend: str | None = None,
+                cuda_graphs: bool | None = None) -> AdaptiveEncoderOutput:
+        """cuda_graphs: None = the encoder's setting. Graphs apply to inference in eval mode on
+        families without a position bias (BERT and its copies, DistilBERT) whose layers are
+        plain modules without hooks; any other call runs eagerly, with the same results. On
+        CPU tensors the same bucketed path runs without graphs (what the tests check)."""
         depths, mask = self._check(hidden_states, depths, attention_mask)
-        state, plan = self._run(hidden_states, depths, mask, backend or self.backend)
+        graphed = self.cuda_graphs if cuda_graphs is None else cuda_graphs
+        state, plan = self._run(hidden_states, depths, mask, backend or self.backend, graphed=graphed)
         return AdaptiveEncoderOutput(last_hidden_state=state.view(hidden_states.shape), plan=plan)
 
     def all_layer_states(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
@@ -172,10 +181,14 @@ class AdaptiveEncoder(nn.Module):
         self._run(hidden_states, depths, mask, self.backend, on_layer=lambda s: states.append(s.view(hidden_states.shape)))
         return states
 
-    def _run(self, hidden_states, depths, mask, backend, on_layer=None):
+    def _run(self, hidden_states, depths, mask, backend, on_layer=None, graphed=False):
         B, T, D = hidden_states.shape
         backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
+        if graphed and on_layer is None:
+            parts = self._graph_parts(plan.n_max)
+            if parts is not None:
+                return graphs.run(self, hidden_states, mask, plan, backend, parts), plan
         state = hidden_states.reshape(B * T, D)
         # Inference: the state is this forward's own buffer, updated in place (no copy of the
         # whole state per layer) and q/k/v projections fused into one GEMM per input.
@@ -218,6 +231,17 @@ class AdaptiveEncoder(nn.Module):
             if on_layer is not None:
                 on_layer(state)
         return state, plan
+
+    def _graph_parts(self, n_max: int) -> list | None:
+        """The LayerParts of layers 0..n_max-1 if graph mode can run them exactly: inference,
+        eval mode, no position bias, every layer on the direct path. Else None (eager)."""
+        if torch.is_grad_enabled() or self.training or torch.compiler.is_compiling() \
+                or self.family.distance_bias is not None:
+            return None
+        parts = [self.family.parts(self.layer[n]) for n in range(n_max)]
+        if all(_direct_blocks(p) and _plain(p.query, p.key, p.value) for p in parts):
+            return parts
+        return None
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).

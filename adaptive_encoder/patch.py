@@ -67,8 +67,8 @@ class PatchedEncoder(AdaptiveEncoder):
     """
 
     def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None,
-                 modules: dict | None = None):
-        super().__init__(encoder.layer, config, backend=backend, modules=modules)
+                 modules: dict | None = None, cuda_graphs: bool = False):
+        super().__init__(encoder.layer, config, backend=backend, modules=modules, cuda_graphs=cuda_graphs)
         self.train(encoder.training)
         # Kept out of the module registry: a depth table is not a weight of the model, and
         # registering it would add keys to the transformers checkpoint.
@@ -99,7 +99,7 @@ class PatchedEncoder(AdaptiveEncoder):
         if states is not None:
             states.append(hidden_states)
             on_layer = lambda s: states.append(s.view(hidden_states.shape))  # noqa: E731
-        state, _ = self._run(hidden_states, depths, mask, self.backend, on_layer=on_layer)
+        state, _ = self._run(hidden_states, depths, mask, self.backend, on_layer=on_layer, graphed=self.cuda_graphs)
         last = state.view(hidden_states.shape)
         if states is not None:  # layers above n_max repeat the last state
             states.extend([last] * (self.num_layers + 1 - len(states)))
@@ -208,12 +208,14 @@ def _context_post_hook(module, args, kwargs, output):
     return output
 
 
-def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None = None) -> nn.Module:
+def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None = None,
+                           cuda_graphs: bool = False) -> nn.Module:
     """Swap the encoder inside `model` for AdaptiveEncoder (in place; returns `model`).
 
     model: a transformers model of a supported type (BertModel, BertForSequenceClassification,
     RobertaModel, DistilBertForMaskedLM, MPNetModel, ...). depth_fn(input_ids (B,T),
     attention_mask (B,T) or None) -> depths (B,T) int: used when a call gives no `depths=`.
+    cuda_graphs: replay each layer as a CUDA graph in inference (AdaptiveEncoder.forward).
     Raises ValueError / TypeError, leaving `model` unchanged, when the model cannot be run
     exactly.
     """
@@ -230,7 +232,8 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
         raise ValueError("apply_adaptive_encoder: this model is already patched")
     family = check_supported(base.config, enc.layer)  # refuses before anything is changed
     modules = {m: getattr(enc, m) for m in family.encoder_modules}
-    setattr(base, family.encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend, modules=modules))
+    setattr(base, family.encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend, modules=modules,
+                                                             cuda_graphs=cuda_graphs))
     if family.kwargs_reach_encoder:
         base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
         base.register_forward_hook(_base_post_hook, with_kwargs=True)

@@ -55,6 +55,11 @@ class Plan:
         return LayerPlan(rows=rows, cu_q=self._cu_q[n], max_q=self.layer_max_q[n], count=self.layer_counts[n])
 
     @property
+    def cu_q_table(self) -> torch.Tensor:
+        """(L, B+1) int64: every layer's query offsets, each row from 0."""
+        return self._cu_q
+
+    @property
     def active_fraction(self) -> float:
         """Computed token-layers / (real tokens x num_layers): the work done over full depth."""
         return sum(self.layer_counts) / max(self.num_real * self.num_layers, 1)

@@ -107,15 +107,17 @@ if [ "$SMOKE" = 1 ]; then
   stage tests 300 python -m pytest tests/test_ops.py -q --maxfail=10 -p no:cacheprovider
 else
   stage tests 100 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_encoder.py \
-    tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
+    tests/test_graphs.py tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
 fi
 
 # Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
-# (110 s on an H200, 2026-11-27); a tiny pool in smoke runs.
+# (110 s on an H200 with five models, 2026-11-27), and graph mode (one CUDA graph per layer)
+# against eager in the same rounds; a tiny pool in smoke runs.
+SCALING_MODELS="fixed mi mr_mi hf_sdpa"
 if [ "$SMOKE" = 1 ]; then
-  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --out "$RES"
+  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --out "$RES"
 else
-  stage scaling 150 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --out "$RES"
+  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --out "$RES"
 fi
 
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).

@@ -222,6 +222,35 @@ def _encoder():
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
 
 
+@check("graph mode vs eager: capture, then replays")
+def _graphs():
+    """One CUDA graph per layer (adaptive_encoder/graphs.py): the first batch captures, the
+    next ones (other data and depths, the same buckets) replay; each against eager."""
+    from adaptive_encoder import graphs
+
+    errs, replays = {}, {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            bert = _bert(dtype)
+            N, D = bert.config.num_hidden_layers, bert.config.hidden_size
+            x, depths, mask = _batch(N, dtype, D)
+            for backend in BACKENDS:
+                enc = AdaptiveEncoder.from_model(bert, backend=backend)
+                gen = torch.Generator().manual_seed(7)
+                for i in range(3):  # 0: captures; 1: new data, same depths; 2: new depths too
+                    xi = x if i == 0 else torch.randn(x.shape, generator=gen).to(DEV, dtype)
+                    di = depths if i < 2 else torch.randint(1, N + 1, depths.shape, generator=gen).to(DEV)
+                    got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
+                    want = enc(xi, di, mask).last_hidden_state
+                    errs[f"{str(dtype)[6:]}/{backend}/batch{i}"] = rel_err(got, want, mask)
+                cache = graphs.cache_for(enc, DEV)
+                replays[f"{str(dtype)[6:]}/{backend}"] = (cache.captures, cache.replays)
+    ok = all(e < (2e-2 if "bfloat16" in name else 1e-5) for name, e in errs.items()) \
+        and all(r >= N for _, r in replays.values())  # batch 1 replays every layer of batch 0
+    return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()},
+            "captures_replays": {k: list(v) for k, v in replays.items()}}
+
+
 @check("gradcheck through gather/scatter")
 def _grad():
     for backend in BACKENDS:

@@ -12,6 +12,11 @@ batches, all models interleaved in one run, and reports for each:
     samples/s, speed-up over `fixed` (our encoder at full depth), the FLOP-counted ideal,
     measured/ideal, and host/GPU: the time to issue the forward (Python and launches, no
     sync) over the time until the GPU is done. Near 1: launch-bound; well below 1: GPU-bound.
+    Then the first pass over the pool, timed alone (graph mode captures its layer graphs
+    there), and for graph mode the graphs that pass captured.
+
+--graphs adds fixed+graphs and mi+graphs: the same encoder with one CUDA graph per layer
+(adaptive_encoder/graphs.py), against its own eager runs in the same rounds.
 
 Prints a table; with --out writes gpu_scaling.json there.
 """
@@ -48,6 +53,14 @@ def host_fraction(run, repeats: int = 2) -> float:
     return statistics.median(fracs)
 
 
+def _captures(N: int) -> int:
+    """Layer graphs captured so far by the suite's encoder of depth N (graph mode)."""
+    from adaptive_encoder import graphs
+
+    enc = test_speed._stack(N)[1]
+    return graphs.cache_for(enc, benchlib.device()).captures
+
+
 def main():
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -55,28 +68,46 @@ def main():
     ap.add_argument("--pool", type=int, default=256, help="documents per pool (the same for every batch)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--N", type=int, default=12)
+    ap.add_argument("--graphs", action="store_true",
+                    help="also fixed and MI in graph mode (fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.graphs:
+        a.models += [m + test_speed.GRAPHS for m in ("fixed", "mi") if m + test_speed.GRAPHS not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
           f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")
     print(f"{'batch':>5} {'model':>15} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
-          f"{'host/GPU':>8} {'active':>7}")
+          f"{'host/GPU':>8} {'active':>7} {'1st pass':>8} {'graphs':>6}")
     for batch in a.batches:
         runs, stats = {}, {}
         for m in a.models:
             run, flops, full, real, depth_sum = test_speed._pool_run(m, a.N, batch, 0, a.pool)
             runs[m] = run
             stats[m] = dict(ideal=full / flops, active=depth_sum / (real * a.N))
-        med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=1)
+        first, before = {}, _captures(a.N)  # the first pass over the pool, timed alone: graph mode captures there
+        for m, run in runs.items():
+            with torch.inference_mode():
+                _sync()
+                t0 = time.perf_counter()
+                run()
+                _sync()
+                first[m] = time.perf_counter() - t0
+        captures = _captures(a.N) - before  # by both graph-mode models (one encoder)
+        med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=0)
         for m in a.models:
             row = dict(batch=batch, model=m, N=a.N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
                        speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
-                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_fraction(runs[m]))
+                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_fraction(runs[m]),
+                       first_pass_s=first[m])
+            if m.endswith(test_speed.GRAPHS):
+                row["graphs_captured"] = captures
             row["measured_over_ideal"] = row["speedup"] / row["ideal"]
             rows.append(row)
             print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
-                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['active']:>7.1%}", flush=True)
+                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['active']:>7.1%} "
+                  f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if m.endswith(test_speed.GRAPHS) else ""),
+                  flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if a.out:

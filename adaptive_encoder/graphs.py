@@ -1,0 +1,225 @@
+"""CUDA graphs for the layer stack: one graph launch per layer instead of ~15 kernel launches.
+
+Small batches on a GPU are launch-bound (bench/NOTES.md, "First GPU speed numbers": the host
+issues ~0.5 ms of work per layer whatever the batch), so the rows a depth plan saves cannot
+show. A graph replays a layer's kernels with one launch, but only for fixed shapes and fixed
+addresses, and the plan's row counts change with every input. So, in graph mode:
+
+- The state is kept compact over the real tokens, (K^, D) with K^ = bucket(K + 1): rows K..K^-1
+  are dummy rows, a dummy sequence's keys (at least one). Padding tokens never enter.
+- Layer n's queries are indices into that state, padded to A^ = bucket(A_n) with the first
+  dummy row; the padded queries form the dummy sequence, so real sequences see only their own
+  keys, as in the eager path. Their outputs land on dummy rows (duplicates there are harmless).
+- Sequences are padded to B^ (a power of two) with empty ones, so every offsets table has a
+  fixed length.
+- Buffers (compact state, per-layer index and offset tables) are allocated once per
+  (K^, B^, D, dtype, device) and filled by a handful of ops per forward; a layer's graph reads
+  them at fixed addresses, so it is keyed by (layer, A^ or "all", K^, B^) and replayed for every
+  input that lands in those buckets.
+
+Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
+the layer runs eagerly (that is this call's result) and is then captured, so the capture never
+runs work twice. A graph bakes in the weights' addresses: entries are stamped with the
+tensors' identities, storage and version counters, like the fused-weight cache, and recaptured
+when any changes.
+
+`Graph` is the CUDA graph; `EagerGraph` "replays" by calling the captured function again with
+the same buffers, which lets CPU tests check the bucketing and the buffer discipline (a replay
+sees only what is in the buffers, never a Python value of the call that captured it).
+"""
+import threading
+import weakref
+
+import torch
+
+
+def bucket(n: int, floor: int = 16) -> int:
+    """Smallest m * 2**e >= n with m in 4..7: four sizes per octave, at most 25 % above n."""
+    if n <= floor:
+        return floor
+    e = n.bit_length() - 3
+    return -(-n >> e) << e  # ceil(n / 2**e) * 2**e, and ceil(n / 2**e) lies in 4..8
+
+
+def batch_bucket(b: int) -> int:
+    """Sequences, padded with empty ones: the next power of two."""
+    return 1 << max(b - 1, 0).bit_length()
+
+
+class EagerGraph:
+    """A stand-in for a CUDA graph: replay() calls the captured function again."""
+
+    def capture(self, fn, pool=None):
+        self._fn = fn
+
+    def replay(self):
+        self._fn()
+
+
+class Graph:
+    """torch.cuda.CUDAGraph around one function that reads and writes only fixed buffers.
+
+    Captured on a side stream with capture_begin/capture_end rather than `torch.cuda.graph`,
+    whose entry synchronizes the device, collects garbage and empties the allocator's cache:
+    tens of milliseconds per capture, and a pool of documents at batch 1 captures hundreds."""
+
+    def capture(self, fn, pool=None):
+        self._graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            # thread_local: another thread's CUDA work (another encoder) does not break this capture
+            self._graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                fn()
+            finally:
+                self._graph.capture_end()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def replay(self):
+        self._graph.replay()
+
+
+class Buffers:
+    """The fixed tensors a set of layer graphs reads and writes.
+
+    state (K^, D): the compact state; idx (N, K^) int64: layer n's query rows in the first
+    A^_n entries; cu_q (N, B^+2) int64: layer n's query offsets; cu_k (B^+2,) int64."""
+
+    def __init__(self, num_layers: int, k_hat: int, b_hat: int, dim: int, dtype, device):
+        self.state = torch.zeros(k_hat, dim, dtype=dtype, device=device)
+        self.idx = torch.zeros(num_layers, k_hat, dtype=torch.int64, device=device)
+        self.cu_q = torch.zeros(num_layers, b_hat + 2, dtype=torch.int64, device=device)
+        self.cu_k = torch.zeros(b_hat + 2, dtype=torch.int64, device=device)
+
+
+class GraphCache:
+    """Buffers and captured layer graphs of one encoder; one forward at a time (the lock)."""
+
+    def __init__(self, graph_cls):
+        self.graph_cls = graph_cls
+        self.lock = threading.Lock()
+        self.buffers: dict = {}
+        self.graphs: dict = {}
+        self.captures = 0  # graphs captured so far (benchmarks report them)
+        self.replays = 0
+        self.pool = torch.cuda.graph_pool_handle() if graph_cls is Graph else None
+
+    def get_buffers(self, num_layers, k_hat, b_hat, dim, dtype, device) -> Buffers:
+        key = (k_hat, b_hat, dim, dtype, str(device))
+        if key not in self.buffers:
+            self.buffers[key] = Buffers(num_layers, k_hat, b_hat, dim, dtype, device)
+        return self.buffers[key]
+
+    def run(self, key, tensors: list, fn) -> None:
+        """Replay the graph of `key` if the tensors it baked in are unchanged; else run fn now
+        and capture it. The entry holds the tensors, so no address it baked in is freed."""
+        mark = stamp(tensors)
+        hit = self.graphs.get(key)
+        if hit is not None and hit[0] == mark:
+            hit[1].replay()
+            self.replays += 1
+            return
+        fn()  # this call's result; the capture below records without running
+        graph = self.graph_cls()
+        graph.capture(fn, pool=self.pool)
+        self.graphs[key] = (mark, graph, tensors)
+        self.captures += 1
+
+
+# Caches by encoder, outside the module: copies and pickles of an encoder start without one,
+# and a freed encoder's graphs go with it.
+_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_for(encoder, device: torch.device) -> GraphCache:
+    with _CACHES_LOCK:
+        per = _CACHES.setdefault(encoder, {})
+        kind = "cuda" if device.type == "cuda" else "eager"
+        if kind not in per:
+            per[kind] = GraphCache(Graph if kind == "cuda" else EagerGraph)
+        return per[kind]
+
+
+def clear(encoder) -> None:
+    """Free the encoder's graphs and buffers (they are rebuilt on the next graph-mode call)."""
+    with _CACHES_LOCK:
+        _CACHES.pop(encoder, None)
+
+
+def stamp(tensors) -> tuple:
+    """What a graph (or a fused-weight copy) baked in: each tensor's identity, storage and
+    version counter. Inference tensors (a model built under torch.inference_mode) have no
+    version counter: only an in-place change inside inference mode goes unseen there."""
+    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
+def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, parts: list) -> torch.Tensor:
+    """The layer stack of `plan` in graph mode. x (B,T,D), mask (B,T) bool; parts: the LayerParts
+    of layers 0..n_max-1, every one on the direct path (plain modules, no hooks; the caller
+    checked). Returns the (B*T, D) state, as AdaptiveEncoder._run does."""
+    from . import ops
+
+    B, T, D = x.shape
+    flat = x.reshape(B * T, D)
+    n_max, K = plan.n_max, plan.num_real
+    if n_max == 0:
+        return flat.clone()
+    counts = plan.layer_counts[:n_max]
+    k_hat, b_hat = bucket(K + 1), batch_bucket(B)
+    a_hat = [k_hat if c == K else bucket(c) for c in counts]  # c == K: every real token, the whole state
+    starts = [sum(counts[:n]) for n in range(n_max)]
+    cache = cache_for(encoder, x.device)
+    with cache.lock:
+        buf = cache.get_buffers(encoder.num_layers, k_hat, b_hat, D, x.dtype, x.device)
+        # Host numbers in one copy: per layer the shift that puts its rows at idx[n, 0:],
+        # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
+        host = torch.tensor([n * k_hat - starts[n] for n in range(n_max)] + counts + a_hat
+                            + [K] * (b_hat - B) + [k_hat], dtype=torch.int64)
+        dev = host.to(x.device, non_blocking=True) if x.is_cuda else host
+        shift, cnt, padded, cu_k_tail = dev[:n_max], dev[n_max:2 * n_max], dev[2 * n_max:3 * n_max], dev[3 * n_max:]
+        # The compact state: the real tokens in order, then zeroed dummy rows.
+        if plan.key_rows is None:
+            buf.state[:K].copy_(flat)
+            compact = plan.rows
+        else:
+            torch.index_select(flat, 0, plan.key_rows, out=buf.state[:K])
+            compact = (mask.reshape(-1).cumsum(0) - 1)[plan.rows]  # flattened row -> its real-token index
+        buf.state[K:].zero_()
+        # Query rows of layer n at idx[n, :A_n], padded with the first dummy row.
+        S = starts[-1] + counts[-1]
+        buf.idx[:n_max].fill_(K)
+        dest = torch.arange(S, device=x.device) + torch.repeat_interleave(shift, cnt, output_size=S)
+        buf.idx.view(-1).index_copy_(0, dest, compact[:S])
+        # Offsets: the real sequences, then empty ones, then the dummy sequence.
+        table = plan.cu_q_table[:n_max]
+        buf.cu_q[:n_max, :B + 1] = table
+        buf.cu_q[:n_max, B + 1:b_hat + 1] = table[:, B:B + 1]
+        buf.cu_q[:n_max, b_hat + 1] = padded
+        buf.cu_k[:B + 1] = plan.cu_k
+        buf.cu_k[B + 1:] = cu_k_tail
+        for n in range(n_max):
+            layer, p = encoder.layer[n], parts[n]
+            tensors = [t for m in (p.query, p.key, p.value, p.attn_out.linear, p.attn_out.norm, p.ffn_in,
+                                   p.ffn_out.linear, p.ffn_out.norm) for t in (m.weight, m.bias) if t is not None]
+            key = (n, "all" if counts[n] == K else a_hat[n], k_hat, b_hat, D, x.dtype, str(x.device), backend)
+            cache.run(key, tensors, _step(encoder, layer, buf, n, a_hat[n], k_hat, counts[n] == K, backend, ops))
+        if plan.key_rows is None:
+            return buf.state[:K].clone()
+        return flat.clone().index_copy_(0, plan.key_rows, buf.state[:K])
+
+
+def _step(encoder, layer, buf: Buffers, n: int, a_hat: int, k_hat: int, every: bool, backend: str, ops):
+    """Layer n on the buffers, reading nothing else of this call (what a graph replays)."""
+    if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
+        def step():
+            buf.state.copy_(encoder._layer(layer, buf.state, buf.state, buf.cu_k, buf.cu_k, k_hat, k_hat, backend))
+    else:
+        idx, cu_q = buf.idx[n, :a_hat], buf.cu_q[n]
+
+        def step():
+            xq = ops.gather(buf.state, idx, backend=backend, check=False)
+            out = encoder._layer(layer, xq, buf.state, cu_q, buf.cu_k, a_hat, k_hat, backend)
+            ops.scatter_(buf.state, out, idx, backend=backend, check=False)
+    return step

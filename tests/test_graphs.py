@@ -1,0 +1,197 @@
+"""Graph mode (adaptive_encoder/graphs.py) against the eager path: same states for any depths.
+
+On CUDA tensors the layers are real CUDA graphs. On CPU tensors the same bucketed path runs
+and a "replay" calls the captured function again, so these tests check the bucketing, the
+dummy rows and sequences, and that a replay reads nothing of the call that captured it."""
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+
+from adaptive_encoder import AdaptiveEncoder, apply_adaptive_encoder, graphs
+from conftest import DEVICE_BACKENDS, small_bert_config
+
+
+def _encoder(device, backend, layers=4, seed=0, model="bert"):
+    from transformers import BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(seed)
+    if model == "distilbert":
+        cfg = DistilBertConfig(vocab_size=120, dim=64, n_layers=layers, n_heads=4, hidden_dim=128,
+                               max_position_embeddings=64)
+        net = DistilBertModel(cfg)
+    else:
+        net = BertModel(small_bert_config(layers=layers))
+    net = net.to(device).eval()
+    return net, AdaptiveEncoder.from_model(net, backend=backend)
+
+
+def _inputs(B, T, seed, device, layers=4, p_pad=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, 64, generator=gen)
+    depths = torch.randint(0, layers + 1, (B, T), generator=gen)
+    mask = torch.rand(B, T, generator=gen) > p_pad
+    mask[:, 0] = True
+    return x.to(device), depths.to(device), mask.to(device)
+
+
+def test_buckets():
+    seen = set()
+    for n in range(1, 5000):
+        b = graphs.bucket(n)
+        assert b >= n and (b == 16 or b <= 1.25 * n), (n, b)
+        assert b >= graphs.bucket(n - 1) if n > 1 else True
+        seen.add(b)
+    assert len([b for b in seen if 1024 < b <= 2048]) == 4  # four sizes per octave
+    assert [graphs.batch_bucket(b) for b in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, 32]
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("model", ["bert", "distilbert"])
+def test_graph_mode_matches_eager(device, backend, model, poison):
+    """Many inputs through one encoder: the first of each bucket captures, later ones replay
+    with other rows, counts and data; every state equals the eager path's."""
+    _, enc = _encoder(device, backend, model=model)
+    cache = graphs.cache_for(enc, torch.device(device))
+    cases = [(1, 1), (1, 7), (3, 9), (2, 9), (3, 9), (5, 4), (1, 7), (3, 9), (8, 3), (3, 9)]
+    with torch.inference_mode():
+        for seed, (B, T) in enumerate(cases):
+            x, depths, mask = _inputs(B, T, seed, device)
+            if seed == 4:
+                mask[:] = True  # no padding: no key gather
+            if seed == 5:
+                depths[:] = 4  # every token every layer
+            if seed == 6:
+                depths[:] = 0  # nothing to run
+            want = enc(x, depths, mask).last_hidden_state
+            got = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+            assert torch.equal(got[~mask], x[~mask])  # padding never computed
+    assert cache.captures > 0 and cache.replays > 0, (cache.captures, cache.replays)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS[:1] + DEVICE_BACKENDS[-1:])
+def test_replays_read_only_the_buffers(device, backend):
+    """Two inputs in the same buckets but with other data, rows and counts: the second replays
+    the first one's graphs and must still give its own eager result."""
+    _, enc = _encoder(device, backend)
+    cache = graphs.cache_for(enc, torch.device(device))
+    x1, d1, m1 = _inputs(3, 10, 1, device)
+    x2, d2, m2 = _inputs(3, 10, 2, device)
+    d1[:], d2[:] = 2, 2
+    m1[:, :7], m1[:, 7:] = True, False  # 21 real tokens
+    m2[:, :7], m2[:, 7:] = True, False
+    m2[0, 6] = False  # 20: the same bucket (24 rows)
+    d1[1, 3] = 1  # layer 2: 20 queries
+    d2[2, 4], d2[0, 0] = 1, 1  # 18 queries, other rows: the same bucket (20)
+    with torch.inference_mode():
+        enc(x1, d1, m1, cuda_graphs=True)
+        captured = cache.captures
+        got = enc(x2, d2, m2, cuda_graphs=True).last_hidden_state
+        want = enc(x2, d2, m2).last_hidden_state
+    assert cache.captures == captured == 2 and cache.replays == 2
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_new_weights_recapture():
+    """A graph bakes in weight addresses; an in-place update bumps the version: recapture."""
+    net, enc = _encoder("cpu", "cpu")
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    with torch.inference_mode():
+        enc(x, d, m, cuda_graphs=True)
+    captured = graphs.cache_for(enc, torch.device("cpu")).captures
+    with torch.no_grad():
+        for p in net.encoder.layer[0].parameters():
+            p.mul_(1.5)
+    with torch.inference_mode():
+        got = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        want = enc(x, d, m).last_hidden_state
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    assert graphs.cache_for(enc, torch.device("cpu")).captures == captured + 1  # layer 0 only
+
+
+def test_what_graphs_cannot_run_exactly_runs_eagerly():
+    net, enc = _encoder("cpu", "cpu")
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    with torch.no_grad():
+        want = enc(x, d, m).last_hidden_state
+    enc.train()  # dropout: eager
+    torch.manual_seed(0)
+    a = enc(x, d, m, cuda_graphs=True).last_hidden_state
+    torch.manual_seed(0)
+    b = enc(x, d, m).last_hidden_state
+    assert torch.equal(a, b) and a.requires_grad
+    enc.eval()
+    handle = net.encoder.layer[1].output.register_forward_hook(lambda *a: None)  # the module path: eager
+    with torch.no_grad():
+        hooked = enc(x, d, m, cuda_graphs=True).last_hidden_state
+    handle.remove()
+    assert cache.captures == 0
+    torch.testing.assert_close(hooked, want, atol=2e-5, rtol=1e-5)
+
+
+def test_threads_copies_and_pickles():
+    net, enc = _encoder("cpu", "cpu")
+    enc.cuda_graphs = True
+    inputs = [_inputs(2, 8, s, "cpu") for s in range(6)]
+    with torch.inference_mode():
+        want = [enc(*i, cuda_graphs=False).last_hidden_state for i in inputs]
+    errors = []
+
+    def work(k):
+        try:
+            with torch.inference_mode():
+                for j in range(6):
+                    i = (k + j) % 6
+                    torch.testing.assert_close(enc(*inputs[i]).last_hidden_state, want[i], atol=2e-5, rtol=1e-5)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for clone in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc))):
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(*inputs[0]).last_hidden_state, want[0], atol=2e-5, rtol=1e-5)
+        assert graphs.cache_for(clone, torch.device("cpu")) is not graphs.cache_for(enc, torch.device("cpu"))
+    graphs.clear(enc)
+    assert graphs.cache_for(enc, torch.device("cpu")).captures == 0
+
+
+def test_patched_model_with_graphs():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(small_bert_config(layers=4)).eval()
+    ref = copy.deepcopy(model)
+    apply_adaptive_encoder(model, cuda_graphs=True)
+    apply_adaptive_encoder(ref)
+    ids = torch.randint(0, 120, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    depths = torch.randint(1, 5, (3, 10))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids, attention_mask=mask, depths=depths).logits,
+                                   ref(ids, attention_mask=mask, depths=depths).logits, atol=2e-5, rtol=1e-5)
+    assert graphs.cache_for(model.bert.encoder, torch.device("cpu")).captures > 0
+
+
+def test_model_built_in_inference_mode():
+    """Weights made under torch.inference_mode have no version counter: the fused-weight and
+    graph caches must still work (they raised "Inference tensors do not track version counter")."""
+    with torch.inference_mode():
+        net, enc = _encoder("cpu", "cpu")
+        x, d, m = _inputs(2, 8, 0, "cpu")
+        graphed = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        eager = enc(x, d, m).last_hidden_state
+        full = enc(x, None, m).last_hidden_state
+        additive = torch.where(m, 0.0, torch.finfo(x.dtype).min)[:, None, None, :]
+        hf = net.encoder(x, attention_mask=additive).last_hidden_state
+    torch.testing.assert_close(graphed, eager, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(full[m], hf[m], atol=2e-5, rtol=1e-5)
