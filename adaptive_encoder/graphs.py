@@ -49,7 +49,7 @@ def batch_bucket(b: int) -> int:
 class EagerGraph:
     """A stand-in for a CUDA graph: replay() calls the captured function again."""
 
-    def capture(self, fn, pool=None):
+    def capture(self, fn, pool=None, stream=None):
         self._fn = fn
 
     def replay(self):
@@ -61,11 +61,12 @@ class Graph:
 
     Captured on a side stream with capture_begin/capture_end rather than `torch.cuda.graph`,
     whose entry synchronizes the device, collects garbage and empties the allocator's cache:
-    tens of milliseconds per capture, and a pool of documents at batch 1 captures hundreds."""
+    tens of milliseconds per capture, and a pool of documents at batch 1 captures hundreds.
+    One side stream for all captures of a cache: cuBLAS keeps a workspace per stream."""
 
-    def capture(self, fn, pool=None):
+    def capture(self, fn, pool=None, stream=None):
         self._graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()
+        side = stream if stream is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             # thread_local: another thread's CUDA work (another encoder) does not break this capture
@@ -103,7 +104,9 @@ class GraphCache:
         self.graphs: dict = {}
         self.captures = 0  # graphs captured so far (benchmarks report them)
         self.replays = 0
-        self.pool = torch.cuda.graph_pool_handle() if graph_cls is Graph else None
+        cuda = graph_cls is Graph
+        self.pool = torch.cuda.graph_pool_handle() if cuda else None
+        self.stream = torch.cuda.Stream() if cuda else None  # where every capture of this cache runs
 
     def get_buffers(self, num_layers, k_hat, b_hat, dim, dtype, device) -> Buffers:
         key = (k_hat, b_hat, dim, dtype, str(device))
@@ -122,7 +125,7 @@ class GraphCache:
             return
         fn()  # this call's result; the capture below records without running
         graph = self.graph_cls()
-        graph.capture(fn, pool=self.pool)
+        graph.capture(fn, pool=self.pool, stream=self.stream)
         self.graphs[key] = (mark, graph, tensors)
         self.captures += 1
 
