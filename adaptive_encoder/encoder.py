@@ -185,10 +185,10 @@ class AdaptiveEncoder(nn.Module):
         B, T, D = hidden_states.shape
         backend = ops.resolve_backend(hidden_states.device, backend)
         plan = make_plan(depths, mask, self.num_layers, backend=backend)
-        if graphed and on_layer is None:
-            parts = self._graph_parts(plan.n_max)
-            if parts is not None:
-                return graphs.run(self, hidden_states, mask, plan, backend, parts), plan
+        if graphed and on_layer is None and self._graphable():
+            state = graphs.run(self, hidden_states, mask, plan, backend, _graph_eligible)
+            if state is not None:
+                return state, plan
         state = hidden_states.reshape(B * T, D)
         # Inference: the state is this forward's own buffer, updated in place (no copy of the
         # whole state per layer) and q/k/v projections fused into one GEMM per input.
@@ -232,16 +232,12 @@ class AdaptiveEncoder(nn.Module):
                 on_layer(state)
         return state, plan
 
-    def _graph_parts(self, n_max: int) -> list | None:
-        """The LayerParts of layers 0..n_max-1 if graph mode can run them exactly: inference,
-        eval mode, no position bias, every layer on the direct path. Else None (eager)."""
-        if torch.is_grad_enabled() or self.training or torch.compiler.is_compiling() \
-                or self.family.distance_bias is not None:
-            return None
-        parts = [self.family.parts(self.layer[n]) for n in range(n_max)]
-        if all(_direct_blocks(p) and _plain(p.query, p.key, p.value) for p in parts):
-            return parts
-        return None
+    def _graphable(self) -> bool:
+        """Whether graph mode can run this call exactly, before looking at the layers (graphs.run
+        checks those): inference, eval mode, no position bias, no global module hook."""
+        return not (torch.is_grad_enabled() or self.training or torch.compiler.is_compiling()
+                    or self.family.distance_bias is not None
+                    or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
@@ -287,6 +283,11 @@ def _direct_blocks(parts) -> bool:
                 and (b.dropout is None or _direct(b.dropout, nn.Dropout)) for b in blocks)
             and _direct(parts.ffn_in, nn.Linear)
             and not any(_hooked(m) for m in (*parts.containers, parts.act)))
+
+
+def _graph_eligible(parts) -> bool:
+    """A layer graph mode can capture: the direct path (functional calls, read at capture)."""
+    return _direct_blocks(parts) and _plain(parts.query, parts.key, parts.value)
 
 
 def _plain(*modules) -> bool:

@@ -29,6 +29,7 @@ sees only what is in the buffers, never a Python value of the call that captured
 """
 import threading
 import weakref
+from functools import partial
 
 import torch
 
@@ -102,6 +103,7 @@ class GraphCache:
         self.lock = threading.Lock()
         self.buffers: dict = {}
         self.graphs: dict = {}
+        self.seals: dict = {}  # layer index -> (Seal, LayerParts) of the layer as last checked
         self.captures = 0  # graphs captured so far (benchmarks report them)
         self.replays = 0
         cuda = graph_cls is Graph
@@ -114,20 +116,64 @@ class GraphCache:
             self.buffers[key] = Buffers(num_layers, k_hat, b_hat, dim, dtype, device)
         return self.buffers[key]
 
-    def run(self, key, tensors: list, fn) -> None:
-        """Replay the graph of `key` if the tensors it baked in are unchanged; else run fn now
-        and capture it. The entry holds the tensors, so no address it baked in is freed."""
-        mark = stamp(tensors)
+    def run(self, key, seal: "Seal", make_fn) -> None:
+        """Replay the graph of `key` if it was captured under this seal (the layer unchanged
+        since); else run make_fn()() now and capture it. The seal holds the tensors the graph
+        baked in, so none of their memory is freed while the graph lives."""
         hit = self.graphs.get(key)
-        if hit is not None and hit[0] == mark:
+        if hit is not None and hit[0] is seal:
             hit[1].replay()
             self.replays += 1
             return
+        fn = make_fn()
         fn()  # this call's result; the capture below records without running
         graph = self.graph_cls()
         graph.capture(fn, pool=self.pool, stream=self.stream)
-        self.graphs[key] = (mark, graph, tensors)
+        self.graphs[key] = (seal, graph)
         self.captures += 1
+
+    def layer_parts(self, encoder, n: int, eligible):
+        """(Seal, LayerParts) of layer n, rebuilt when the layer changed; None if it cannot
+        run in graph mode (eligible(parts) False)."""
+        layer = encoder.layer[n]
+        hit = self.seals.get(n)
+        if hit is not None and hit[0].holds(layer):
+            return hit
+        parts = encoder.family.parts(layer)
+        if not eligible(parts):
+            return None
+        self.seals[n] = (Seal(layer), parts)
+        return self.seals[n]
+
+
+class Seal:
+    """What a layer's graphs assume about it, checkable in microseconds on every call (the
+    module attribute lookups of a full walk cost tens): the same submodules under the same
+    names, the same parameter tensors with the same storage and version, every module in eval
+    mode and without hooks. A module's class and code are read when the seal is made."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.modules = list(layer.modules())
+        # The modules' own dicts, read directly: nn.Module attribute lookups cost ~0.4 us each.
+        self.links = [(m._modules, name, child) for m in self.modules for name, child in m._modules.items()]
+        self.tensors = [t for m in self.modules for t in m._parameters.values() if t is not None]
+        self.params = [(m._parameters, name, t, t.data_ptr(), None if t.is_inference() else t._version)
+                       for m in self.modules for name, t in m._parameters.items() if t is not None]
+
+    def holds(self, layer) -> bool:
+        if layer is not self.layer:
+            return False
+        for modules, name, child in self.links:
+            if modules.get(name) is not child:
+                return False
+        for m in self.modules:
+            if m.training or m._forward_hooks or m._forward_pre_hooks:
+                return False
+        for params, name, t, ptr, version in self.params:
+            if params.get(name) is not t or t.data_ptr() != ptr or (version is not None and t._version != version):
+                return False
+        return True
 
 
 # Caches by encoder, outside the module: copies and pickles of an encoder start without one,
@@ -152,16 +198,17 @@ def clear(encoder) -> None:
 
 
 def stamp(tensors) -> tuple:
-    """What a graph (or a fused-weight copy) baked in: each tensor's identity, storage and
+    """What a fused-weight copy baked in (encoder._fused): each tensor's identity, storage and
     version counter. Inference tensors (a model built under torch.inference_mode) have no
     version counter: only an in-place change inside inference mode goes unseen there."""
     return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
 
 
-def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, parts: list) -> torch.Tensor:
-    """The layer stack of `plan` in graph mode. x (B,T,D), mask (B,T) bool; parts: the LayerParts
-    of layers 0..n_max-1, every one on the direct path (plain modules, no hooks; the caller
-    checked). Returns the (B*T, D) state, as AdaptiveEncoder._run does."""
+def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor | None:
+    """The layer stack of `plan` in graph mode. x (B,T,D), mask (B,T) bool; eligible(parts):
+    whether a layer can be captured (plain modules, no hooks: the encoder's direct path).
+    Returns the (B*T, D) state, as AdaptiveEncoder._run does, or None if some layer is not
+    eligible (the caller then runs eagerly)."""
     from . import ops
 
     B, T, D = x.shape
@@ -175,6 +222,9 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, parts:
     starts = [sum(counts[:n]) for n in range(n_max)]
     cache = cache_for(encoder, x.device)
     with cache.lock:
+        sealed = [cache.layer_parts(encoder, n, eligible) for n in range(n_max)]
+        if any(s is None for s in sealed):
+            return None
         buf = cache.get_buffers(encoder.num_layers, k_hat, b_hat, D, x.dtype, x.device)
         # Host numbers in one copy: per layer the shift that puts its rows at idx[n, 0:],
         # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
@@ -202,12 +252,11 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, parts:
         buf.cu_q[:n_max, b_hat + 1] = padded
         buf.cu_k[:B + 1] = plan.cu_k
         buf.cu_k[B + 1:] = cu_k_tail
-        for n in range(n_max):
-            layer, p = encoder.layer[n], parts[n]
-            tensors = [t for m in (p.query, p.key, p.value, p.attn_out.linear, p.attn_out.norm, p.ffn_in,
-                                   p.ffn_out.linear, p.ffn_out.norm) for t in (m.weight, m.bias) if t is not None]
-            key = (n, "all" if counts[n] == K else a_hat[n], k_hat, b_hat, D, x.dtype, str(x.device), backend)
-            cache.run(key, tensors, _step(encoder, layer, buf, n, a_hat[n], k_hat, counts[n] == K, backend, ops))
+        dev_key = (D, x.dtype, str(x.device), backend)
+        for n, (seal, _) in enumerate(sealed):
+            every = counts[n] == K
+            key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
+            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, a_hat[n], k_hat, every, backend, ops))
         if plan.key_rows is None:
             return buf.state[:K].clone()
         return flat.clone().index_copy_(0, plan.key_rows, buf.state[:K])

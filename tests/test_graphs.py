@@ -112,6 +112,29 @@ def test_new_weights_recapture():
     assert graphs.cache_for(enc, torch.device("cpu")).captures == captured + 1  # layer 0 only
 
 
+def test_swapped_module_or_new_hook_is_seen():
+    """A layer's graphs are sealed to its modules: a swapped Linear recaptures (its new weights),
+    a hook added afterwards sends the call down the eager path, where the hook fires."""
+    net, enc = _encoder("cpu", "cpu")
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    d[:] = 4
+    with torch.inference_mode():
+        enc(x, d, m, cuda_graphs=True)
+        captured = cache.captures
+        old = net.encoder.layer[2].output.dense
+        new = torch.nn.Linear(old.in_features, old.out_features)
+        net.encoder.layer[2].output.dense = new
+        got = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        want = enc(x, d, m).last_hidden_state
+        assert cache.captures == captured + 1
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        calls = []
+        net.encoder.layer[3].attention.output.register_forward_hook(lambda *a: calls.append(1))
+        enc(x, d, m, cuda_graphs=True)
+    assert calls == [1] and cache.captures == captured + 1
+
+
 def test_what_graphs_cannot_run_exactly_runs_eagerly():
     net, enc = _encoder("cpu", "cpu")
     cache = graphs.cache_for(enc, torch.device("cpu"))
