@@ -50,7 +50,8 @@ def batch_bucket(b: int) -> int:
 class EagerGraph:
     """A stand-in for a CUDA graph: replay() calls the captured function again."""
 
-    def capture(self, fn, pool=None, stream=None):
+    def run_and_capture(self, fn, pool=None, stream=None):
+        fn()
         self._fn = fn
 
     def replay(self):
@@ -65,11 +66,14 @@ class Graph:
     tens of milliseconds per capture, and a pool of documents at batch 1 captures hundreds.
     One side stream for all captures of a cache: cuBLAS keeps a workspace per stream."""
 
-    def capture(self, fn, pool=None, stream=None):
+    def run_and_capture(self, fn, pool=None, stream=None):
+        """Run fn once (this call's result), then capture it, both on the capture stream: the
+        eager run is the warm-up (cuBLAS workspace, Triton compile) that capture needs."""
         self._graph = torch.cuda.CUDAGraph()
         side = stream if stream is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
+            fn()
             # thread_local: another thread's CUDA work (another encoder) does not break this capture
             self._graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
@@ -104,6 +108,7 @@ class GraphCache:
         self.buffers: dict = {}
         self.graphs: dict = {}
         self.seals: dict = {}  # layer index -> (Seal, LayerParts) of the layer as last checked
+        self.done = None  # CUDA event: the last graph-mode forward's work is finished
         self.captures = 0  # graphs captured so far (benchmarks report them)
         self.replays = 0
         cuda = graph_cls is Graph
@@ -125,10 +130,9 @@ class GraphCache:
             hit[1].replay()
             self.replays += 1
             return
-        fn = make_fn()
-        fn()  # this call's result; the capture below records without running
         graph = self.graph_cls()
-        graph.capture(fn, pool=self.pool, stream=self.stream)
+        # Runs once (this call's result), then records without running: never twice.
+        graph.run_and_capture(make_fn(), pool=self.pool, stream=self.stream)
         self.graphs[key] = (seal, graph)
         self.captures += 1
 
@@ -225,6 +229,8 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         sealed = [cache.layer_parts(encoder, n, eligible) for n in range(n_max)]
         if any(s is None for s in sealed):
             return None
+        if cache.done is not None:  # the last forward's GPU work on the buffers, from any stream
+            torch.cuda.current_stream(x.device).wait_event(cache.done)
         buf = cache.get_buffers(encoder.num_layers, k_hat, b_hat, D, x.dtype, x.device)
         # Host numbers in one copy: per layer the shift that puts its rows at idx[n, 0:],
         # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
@@ -258,8 +264,16 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
             key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
             cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, a_hat[n], k_hat, every, backend, ops))
         if plan.key_rows is None:
-            return buf.state[:K].clone()
-        return flat.clone().index_copy_(0, plan.key_rows, buf.state[:K])
+            out = buf.state[:K].clone()
+        else:
+            out = flat.clone().index_copy_(0, plan.key_rows, buf.state[:K])
+        if x.is_cuda:
+            # The lock is released before the GPU is done: a forward from another thread (maybe
+            # on another stream) waits for this event before it writes the buffers.
+            if cache.done is None:
+                cache.done = torch.cuda.Event()
+            cache.done.record(torch.cuda.current_stream(x.device))
+        return out
 
 
 def _step(encoder, layer, buf: Buffers, n: int, a_hat: int, k_hat: int, every: bool, backend: str, ops):
