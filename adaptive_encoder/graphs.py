@@ -19,9 +19,9 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
-runs work twice. A graph bakes in the weights' addresses: entries are stamped with the
-tensors' identities, storage and version counters, like the fused-weight cache, and recaptured
-when any changes.
+runs work twice. A graph bakes in the weights' addresses: each layer is sealed (`Seal`: its
+submodules, parameter tensors, their storage and version counters, eval mode, no hooks),
+checked in microseconds on every call, and its graphs are recaptured when the seal breaks.
 
 `Graph` is the CUDA graph; `EagerGraph` "replays" by calling the captured function again with
 the same buffers, which lets CPU tests check the bucketing and the buffer discipline (a replay
