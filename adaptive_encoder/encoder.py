@@ -81,6 +81,8 @@ class AdaptiveEncoder(nn.Module):
 
     forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
             attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
+    depths and attention_mask are on hidden_states' device, or both on the CPU: with states on
+    a GPU the plan is then made on the host and the forward never waits for the GPU.
 
     Supported: the model types in `adaptive_encoder.families.SUPPORTED`; anything else is
     refused in the constructor.
@@ -141,24 +143,33 @@ class AdaptiveEncoder(nn.Module):
             raise TypeError(f"hidden_states dtype {hidden_states.dtype} differs from the model's {weight.dtype}")
         if hidden_states.device != weight.device:
             raise ValueError(f"hidden_states is on {hidden_states.device}, the model on {weight.device}")
+        # depths and mask live on hidden_states' device, or both on the CPU with CUDA states: a
+        # host-side plan, whose numbers need no device sync (what graph mode wants).
+        host = torch.device("cpu")
+        given = [t.device for t in (depths, attention_mask) if isinstance(t, torch.Tensor)]
+        plan_device = host if given and all(d == host for d in given) else hidden_states.device
         if depths is None:
-            depths = torch.full((B, T), self.num_layers, dtype=torch.int64, device=hidden_states.device)
+            depths = torch.full((B, T), self.num_layers, dtype=torch.int64, device=plan_device)
         if not isinstance(depths, torch.Tensor) or depths.is_floating_point() or depths.is_complex() \
                 or depths.dtype == torch.bool:
             raise TypeError(f"depths must be an integer tensor, got {getattr(depths, 'dtype', type(depths))}")
         if depths.shape != (B, T):
             raise ValueError(f"depths must have shape {(B, T)} (batch, seq), got {tuple(depths.shape)}")
-        if depths.device != hidden_states.device:
-            raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}")
+        if depths.device != plan_device:
+            raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}"
+                             + ("" if attention_mask is None else f", attention_mask on {attention_mask.device}")
+                             + " (depths and attention_mask: on hidden_states' device, or both on the CPU)")
         if attention_mask is None:
-            mask = torch.ones((B, T), dtype=torch.bool, device=hidden_states.device)
+            mask = torch.ones((B, T), dtype=torch.bool, device=plan_device)
         else:
             if not isinstance(attention_mask, torch.Tensor):
                 raise TypeError("attention_mask must be a tensor or None")
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
-            if attention_mask.device != hidden_states.device:
-                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}")
+            if attention_mask.device != plan_device:
+                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}, "
+                                 f"depths on {depths.device} (depths and attention_mask: on hidden_states' device, "
+                                 f"or both on the CPU)")
             mask = attention_mask != 0
         return depths.to(torch.int64), mask
 
@@ -184,7 +195,12 @@ class AdaptiveEncoder(nn.Module):
     def _run(self, hidden_states, depths, mask, backend, on_layer=None, graphed=False):
         B, T, D = hidden_states.shape
         backend = ops.resolve_backend(hidden_states.device, backend)
-        plan = make_plan(depths, mask, self.num_layers, backend=backend)
+        if depths.device == hidden_states.device:
+            plan = make_plan(depths, mask, self.num_layers, backend=backend)
+        else:  # depths and mask on the CPU, states on a GPU: plan on the host, then copy (no sync)
+            plan = make_plan(depths, mask, self.num_layers, backend=ops.resolve_backend(depths.device)).to(
+                hidden_states.device)
+            mask = _to_device(mask, hidden_states.device)
         if graphed and on_layer is None and self._graphable():
             state = graphs.run(self, hidden_states, mask, plan, backend, _graph_eligible)
             if state is not None:
@@ -261,6 +277,12 @@ class AdaptiveEncoder(nn.Module):
             return parts.ffn(parts.attn_output(ctx, xq))
         h = _close(parts.attn_out, ctx, xq)
         return _close(parts.ffn_out, _activate(parts.act, F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device: through pinned memory (a
+    copy from pageable memory waits for the stream's queued work)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def _direct(m: nn.Module, cls: type) -> bool:

@@ -236,7 +236,7 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
         host = torch.tensor([n * k_hat - starts[n] for n in range(n_max)] + counts + a_hat
                             + [K] * (b_hat - B) + [k_hat], dtype=torch.int64)
-        dev = host.to(x.device, non_blocking=True) if x.is_cuda else host
+        dev = host.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else host  # pageable would sync
         shift, cnt, padded, cu_k_tail = dev[:n_max], dev[n_max:2 * n_max], dev[2 * n_max:3 * n_max], dev[3 * n_max:]
         # The compact state: the real tokens in order, then zeroed dummy rows.
         if plan.key_rows is None:

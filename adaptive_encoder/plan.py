@@ -3,7 +3,7 @@
 `make_plan` runs the plan op once per forward and reads the few host-side numbers the
 layers need (counts, n_max, max lengths) in a single device->host copy.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -53,6 +53,16 @@ class Plan:
         start = self._starts[n]
         rows = self.rows[start:start + self.layer_counts[n]]
         return LayerPlan(rows=rows, cu_q=self._cu_q[n], max_q=self.layer_max_q[n], count=self.layer_counts[n])
+
+    def to(self, device) -> "Plan":
+        """The plan with its tensors on `device`; from the CPU to a GPU through pinned memory,
+        so the copies do not wait for the GPU's queued work."""
+        def move(t):
+            if t is None or t.device == torch.device(device):
+                return t
+            return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t.to(device)
+        return replace(self, rows=move(self.rows), offsets=move(self.offsets), key_rows=move(self.key_rows),
+                       cu_k=move(self.cu_k))
 
     @property
     def cu_q_table(self) -> torch.Tensor:

@@ -113,7 +113,7 @@ fi
 # Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
 # (110 s on an H200 with five models, 2026-11-27), and graph mode (one CUDA graph per layer)
 # against eager in the same rounds; a tiny pool in smoke runs.
-SCALING_MODELS="fixed mi mr_mi hf_sdpa"
+SCALING_MODELS="fixed mi hf_sdpa"  # --graphs adds mi+host, fixed+graphs, mi+graphs
 if [ "$SMOKE" = 1 ]; then
   stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --out "$RES"
 else

@@ -222,10 +222,24 @@ def _encoder():
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
 
 
+class _no_sync:
+    """torch.cuda.set_sync_debug_mode("error") inside: any op that waits for the GPU raises."""
+
+    def __enter__(self):
+        if DEV.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
+        if DEV.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+
+
 @check("graph mode vs eager: capture, then replays")
 def _graphs():
     """One CUDA graph per layer (adaptive_encoder/graphs.py): the first batch captures, the
-    next ones (other data and depths, the same buckets) replay; each against eager."""
+    next ones (other data and depths, the same buckets) replay; each against eager. Then the
+    last batch with depths and mask on the CPU (a host-side plan), eager and graphed, with no
+    device sync allowed."""
     from adaptive_encoder import graphs
 
     errs, replays = {}, {}
@@ -245,6 +259,14 @@ def _graphs():
                     errs[f"{str(dtype)[6:]}/{backend}/batch{i}"] = rel_err(got, want, mask)
                 cache = graphs.cache_for(enc, DEV)
                 replays[f"{str(dtype)[6:]}/{backend}"] = (cache.captures, cache.replays)
+                # Depths and mask on the CPU: the plan is made on the host and, once the graphs
+                # exist, the forward never waits for the GPU (sync debug mode raises if it does).
+                hd, hm = di.cpu(), mask.cpu()
+                for graphed in (False, True):
+                    enc(xi, hd, hm, cuda_graphs=graphed)  # warm-up: captures, Triton compiles
+                    with _no_sync():
+                        got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
+                    errs[f"{str(dtype)[6:]}/{backend}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
     ok = all(e < (2e-2 if "bfloat16" in name else 1e-5) for name, e in errs.items()) \
         and all(r >= N for _, r in replays.values())  # batch 1 replays every layer of batch 0
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()},

@@ -15,8 +15,10 @@ batches, all models interleaved in one run, and reports for each:
     Then the first pass over the pool, timed alone (graph mode captures its layer graphs
     there), and for graph mode the graphs that pass captured.
 
---graphs adds fixed+graphs and mi+graphs: the same encoder with one CUDA graph per layer
-(adaptive_encoder/graphs.py), against its own eager runs in the same rounds.
+--graphs adds mi+host (depths and mask given on the CPU: the plan is made on the host and the
+forward never waits for the GPU) and fixed+graphs, mi+graphs (the same, with one CUDA graph
+per layer: adaptive_encoder/graphs.py), against the eager runs in the same rounds. The timed
+rounds replay the graphs the first pass captured (the same pool every round).
 
 Prints a table; with --out writes gpu_scaling.json there.
 """
@@ -69,11 +71,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--N", type=int, default=12)
     ap.add_argument("--graphs", action="store_true",
-                    help="also fixed and MI in graph mode (fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
+                    help="also MI with the plan on the host (mi+host) and fixed and MI in graph mode with it "
+                         "(fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.graphs:
-        a.models += [m + test_speed.GRAPHS for m in ("fixed", "mi") if m + test_speed.GRAPHS not in a.models]
+        extra = ["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS]
+        a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
           f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")

@@ -51,7 +51,14 @@ N_VALUES = [1, 6, 12] if benchlib.QUICK else ([1, 2, 4, 6, 8, 10, 12] if GPU els
 BATCHES = [1, 8, 15] if benchlib.QUICK else ([1, 2, 4, 8, 12, 15] if GPU else list(range(1, 16)))
 ROUNDS = 1 if benchlib.QUICK or GPU else 3
 PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
-GRAPHS = "+graphs"  # a model name with this suffix runs in graph mode (gpu_scaling.py --graphs)
+# Variants of our encoder's models, by suffix (gpu_scaling.py --graphs): "+host" gives it depths
+# and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs graph mode
+# (adaptive_encoder/graphs.py) with the host plan. E.g. "mi+host", "fixed+graphs".
+GRAPHS, HOST = "+graphs", "+host"
+
+
+def _base(model: str) -> str:
+    return model.removesuffix(GRAPHS).removesuffix(HOST)
 MODELS_N = ["fixed", "halting", "mi", "reconstruction", "mr_mi"]
 # MR's reconstruction and halting depths (movie reviews, IMDB's domain) in the batch sweep only,
 # which is where the summary's depth sources are read: the N sweep would take a third longer.
@@ -112,13 +119,14 @@ def _onnx_session(N: int):
 
 
 def _runner(model: str, N: int, x, depths, mask):
-    """model: a name of depth_source, or "fixed+graphs", "mi+graphs", ... (graph mode)."""
+    """model: a name of depth_source, or one with the suffix HOST or GRAPHS (see there)."""
     bert, enc, upper, unit = _stack(N)
-    graphed = model.endswith(GRAPHS)
-    model = model.removesuffix(GRAPHS)
+    graphed, host = model.endswith(GRAPHS), model.endswith((GRAPHS, HOST))
+    model = _base(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        return lambda: enc(x, depths, mask, cuda_graphs=graphed)
+        d, m = (depths.cpu(), mask.cpu()) if host else (depths, mask)
+        return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":
         def halting():
             h1 = enc(x, mask.long(), mask).last_hidden_state  # layer 1 on every real token
@@ -146,7 +154,7 @@ def _runner(model: str, N: int, x, depths, mask):
 
 def _flops(model: str, depths, mask, N: int) -> float:
     H, F_ = SHAPE["hidden"], SHAPE["ffn"]
-    kind, _ = benchlib.depth_source(model.removesuffix(GRAPHS))
+    kind, _ = benchlib.depth_source(_base(model))
     if kind in ("fixed", "hf_sdpa", "hf_eager", "onnxruntime", "masked_mi"):
         return encoder_flops(depths, mask, N, H, F_, adaptive=False)
     if kind == "stop_only_mi":
@@ -159,7 +167,7 @@ def _flops(model: str, depths, mask, N: int) -> float:
 
 def _pool_run(model: str, N: int, batch: int, pool_seed: int, size: int):
     """(fn running the whole pool once, FLOPs, full-depth FLOPs, real tokens, depth sum)."""
-    docs = benchlib.make_pool(model.removesuffix(GRAPHS), N, pool_seed, size, SHAPE["scale"])
+    docs = benchlib.make_pool(_base(model), N, pool_seed, size, SHAPE["scale"])
     gen = torch.Generator().manual_seed(pool_seed)
     fns, flops, full, real, depth_sum = [], 0, 0, 0, 0
     for depths, mask in benchlib.pool_batches(docs, batch):
