@@ -138,15 +138,18 @@ class GraphCache:
 
     def layer_parts(self, encoder, n: int, eligible):
         """(Seal, LayerParts) of layer n, rebuilt when the layer changed; None if it cannot
-        run in graph mode (eligible(parts) False)."""
+        run in graph mode (eligible(parts) False, or a module of it in training mode)."""
         layer = encoder.layer[n]
         hit = self.seals.get(n)
         if hit is not None and hit[0].holds(layer):
             return hit
+        seal = Seal(layer)
+        if not seal.holds(layer):  # a module in training mode (dropout) or with a hook
+            return None
         parts = encoder.family.parts(layer)
         if not eligible(parts):
             return None
-        self.seals[n] = (Seal(layer), parts)
+        self.seals[n] = (seal, parts)
         return self.seals[n]
 
 

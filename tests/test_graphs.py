@@ -148,6 +148,14 @@ def test_what_graphs_cannot_run_exactly_runs_eagerly():
     b = enc(x, d, m).last_hidden_state
     assert torch.equal(a, b) and a.requires_grad
     enc.eval()
+    net.encoder.layer[2].output.dropout.train()  # one module in training mode: dropout, eagerly
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        torch.manual_seed(0)
+        b = enc(x, d, m).last_hidden_state
+    assert torch.equal(a, b) and not torch.equal(a, want)
+    net.encoder.layer[2].output.dropout.eval()
     handle = net.encoder.layer[1].output.register_forward_hook(lambda *a: None)  # the module path: eager
     with torch.no_grad():
         hooked = enc(x, d, m, cuda_graphs=True).last_hidden_state
