@@ -123,7 +123,7 @@ def test_swapped_module_or_new_hook_is_seen():
         enc(x, d, m, cuda_graphs=True)
         captured = cache.captures
         old = net.encoder.layer[2].output.dense
-        new = torch.nn.Linear(old.in_features, old.out_features)
+        new = torch.nn.Linear(old.in_features, old.out_features).eval()  # a new module trains by default
         net.encoder.layer[2].output.dense = new
         got = enc(x, d, m, cuda_graphs=True).last_hidden_state
         want = enc(x, d, m).last_hidden_state
