@@ -86,7 +86,10 @@ def main():
             if p >= 2:
                 te_all.append(te)
                 tc_all.append(tc)
-    print(f"route {a.route}: after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
+    if te_all:
+        print(f"route {a.route}: after warm-up (patterns 2..): compiled/eager time = {sum(tc_all) / sum(te_all):.3f}")
+    else:
+        print(f"route {a.route}: no pattern after the two warm-up ones (--patterns {a.patterns}): no time ratio")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The second prepared GPU command, for the device minutes left after `bash bench/gpu.sh`.
+#
+#   bash bench/gpu_followup.sh            on the GPU machine, after gpu.sh (<= FOLLOWUP_BUDGET_S, 240 s)
+#   bash bench/gpu_followup.sh --smoke    the same steps on CPU with tiny shapes (CI runs it)
+#
+# Steps, each under its own time limit, results in $OUT (else runs/gpu-followup):
+# 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package);
+# 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
+#    1/16/64/128): gpu_scaling.py --graphs, pool 64 -> followup_scaling.json;
+# 3. the C++ error probe with --inline (a load_inline extension: is it our build or the
+#    toolchain?) -> cpp_errors_inline.txt; ~40 s, so after the measurements;
+# 4. torch.compile's traced route on CUDA (never run there) -> compile.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+DEST=${OUT:-runs/gpu-followup}
+mkdir -p "$DEST"
+FAILED=()
+# FOLLOWUP_BUDGET_S: the whole script's wall time (default 240 s on a GPU): each step's limit is
+# cut to what is left, a step with under 10 s left is skipped, so the script ends inside it.
+[ "$SMOKE" = 1 ] && BUDGET=${FOLLOWUP_BUDGET_S:-100000} || BUDGET=${FOLLOWUP_BUDGET_S:-240}
+DEADLINE=$(( $(date +%s) + BUDGET ))
+
+step() {  # step NAME LIMIT_S LOG COMMAND...
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0=$(date +%s)
+  local left=$(( DEADLINE - t0 ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then
+    echo "=== $name: skipped (FOLLOWUP_BUDGET_S spent)"; FAILED+=("$name (no time left)"); return 0
+  fi
+  echo "=== $name (limit ${limit}s)"
+  timeout -s INT -k 10 "$limit" "$@" > "$DEST/$log" 2>&1
+  local rc=$?
+  tail -25 "$DEST/$log"
+  echo "=== $name: rc=$rc, $(( $(date +%s) - t0 )) s"
+  [ "$rc" -ne 0 ] && FAILED+=("$name (rc $rc)")
+  return 0
+}
+
+if [ "$SMOKE" = 1 ]; then
+  export TRITON_INTERPRET=1 BENCH_QUICK=1
+  step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
+    --models fixed mi --graphs --out "$DEST"
+  step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
+  step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
+else
+  if ! python -c "import adaptive_encoder._C" 2>/dev/null; then
+    step build 150 build.txt env ADAPTIVE_ENCODER_CUDA=1 MAX_JOBS=16 python -m pip install -q -e . \
+      --no-build-isolation --no-deps
+  fi
+  step scaling 90 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
+    --models fixed mi --graphs --out "$DEST"
+  step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
+  step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
+fi
+[ -f "$DEST/gpu_scaling.json" ] && mv "$DEST/gpu_scaling.json" "$DEST/followup_scaling.json"
+ls -la "$DEST"
+if [ "${#FAILED[@]}" -ne 0 ]; then
+  echo "gpu_followup.sh: FAILED steps: ${FAILED[*]}"
+  exit 1
+fi
+echo "gpu_followup.sh: all steps passed"
