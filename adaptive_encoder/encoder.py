@@ -237,12 +237,12 @@ class AdaptiveEncoder(nn.Module):
             # branch would guard on the data and recompile when it flips.)
             if not torch.compiler.is_compiling() and lp.count == plan.num_real:
                 pos = None if bias is None else (bias, k_pos, k_pos)
-                out = run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos)
+                out = _like(run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos), state)
                 state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
             else:
                 queries = gather(state, lp.rows)
                 pos = None if bias is None else (bias, lp.rows % T, k_pos)
-                out = run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos)
+                out = _like(run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos), state)
                 state = scatter(state, out, lp.rows)
             if on_layer is not None:
                 on_layer(state)
@@ -250,9 +250,11 @@ class AdaptiveEncoder(nn.Module):
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run
-        checks those): inference, eval mode, no position bias, no global module hook."""
+        checks those): inference, eval mode, no position bias, no autocast (a graph would bake
+        in this call's casts), no global module hook."""
         return not (torch.is_grad_enabled() or self.training or torch.compiler.is_compiling()
                     or self.family.distance_bias is not None
+                    or torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None) -> torch.Tensor:
@@ -277,6 +279,12 @@ class AdaptiveEncoder(nn.Module):
             return parts.ffn(parts.attn_output(ctx, xq))
         h = _close(parts.attn_out, ctx, xq)
         return _close(parts.ffn_out, _activate(parts.act, F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
+
+
+def _like(out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """A layer's output in the state's dtype. They differ under torch.autocast, where a layer
+    can end in the autocast dtype (CPU LayerNorm in bfloat16); the state keeps the input's."""
+    return out if out.dtype == state.dtype else out.to(state.dtype)
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -329,8 +337,9 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Ten
         y = F.dropout(y, d.p, True, d.inplace)
     norm = block.norm
     # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
-    # pass over it fewer; the same numbers). With autograd the sum is a new tensor.
-    y = y.add_(residual) if not torch.is_grad_enabled() else y + residual
+    # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
+    # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).
+    y = y.add_(residual) if not torch.is_grad_enabled() and y.dtype == residual.dtype else y + residual
     return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 

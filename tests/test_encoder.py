@@ -306,3 +306,27 @@ def test_partial_stack_keeps_the_model_mode_and_runs_the_upper_layers():
     assert _rel(out, expect, mask) < 1e-5
     bert.train()
     assert AdaptiveEncoder.from_model(bert, first_layer=2).layer[0].training  # a training model stays so
+
+
+@pytest.mark.parametrize("device", sorted({d for d, _ in DEVICE_BACKENDS}))
+def test_autocast_matches_transformers(device):
+    """Under torch.autocast (bfloat16 GEMMs, float32 states) the encoder computes what
+    transformers computes under it, at full and mixed depth, with and without autograd; graph
+    mode runs such a call eagerly. (It raised a dtype error at the first scatter before.)"""
+    bert = _bert(device=device)
+    ids, mask, gen = _ragged(3, 12, seed=5, device=device)
+    depths = torch.randint(0, 5, (3, 12), generator=gen).to(device)
+    enc = AdaptiveEncoder.from_bert(bert)
+    with torch.no_grad():
+        x = bert.embeddings(input_ids=ids)
+    additive = torch.where(mask.bool(), 0.0, torch.finfo(x.dtype).min)[:, None, None, :]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.autocast(device, dtype=torch.bfloat16):
+            full = enc(x, None, mask).last_hidden_state
+            hf = bert.encoder(x, attention_mask=additive).last_hidden_state
+            mixed = enc(x, depths, mask).last_hidden_state
+            ref = masked_forward(bert, x, depths, mask)
+            graphed = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
+        assert full.dtype == hf.dtype == x.dtype
+        assert _rel(full, hf, mask) < 1e-2 and _rel(mixed, ref, mask) < 1e-2
+        assert torch.equal(graphed, mixed)
