@@ -176,10 +176,10 @@ class AdaptiveEncoder(nn.Module):
     def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, backend: str | None = None,
                 cuda_graphs: bool | None = None) -> AdaptiveEncoderOutput:
-        """cuda_graphs: None = the encoder's setting. Graphs apply to inference in eval mode on
-        families without a position bias (BERT and its copies, DistilBERT) whose layers are
-        plain modules without hooks; any other call runs eagerly, with the same results. On
-        CPU tensors the same bucketed path runs without graphs (what the tests check)."""
+        """cuda_graphs: None = the encoder's setting. Graphs apply to inference in eval mode,
+        without autocast, on layers of plain modules without hooks (every supported family);
+        any other call runs eagerly, with the same results. On CPU tensors the same bucketed
+        path runs without graphs (what the tests check)."""
         depths, mask = self._check(hidden_states, depths, attention_mask)
         graphed = self.cuda_graphs if cuda_graphs is None else cuda_graphs
         state, plan = self._run(hidden_states, depths, mask, backend or self.backend, graphed=graphed)
@@ -250,10 +250,9 @@ class AdaptiveEncoder(nn.Module):
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run
-        checks those): inference, eval mode, no position bias, no autocast (a graph would bake
-        in this call's casts), no global module hook."""
+        checks those): inference, eval mode, no autocast (a graph would bake in this call's
+        casts), no global module hook."""
         return not (torch.is_grad_enabled() or self.training or torch.compiler.is_compiling()
-                    or self.family.distance_bias is not None
                     or torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 

@@ -90,13 +90,18 @@ class Buffers:
     """The fixed tensors a set of layer graphs reads and writes.
 
     state (K^, D): the compact state; idx (N, K^) int64: layer n's query rows in the first
-    A^_n entries; cu_q (N, B^+2) int64: layer n's query offsets; cu_k (B^+2,) int64."""
+    A^_n entries; cu_q (N, B^+2) int64: layer n's query offsets; cu_k (B^+2,) int64;
+    pos (K^,) int64 and tables {T^: (2T^-1, H)}: for a relative position bias."""
 
     def __init__(self, num_layers: int, k_hat: int, b_hat: int, dim: int, dtype, device):
         self.state = torch.zeros(k_hat, dim, dtype=dtype, device=device)
         self.idx = torch.zeros(num_layers, k_hat, dtype=torch.int64, device=device)
         self.cu_q = torch.zeros(num_layers, b_hat + 2, dtype=torch.int64, device=device)
         self.cu_k = torch.zeros(b_hat + 2, dtype=torch.int64, device=device)
+        # Relative position bias (MPNet): each state row's position in its sequence, and the
+        # (2T^-1, H) distance table for sequences padded to T^ (one buffer per T^).
+        self.pos = torch.zeros(k_hat, dtype=torch.int64, device=device)
+        self.tables: dict = {}
 
 
 class GraphCache:
@@ -249,23 +254,34 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
             torch.index_select(flat, 0, plan.key_rows, out=buf.state[:K])
             compact = (mask.reshape(-1).cumsum(0) - 1)[plan.rows]  # flattened row -> its real-token index
         buf.state[K:].zero_()
+        table = None
+        if encoder.family.distance_bias is not None:  # MPNet: positions, and the table for T^
+            t_hat = bucket(T)
+            rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=x.device)
+            torch.remainder(rows, T, out=buf.pos[:K])
+            buf.pos[K:].zero_()
+            fresh = encoder.family.distance_bias({m: getattr(encoder, m) for m in encoder.family.encoder_modules},
+                                                 t_hat)
+            table = buf.tables.setdefault(t_hat, torch.empty_like(fresh))
+            table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
         # Query rows of layer n at idx[n, :A_n], padded with the first dummy row.
         S = starts[-1] + counts[-1]
         buf.idx[:n_max].fill_(K)
         dest = torch.arange(S, device=x.device) + torch.repeat_interleave(shift, cnt, output_size=S)
         buf.idx.view(-1).index_copy_(0, dest, compact[:S])
         # Offsets: the real sequences, then empty ones, then the dummy sequence.
-        table = plan.cu_q_table[:n_max]
-        buf.cu_q[:n_max, :B + 1] = table
-        buf.cu_q[:n_max, B + 1:b_hat + 1] = table[:, B:B + 1]
+        cu_q = plan.cu_q_table[:n_max]
+        buf.cu_q[:n_max, :B + 1] = cu_q
+        buf.cu_q[:n_max, B + 1:b_hat + 1] = cu_q[:, B:B + 1]
         buf.cu_q[:n_max, b_hat + 1] = padded
         buf.cu_k[:B + 1] = plan.cu_k
         buf.cu_k[B + 1:] = cu_k_tail
-        dev_key = (D, x.dtype, str(x.device), backend)
+        dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
         for n, (seal, _) in enumerate(sealed):
             every = counts[n] == K
             key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
-            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, a_hat[n], k_hat, every, backend, ops))
+            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, table, n, a_hat[n], k_hat, every, backend,
+                                         ops))
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
@@ -279,16 +295,20 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         return out
 
 
-def _step(encoder, layer, buf: Buffers, n: int, a_hat: int, k_hat: int, every: bool, backend: str, ops):
-    """Layer n on the buffers, reading nothing else of this call (what a graph replays)."""
+def _step(encoder, layer, buf: Buffers, table, n: int, a_hat: int, k_hat: int, every: bool, backend: str, ops):
+    """Layer n on the buffers, reading nothing else of this call (what a graph replays).
+    table: the distance table buffer of a relative position bias, or None."""
     if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
         def step():
-            buf.state.copy_(encoder._layer(layer, buf.state, buf.state, buf.cu_k, buf.cu_k, k_hat, k_hat, backend))
+            bias = None if table is None else (table, buf.pos, buf.pos)
+            out = encoder._layer(layer, buf.state, buf.state, buf.cu_k, buf.cu_k, k_hat, k_hat, backend, bias)
+            buf.state.copy_(out)
     else:
         idx, cu_q = buf.idx[n, :a_hat], buf.cu_q[n]
 
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
-            out = encoder._layer(layer, xq, buf.state, cu_q, buf.cu_k, a_hat, k_hat, backend)
+            bias = None if table is None else (table, buf.pos[idx], buf.pos)
+            out = encoder._layer(layer, xq, buf.state, cu_q, buf.cu_k, a_hat, k_hat, backend, bias)
             ops.scatter_(buf.state, out, idx, backend=backend, check=False)
     return step

@@ -267,6 +267,20 @@ def _graphs():
                     with _no_sync():
                         got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
                     errs[f"{str(dtype)[6:]}/{backend}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
+        from transformers import MPNetConfig, MPNetModel  # the relative position bias, in graph mode
+
+        torch.manual_seed(0)
+        shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE \
+            else dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
+        mp = MPNetModel(MPNetConfig(**shape, vocab_size=1000, max_position_embeddings=514)).to(DEV).eval()
+        mp.encoder.relative_attention_bias.weight.normal_(0, 1)
+        x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
+        for backend in BACKENDS:
+            enc = AdaptiveEncoder.from_model(mp, backend=backend)
+            for i in range(2):
+                xi = x if i == 0 else x.flip(0)
+                got = enc(xi, depths, mask, cuda_graphs=True).last_hidden_state
+                errs[f"mpnet/float32/{backend}/batch{i}"] = rel_err(got, enc(xi, depths, mask).last_hidden_state, mask)
     ok = all(e < (2e-2 if "bfloat16" in name else 1e-5) for name, e in errs.items()) \
         and all(r >= N for _, r in replays.values())  # batch 1 replays every layer of batch 0
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()},

@@ -15,10 +15,14 @@ from conftest import DEVICE_BACKENDS, small_bert_config
 
 
 def _encoder(device, backend, layers=4, seed=0, model="bert"):
-    from transformers import BertModel, DistilBertConfig, DistilBertModel
+    from transformers import BertModel, DistilBertConfig, DistilBertModel, MPNetConfig, MPNetModel
 
     torch.manual_seed(seed)
-    if model == "distilbert":
+    if model == "mpnet":  # a relative position bias, by distance, shared by the layers
+        net = MPNetModel(MPNetConfig(vocab_size=120, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=66))
+        net.encoder.relative_attention_bias.weight.data.normal_(0, 1)
+    elif model == "distilbert":
         cfg = DistilBertConfig(vocab_size=120, dim=64, n_layers=layers, n_heads=4, hidden_dim=128,
                                max_position_embeddings=64)
         net = DistilBertModel(cfg)
@@ -49,13 +53,13 @@ def test_buckets():
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-@pytest.mark.parametrize("model", ["bert", "distilbert"])
+@pytest.mark.parametrize("model", ["bert", "distilbert", "mpnet"])
 def test_graph_mode_matches_eager(device, backend, model, poison):
     """Many inputs through one encoder: the first of each bucket captures, later ones replay
     with other rows, counts and data; every state equals the eager path's."""
     _, enc = _encoder(device, backend, model=model)
     cache = graphs.cache_for(enc, torch.device(device))
-    cases = [(1, 1), (1, 7), (3, 9), (2, 9), (3, 9), (5, 4), (1, 7), (3, 9), (8, 3), (3, 9)]
+    cases = [(1, 1), (1, 7), (3, 9), (2, 9), (3, 9), (5, 4), (1, 7), (3, 9), (8, 3), (3, 9), (2, 20), (2, 19)]
     with torch.inference_mode():
         for seed, (B, T) in enumerate(cases):
             x, depths, mask = _inputs(B, T, seed, device)
