@@ -127,8 +127,15 @@ export BENCH_RECORDS="$RES/records.jsonl"
 stage benchmarks "$([ "$SMOKE" = 1 ] && echo 1200 || echo 330)" python -m pytest bench --benchmark-only -q \
   -p no:cacheprovider --benchmark-json="$RES/benchmark.json"
 
-stage plots 60 python bench/plot.py "$RES/benchmark.json" --out "$RES" \
-  --command "bash bench/gpu.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')"
+plots() {
+  local rc=0
+  python bench/plot.py "$RES/benchmark.json" --out "$RES" \
+    --command "bash bench/gpu.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')" || rc=1
+  if [ -f "$RES/gpu_scaling.json" ]; then python bench/plot_scaling.py "$RES/gpu_scaling.json" --out "$RES" || rc=1; fi
+  return $rc
+}
+export -f plots
+stage plots 60 bash -c plots
 
 pack() {
   [ -n "${OUT:-}" ] || { echo "OUT not set: results stay in $RES"; return 0; }

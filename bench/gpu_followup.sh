@@ -56,7 +56,10 @@ else
   step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi
-[ -f "$DEST/gpu_scaling.json" ] && mv "$DEST/gpu_scaling.json" "$DEST/followup_scaling.json"
+if [ -f "$DEST/gpu_scaling.json" ]; then
+  mv "$DEST/gpu_scaling.json" "$DEST/followup_scaling.json"
+  python bench/plot_scaling.py "$DEST/followup_scaling.json" --out "$DEST" || FAILED+=("plot")
+fi
 ls -la "$DEST"
 if [ "${#FAILED[@]}" -ne 0 ]; then
   echo "gpu_followup.sh: FAILED steps: ${FAILED[*]}"

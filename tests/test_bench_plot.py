@@ -73,3 +73,27 @@ def test_cut_run_records_survive_and_are_plotted(plot, tmp_path, monkeypatch):
     (tmp_path / "records.jsonl").unlink()
     with pytest.raises(json.JSONDecodeError):  # nothing to fall back to: an error, not an empty plot
         plot.load_records(str(tmp_path / "benchmark.json"))
+
+
+def test_scaling_plot_merges_runs(tmp_path):
+    """bench/plot_scaling.py: gpu.sh's and gpu_followup.sh's scaling JSONs, merged (the first
+    file wins a (model, batch) measured twice), drawn and tabulated."""
+    spec = importlib.util.spec_from_file_location("plot_scaling", os.path.join(ROOT, "bench", "plot_scaling.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(model, batch, sps, ideal=1.0):
+        return dict(batch=batch, model=model, samples_per_s=sps, speedup=sps / (100.0 * batch), ideal=ideal,
+                    measured_over_ideal=sps / (100.0 * batch) / ideal, host_over_gpu=1.0 / batch)
+    first = {"device": "gpu", "rows": [row("fixed", b, 100.0 * b) for b in (1, 16)] + [row("mi", 16, 2000.0, 1.7)]}
+    second = {"device": "gpu", "rows": [row("fixed", 1, 1.0), row("mi+graphs", 2, 300.0, 1.7)]}
+    paths = []
+    for i, data in enumerate((first, second)):
+        paths.append(str(tmp_path / f"s{i}.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(data, f)
+    assert mod.main(paths + ["--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "scaling.png").stat().st_size > 10_000
+    md = (tmp_path / "out" / "scaling.md").read_text()
+    assert "| 1 | fixed | 100 |" in md and "| 1 | fixed | 1 |" not in md  # the first file's row kept
+    assert "| 2 | mi+graphs | 300 |" in md and md.count("\n| ") == 5  # header + 4 rows
