@@ -29,9 +29,16 @@ sees only what is in the buffers, never a Python value of the call that captured
 """
 import threading
 import weakref
+from collections import OrderedDict
 from functools import partial
 
 import torch
+
+
+# Graphs kept per encoder: a server that sees every length and batch size would otherwise
+# keep one per (layer, row bucket, state bucket, batch bucket) forever. Past this many, the
+# least recently replayed go (a later input in their buckets captures again).
+MAX_GRAPHS = 4096
 
 
 def bucket(n: int, floor: int = 16) -> int:
@@ -87,21 +94,26 @@ class Graph:
 
 
 class Buffers:
-    """The fixed tensors a set of layer graphs reads and writes.
+    """The fixed tensors the layer graphs of one state size K^ read and write.
 
     state (K^, D): the compact state; idx (N, K^) int64: layer n's query rows in the first
-    A^_n entries; cu_q (N, B^+2) int64: layer n's query offsets; cu_k (B^+2,) int64;
-    pos (K^,) int64 and tables {T^: (2T^-1, H)}: for a relative position bias."""
+    A^_n entries; pos (K^,) int64 and tables {T^: (2T^-1, H)}: each row's position in its
+    sequence and the distance table, for a relative position bias; offsets(B^): layer n's
+    query offsets (N, B^+2) and the key offsets (B^+2,) int64, for B^ sequences."""
 
-    def __init__(self, num_layers: int, k_hat: int, b_hat: int, dim: int, dtype, device):
+    def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
+        self.num_layers, self.device = num_layers, device
         self.state = torch.zeros(k_hat, dim, dtype=dtype, device=device)
         self.idx = torch.zeros(num_layers, k_hat, dtype=torch.int64, device=device)
-        self.cu_q = torch.zeros(num_layers, b_hat + 2, dtype=torch.int64, device=device)
-        self.cu_k = torch.zeros(b_hat + 2, dtype=torch.int64, device=device)
-        # Relative position bias (MPNet): each state row's position in its sequence, and the
-        # (2T^-1, H) distance table for sequences padded to T^ (one buffer per T^).
         self.pos = torch.zeros(k_hat, dtype=torch.int64, device=device)
         self.tables: dict = {}
+        self._offsets: dict = {}
+
+    def offsets(self, b_hat: int) -> tuple:
+        if b_hat not in self._offsets:
+            self._offsets[b_hat] = (torch.zeros(self.num_layers, b_hat + 2, dtype=torch.int64, device=self.device),
+                                    torch.zeros(b_hat + 2, dtype=torch.int64, device=self.device))
+        return self._offsets[b_hat]
 
 
 class GraphCache:
@@ -111,7 +123,8 @@ class GraphCache:
         self.graph_cls = graph_cls
         self.lock = threading.Lock()
         self.buffers: dict = {}
-        self.graphs: dict = {}
+        self.graphs: OrderedDict = OrderedDict()  # key -> (Seal, graph), least recently used first
+        self.max_graphs = MAX_GRAPHS
         self.seals: dict = {}  # layer index -> (Seal, LayerParts) of the layer as last checked
         self.done = None  # CUDA event: the last graph-mode forward's work is finished
         self.captures = 0  # graphs captured so far (benchmarks report them)
@@ -120,10 +133,10 @@ class GraphCache:
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
         self.stream = torch.cuda.Stream() if cuda else None  # where every capture of this cache runs
 
-    def get_buffers(self, num_layers, k_hat, b_hat, dim, dtype, device) -> Buffers:
-        key = (k_hat, b_hat, dim, dtype, str(device))
+    def get_buffers(self, num_layers, k_hat, dim, dtype, device) -> Buffers:
+        key = (k_hat, dim, dtype, str(device))
         if key not in self.buffers:
-            self.buffers[key] = Buffers(num_layers, k_hat, b_hat, dim, dtype, device)
+            self.buffers[key] = Buffers(num_layers, k_hat, dim, dtype, device)
         return self.buffers[key]
 
     def run(self, key, seal: "Seal", make_fn) -> None:
@@ -133,13 +146,17 @@ class GraphCache:
         hit = self.graphs.get(key)
         if hit is not None and hit[0] is seal:
             hit[1].replay()
+            self.graphs.move_to_end(key)
             self.replays += 1
             return
         graph = self.graph_cls()
         # Runs once (this call's result), then records without running: never twice.
         graph.run_and_capture(make_fn(), pool=self.pool, stream=self.stream)
         self.graphs[key] = (seal, graph)
+        self.graphs.move_to_end(key)
         self.captures += 1
+        while len(self.graphs) > self.max_graphs:  # least recently used first
+            self.graphs.popitem(last=False)
 
     def layer_parts(self, encoder, n: int, eligible):
         """(Seal, LayerParts) of layer n, rebuilt when the layer changed; None if it cannot
@@ -239,7 +256,8 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
             return None
         if cache.done is not None:  # the last forward's GPU work on the buffers, from any stream
             torch.cuda.current_stream(x.device).wait_event(cache.done)
-        buf = cache.get_buffers(encoder.num_layers, k_hat, b_hat, D, x.dtype, x.device)
+        buf = cache.get_buffers(encoder.num_layers, k_hat, D, x.dtype, x.device)
+        cu_q_buf, cu_k_buf = buf.offsets(b_hat)
         # Host numbers in one copy: per layer the shift that puts its rows at idx[n, 0:],
         # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
         host = torch.tensor([n * k_hat - starts[n] for n in range(n_max)] + counts + a_hat
@@ -271,17 +289,17 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         buf.idx.view(-1).index_copy_(0, dest, compact[:S])
         # Offsets: the real sequences, then empty ones, then the dummy sequence.
         cu_q = plan.cu_q_table[:n_max]
-        buf.cu_q[:n_max, :B + 1] = cu_q
-        buf.cu_q[:n_max, B + 1:b_hat + 1] = cu_q[:, B:B + 1]
-        buf.cu_q[:n_max, b_hat + 1] = padded
-        buf.cu_k[:B + 1] = plan.cu_k
-        buf.cu_k[B + 1:] = cu_k_tail
+        cu_q_buf[:n_max, :B + 1] = cu_q
+        cu_q_buf[:n_max, B + 1:b_hat + 1] = cu_q[:, B:B + 1]
+        cu_q_buf[:n_max, b_hat + 1] = padded
+        cu_k_buf[:B + 1] = plan.cu_k
+        cu_k_buf[B + 1:] = cu_k_tail
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
         for n, (seal, _) in enumerate(sealed):
             every = counts[n] == K
             key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
-            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, table, n, a_hat[n], k_hat, every, backend,
-                                         ops))
+            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, cu_q_buf[n], cu_k_buf, table, a_hat[n],
+                                         every, backend, ops))
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
@@ -295,20 +313,22 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         return out
 
 
-def _step(encoder, layer, buf: Buffers, table, n: int, a_hat: int, k_hat: int, every: bool, backend: str, ops):
+def _step(encoder, layer, buf: Buffers, n: int, cu_q, cu_k, table, a_hat: int, every: bool, backend: str, ops):
     """Layer n on the buffers, reading nothing else of this call (what a graph replays).
-    table: the distance table buffer of a relative position bias, or None."""
+    cu_q (B^+2,), cu_k (B^+2,): its offset buffers; table: the distance table buffer of a
+    relative position bias, or None."""
+    k_hat = buf.state.shape[0]
     if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
         def step():
             bias = None if table is None else (table, buf.pos, buf.pos)
-            out = encoder._layer(layer, buf.state, buf.state, buf.cu_k, buf.cu_k, k_hat, k_hat, backend, bias)
+            out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, k_hat, k_hat, backend, bias)
             buf.state.copy_(out)
     else:
-        idx, cu_q = buf.idx[n, :a_hat], buf.cu_q[n]
+        idx = buf.idx[n, :a_hat]
 
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
             bias = None if table is None else (table, buf.pos[idx], buf.pos)
-            out = encoder._layer(layer, xq, buf.state, cu_q, buf.cu_k, a_hat, k_hat, backend, bias)
+            out = encoder._layer(layer, xq, buf.state, cu_q, cu_k, a_hat, k_hat, backend, bias)
             ops.scatter_(buf.state, out, idx, backend=backend, check=False)
     return step

@@ -99,6 +99,20 @@ def test_replays_read_only_the_buffers(device, backend):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
+def test_graph_count_is_bounded():
+    """Past max_graphs the least recently replayed graphs go; later inputs capture again."""
+    _, enc = _encoder("cpu", "cpu")
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    cache.max_graphs = 5
+    with torch.inference_mode():
+        for seed, (B, T) in enumerate([(1, 3), (2, 30), (3, 9), (1, 3), (4, 50), (2, 30)]):
+            x, d, m = _inputs(B, T, seed, "cpu")
+            torch.testing.assert_close(enc(x, d, m, cuda_graphs=True).last_hidden_state,
+                                       enc(x, d, m).last_hidden_state, atol=2e-5, rtol=1e-5)
+            assert len(cache.graphs) <= 5
+    assert cache.captures > 5
+
+
 def test_new_weights_recapture():
     """A graph bakes in weight addresses; an in-place update bumps the version: recapture."""
     net, enc = _encoder("cpu", "cpu")
