@@ -171,6 +171,9 @@ class GraphCache:
         parts = encoder.family.parts(layer)
         if not eligible(parts):
             return None
+        if hit is not None:  # the layer changed: its graphs bake in what it was (and keep it alive)
+            for key in [k for k in self.graphs if k[0] == n]:
+                del self.graphs[key]
         self.seals[n] = (seal, parts)
         return self.seals[n]
 

@@ -147,6 +147,8 @@ def test_swapped_module_or_new_hook_is_seen():
         want = enc(x, d, m).last_hidden_state
         assert cache.captures == captured + 1
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        assert all(cache.graphs[k][0].layer is net.encoder.layer[k[0]] for k in cache.graphs)
+        assert not any(old is m for k in cache.graphs for m in cache.graphs[k][0].modules)  # old graph gone
         calls = []
         net.encoder.layer[3].attention.output.register_forward_hook(lambda *a: calls.append(1))
         enc(x, d, m, cuda_graphs=True)
