@@ -137,7 +137,9 @@ def test_swapped_module_or_new_hook_is_seen():
     cache = graphs.cache_for(enc, torch.device("cpu"))
     x, d, m = _inputs(2, 8, 0, "cpu")
     d[:] = 4
+    x2, d2, m2 = _inputs(3, 30, 1, "cpu")  # other buckets: layer 2 gets graphs under two keys
     with torch.inference_mode():
+        enc(x2, d2, m2, cuda_graphs=True)
         enc(x, d, m, cuda_graphs=True)
         captured = cache.captures
         old = net.encoder.layer[2].output.dense
