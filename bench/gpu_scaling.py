@@ -12,8 +12,10 @@ batches, all models interleaved in one run, and reports for each:
     samples/s, speed-up over `fixed` (our encoder at full depth), the FLOP-counted ideal,
     measured/ideal, and host/GPU: the time to issue the forward (Python and launches, no
     sync) over the time until the GPU is done. Near 1: launch-bound; well below 1: GPU-bound.
-    Then the first pass over the pool, timed alone (graph mode captures its layer graphs
-    there), and for graph mode the graphs that pass captured.
+    Then that time to return per forward in ms (host ms: for a model whose plan is made on the
+    device it includes the plan's wait for the GPU, once per forward; with a host-side plan it
+    is the pure issue time), the first pass over the pool, timed alone (graph mode captures its
+    layer graphs there), and for graph mode the graphs that pass captured.
 
 --graphs adds mi+host (depths and mask given on the CPU: the plan is made on the host and the
 forward never waits for the GPU) and fixed+graphs, mi+graphs (the same, with one CUDA graph
@@ -41,9 +43,10 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def host_fraction(run, repeats: int = 2) -> float:
-    """Median over repeats of (time to return from run() without a sync) / (time until done)."""
-    fracs = []
+def host_fraction(run, repeats: int = 2) -> tuple:
+    """Medians over repeats of (time to return from run() without a sync) / (time until done),
+    and of that time to return itself (seconds)."""
+    fracs, hosts = [], []
     with torch.inference_mode():
         for _ in range(repeats):
             _sync()
@@ -52,7 +55,8 @@ def host_fraction(run, repeats: int = 2) -> float:
             t_host = time.perf_counter() - t0
             _sync()
             fracs.append(t_host / (time.perf_counter() - t0))
-    return statistics.median(fracs)
+            hosts.append(t_host)
+    return statistics.median(fracs), statistics.median(hosts)
 
 
 def _captures(N: int) -> int:
@@ -82,7 +86,7 @@ def main():
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
           f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")
     print(f"{'batch':>5} {'model':>15} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
-          f"{'host/GPU':>8} {'active':>7} {'1st pass':>8} {'graphs':>6}")
+          f"{'host/GPU':>8} {'host ms':>7} {'active':>7} {'1st pass':>8} {'graphs':>6}")
     for batch in a.batches:
         runs, stats = {}, {}
         for m in a.models:
@@ -99,17 +103,20 @@ def main():
                 first[m] = time.perf_counter() - t0
         captures = _captures(a.N) - before  # by both graph-mode models (one encoder)
         med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=0)
+        forwards = -(-a.pool // batch)
         for m in a.models:
+            host_over_gpu, host_s = host_fraction(runs[m])
             row = dict(batch=batch, model=m, N=a.N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
                        speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
-                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_fraction(runs[m]),
-                       first_pass_s=first[m])
+                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_over_gpu,
+                       host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
             if m.endswith(test_speed.GRAPHS):
                 row["graphs_captured"] = captures
             row["measured_over_ideal"] = row["speedup"] / row["ideal"]
             rows.append(row)
             print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
-                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['active']:>7.1%} "
+                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['host_ms_per_forward']:>7.2f} "
+                  f"{row['active']:>7.1%} "
                   f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if m.endswith(test_speed.GRAPHS) else ""),
                   flush=True)
         if torch.cuda.is_available():

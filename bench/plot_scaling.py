@@ -66,7 +66,7 @@ def plot(rows: list, title: str, path: str) -> None:
 
 def table(rows: list) -> str:
     cols = ["batch", "model", "samples_per_s", "speedup", "ideal", "measured_over_ideal", "host_over_gpu",
-            "first_pass_s", "graphs_captured"]
+            "host_ms_per_forward", "first_pass_s", "graphs_captured"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in sorted(rows, key=lambda r: (r["batch"], r["model"])):
         cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
