@@ -65,6 +65,10 @@ class EagerGraph:
         self._fn()
 
 
+class CaptureFailed(RuntimeError):
+    """A layer ran, but its capture failed: that key runs eagerly from then on."""
+
+
 class Graph:
     """torch.cuda.CUDAGraph around one function that reads and writes only fixed buffers.
 
@@ -75,19 +79,25 @@ class Graph:
 
     def run_and_capture(self, fn, pool=None, stream=None):
         """Run fn once (this call's result), then capture it, both on the capture stream: the
-        eager run is the warm-up (cuBLAS workspace, Triton compile) that capture needs."""
+        eager run is the warm-up (cuBLAS workspace, Triton compile) that capture needs. A
+        capture that fails raises CaptureFailed, after the eager run's work is done."""
         self._graph = torch.cuda.CUDAGraph()
         side = stream if stream is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-            # thread_local: another thread's CUDA work (another encoder) does not break this capture
-            self._graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-            try:
+        try:
+            with torch.cuda.stream(side):
                 fn()
-            finally:
-                self._graph.capture_end()
-        torch.cuda.current_stream().wait_stream(side)
+                try:
+                    # thread_local: another thread's CUDA work (another encoder) does not break it
+                    self._graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                    try:
+                        fn()
+                    finally:
+                        self._graph.capture_end()
+                except RuntimeError as e:  # e.g. an op that waits for the GPU, which capture forbids
+                    raise CaptureFailed(f"{type(e).__name__}: {e}") from e
+        finally:
+            torch.cuda.current_stream().wait_stream(side)
 
     def replay(self):
         self._graph.replay()
@@ -123,11 +133,14 @@ class GraphCache:
         self.graph_cls = graph_cls
         self.lock = threading.Lock()
         self.buffers: dict = {}
-        self.graphs: OrderedDict = OrderedDict()  # key -> (Seal, graph), least recently used first
+        # key -> (Seal, graph, None) or (Seal, None, the layer's function) if its capture failed;
+        # least recently used first
+        self.graphs: OrderedDict = OrderedDict()
         self.max_graphs = MAX_GRAPHS
         self.seals: dict = {}  # layer index -> (Seal, LayerParts) of the layer as last checked
         self.done = None  # CUDA event: the last graph-mode forward's work is finished
         self.captures = 0  # graphs captured so far (benchmarks report them)
+        self.capture_errors: list = []  # "key: error" of each capture that failed (that key runs eagerly)
         self.replays = 0
         cuda = graph_cls is Graph
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
@@ -145,16 +158,22 @@ class GraphCache:
         baked in, so none of their memory is freed while the graph lives."""
         hit = self.graphs.get(key)
         if hit is not None and hit[0] is seal:
-            hit[1].replay()
+            if hit[1] is not None:
+                hit[1].replay()
+                self.replays += 1
+            else:  # its capture failed once: eager, as it was then
+                hit[2]()
             self.graphs.move_to_end(key)
-            self.replays += 1
             return
-        graph = self.graph_cls()
-        # Runs once (this call's result), then records without running: never twice.
-        graph.run_and_capture(make_fn(), pool=self.pool, stream=self.stream)
-        self.graphs[key] = (seal, graph)
+        graph, fn = self.graph_cls(), make_fn()
+        try:  # runs once (this call's result), then records without running: never twice
+            graph.run_and_capture(fn, pool=self.pool, stream=self.stream)
+        except CaptureFailed as e:
+            self.capture_errors.append(f"{key}: {e}")
+            graph = None
+        self.graphs[key] = (seal, graph, fn if graph is None else None)
         self.graphs.move_to_end(key)
-        self.captures += 1
+        self.captures += graph is not None
         while len(self.graphs) > self.max_graphs:  # least recently used first
             self.graphs.popitem(last=False)
 

@@ -242,7 +242,7 @@ def _graphs():
     device sync allowed."""
     from adaptive_encoder import graphs
 
-    errs, replays = {}, {}
+    errs, replays, capture_errors = {}, {}, []
     with torch.inference_mode():
         for dtype in (torch.float32, torch.bfloat16):
             bert = _bert(dtype)
@@ -259,6 +259,7 @@ def _graphs():
                     errs[f"{str(dtype)[6:]}/{backend}/batch{i}"] = rel_err(got, want, mask)
                 cache = graphs.cache_for(enc, DEV)
                 replays[f"{str(dtype)[6:]}/{backend}"] = (cache.captures, cache.replays)
+                capture_errors += cache.capture_errors
                 # Depths and mask on the CPU: the plan is made on the host and, once the graphs
                 # exist, the forward never waits for the GPU (sync debug mode raises if it does).
                 hd, hm = di.cpu(), mask.cpu()
@@ -281,10 +282,11 @@ def _graphs():
                 xi = x if i == 0 else x.flip(0)
                 got = enc(xi, depths, mask, cuda_graphs=True).last_hidden_state
                 errs[f"mpnet/float32/{backend}/batch{i}"] = rel_err(got, enc(xi, depths, mask).last_hidden_state, mask)
+            capture_errors += graphs.cache_for(enc, DEV).capture_errors
     ok = all(e < (2e-2 if "bfloat16" in name else 1e-5) for name, e in errs.items()) \
-        and all(r >= N for _, r in replays.values())  # batch 1 replays every layer of batch 0
+        and all(r >= N for _, r in replays.values()) and not capture_errors  # batch 1 replays batch 0's layers
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()},
-            "captures_replays": {k: list(v) for k, v in replays.items()}}
+            "captures_replays": {k: list(v) for k, v in replays.items()}, "capture_errors": capture_errors[:5]}
 
 
 @check("gradcheck through gather/scatter")

@@ -61,10 +61,13 @@ def host_fraction(run, repeats: int = 2) -> tuple:
 
 def _captures(N: int) -> int:
     """Layer graphs captured so far by the suite's encoder of depth N (graph mode)."""
+    return _cache(N).captures
+
+
+def _cache(N: int):
     from adaptive_encoder import graphs
 
-    enc = test_speed._stack(N)[1]
-    return graphs.cache_for(enc, benchlib.device()).captures
+    return graphs.cache_for(test_speed._stack(N)[1], benchlib.device())
 
 
 def main():
@@ -112,6 +115,7 @@ def main():
                        host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
             if m.endswith(test_speed.GRAPHS):
                 row["graphs_captured"] = captures
+                row["capture_errors"] = _cache(a.N).capture_errors[:3]  # keys that run eagerly instead
             row["measured_over_ideal"] = row["speedup"] / row["ideal"]
             rows.append(row)
             print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
@@ -119,6 +123,9 @@ def main():
                   f"{row['active']:>7.1%} "
                   f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if m.endswith(test_speed.GRAPHS) else ""),
                   flush=True)
+        if _cache(a.N).capture_errors:
+            print(f"graph captures that failed (those layers ran eagerly): {len(_cache(a.N).capture_errors)}, "
+                  f"first: {_cache(a.N).capture_errors[0]}", flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if a.out:
