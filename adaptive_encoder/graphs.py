@@ -171,6 +171,8 @@ class GraphCache:
         except CaptureFailed as e:
             self.capture_errors.append(f"{key}: {e}")
             graph = None
+            if self.stream is not None:  # the failed capture may leave its pool bound to that stream
+                self.stream = torch.cuda.Stream()
         self.graphs[key] = (seal, graph, fn if graph is None else None)
         self.graphs.move_to_end(key)
         self.captures += graph is not None
