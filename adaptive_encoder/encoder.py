@@ -195,16 +195,18 @@ class AdaptiveEncoder(nn.Module):
     def _run(self, hidden_states, depths, mask, backend, on_layer=None, graphed=False):
         B, T, D = hidden_states.shape
         backend = ops.resolve_backend(hidden_states.device, backend)
-        if depths.device == hidden_states.device:
-            plan = make_plan(depths, mask, self.num_layers, backend=backend)
-        else:  # depths and mask on the CPU, states on a GPU: plan on the host, then copy (no sync)
-            plan = make_plan(depths, mask, self.num_layers, backend=ops.resolve_backend(depths.device)).to(
-                hidden_states.device)
-            mask = _to_device(mask, hidden_states.device)
+        # The plan is made where depths and mask are: on the CPU with states on a GPU (a
+        # host-side plan) it is copied over without a sync. The plan returned stays there.
+        host_plan = depths.device != hidden_states.device
+        plan = make_plan(depths, mask, self.num_layers,
+                         backend=ops.resolve_backend(depths.device) if host_plan else backend)
         if graphed and on_layer is None and self._graphable():
             state = graphs.run(self, hidden_states, mask, plan, backend, _graph_eligible)
             if state is not None:
                 return state, plan
+        given = plan
+        if host_plan:
+            plan = plan.to(hidden_states.device)
         state = hidden_states.reshape(B * T, D)
         # Inference: the state is this forward's own buffer, updated in place (no copy of the
         # whole state per layer) and q/k/v projections fused into one GEMM per input.
@@ -246,7 +248,7 @@ class AdaptiveEncoder(nn.Module):
                 state = scatter(state, out, lp.rows)
             if on_layer is not None:
                 on_layer(state)
-        return state, plan
+        return state, given
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run
@@ -284,12 +286,6 @@ def _like(out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """A layer's output in the state's dtype. They differ under torch.autocast, where a layer
     can end in the autocast dtype (CPU LayerNorm in bfloat16); the state keeps the input's."""
     return out if out.dtype == state.dtype else out.to(state.dtype)
-
-
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A host tensor on `device` without waiting for the device: through pinned memory (a
-    copy from pageable memory waits for the stream's queued work)."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def _direct(m: nn.Module, cls: type) -> bool:

@@ -34,6 +34,8 @@ from functools import partial
 
 import torch
 
+from .plan import to_device
+
 
 # Graphs kept per encoder: a server that sees every length and batch size would otherwise
 # keep one per (layer, row bucket, state bucket, batch bucket) forever. Past this many, the
@@ -106,23 +108,22 @@ class Graph:
 class Buffers:
     """The fixed tensors the layer graphs of one state size K^ read and write.
 
-    state (K^, D): the compact state; idx (N, K^) int64: layer n's query rows in the first
-    A^_n entries; pos (K^,) int64 and tables {T^: (2T^-1, H)}: each row's position in its
-    sequence and the distance table, for a relative position bias; offsets(B^): layer n's
-    query offsets (N, B^+2) and the key offsets (B^+2,) int64, for B^ sequences."""
+    state (K^, D): the compact state. ints (N+2, K^) int64: row 0 each state row's position in
+    its sequence (for a relative position bias), row 1 the real tokens' flattened rows (first
+    K entries), row 2+n layer n's query rows into the state (first A^_n entries). tables
+    {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
+    offsets(B^) (N+1, B^+2) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
 
     def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
         self.num_layers, self.device = num_layers, device
         self.state = torch.zeros(k_hat, dim, dtype=dtype, device=device)
-        self.idx = torch.zeros(num_layers, k_hat, dtype=torch.int64, device=device)
-        self.pos = torch.zeros(k_hat, dtype=torch.int64, device=device)
+        self.ints = torch.zeros(num_layers + 2, k_hat, dtype=torch.int64, device=device)
         self.tables: dict = {}
         self._offsets: dict = {}
 
-    def offsets(self, b_hat: int) -> tuple:
+    def offsets(self, b_hat: int) -> torch.Tensor:
         if b_hat not in self._offsets:
-            self._offsets[b_hat] = (torch.zeros(self.num_layers, b_hat + 2, dtype=torch.int64, device=self.device),
-                                    torch.zeros(b_hat + 2, dtype=torch.int64, device=self.device))
+            self._offsets[b_hat] = torch.zeros(self.num_layers + 1, b_hat + 2, dtype=torch.int64, device=self.device)
         return self._offsets[b_hat]
 
 
@@ -272,7 +273,6 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
     counts = plan.layer_counts[:n_max]
     k_hat, b_hat = bucket(K + 1), batch_bucket(B)
     a_hat = [k_hat if c == K else bucket(c) for c in counts]  # c == K: every real token, the whole state
-    starts = [sum(counts[:n]) for n in range(n_max)]
     cache = cache_for(encoder, x.device)
     with cache.lock:
         sealed = [cache.layer_parts(encoder, n, eligible) for n in range(n_max)]
@@ -281,53 +281,32 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         if cache.done is not None:  # the last forward's GPU work on the buffers, from any stream
             torch.cuda.current_stream(x.device).wait_event(cache.done)
         buf = cache.get_buffers(encoder.num_layers, k_hat, D, x.dtype, x.device)
-        cu_q_buf, cu_k_buf = buf.offsets(b_hat)
-        # Host numbers in one copy: per layer the shift that puts its rows at idx[n, 0:],
-        # the row counts, the padded counts; then cu_k's tail (empty sequences, the dummy one).
-        host = torch.tensor([n * k_hat - starts[n] for n in range(n_max)] + counts + a_hat
-                            + [K] * (b_hat - B) + [k_hat], dtype=torch.int64)
-        dev = host.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else host  # pageable would sync
-        shift, cnt, padded, cu_k_tail = dev[:n_max], dev[n_max:2 * n_max], dev[2 * n_max:3 * n_max], dev[3 * n_max:]
+        offs = buf.offsets(b_hat)
+        # The integer tables, built where the plan is (on the host for a host-side plan: then
+        # one pinned copy each, and the forward never waits for the GPU).
+        ints, offsets = _tables(plan, mask, T, k_hat, b_hat, a_hat)
+        _copy(buf.ints[:n_max + 2], ints)
+        _copy(offs[:n_max + 1], offsets)
+        key_rows = buf.ints[1, :K]
         # The compact state: the real tokens in order, then zeroed dummy rows.
-        if plan.key_rows is None:
-            buf.state[:K].copy_(flat)
-            compact = plan.rows
-        else:
-            torch.index_select(flat, 0, plan.key_rows, out=buf.state[:K])
-            compact = (mask.reshape(-1).cumsum(0) - 1)[plan.rows]  # flattened row -> its real-token index
+        torch.index_select(flat, 0, key_rows, out=buf.state[:K])
         buf.state[K:].zero_()
         table = None
-        if encoder.family.distance_bias is not None:  # MPNet: positions, and the table for T^
-            t_hat = bucket(T)
-            rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=x.device)
-            torch.remainder(rows, T, out=buf.pos[:K])
-            buf.pos[K:].zero_()
+        if encoder.family.distance_bias is not None:  # MPNet: the distance table for T^
             fresh = encoder.family.distance_bias({m: getattr(encoder, m) for m in encoder.family.encoder_modules},
-                                                 t_hat)
-            table = buf.tables.setdefault(t_hat, torch.empty_like(fresh))
+                                                 bucket(T))
+            table = buf.tables.setdefault(fresh.shape[0], torch.empty_like(fresh))
             table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
-        # Query rows of layer n at idx[n, :A_n], padded with the first dummy row.
-        S = starts[-1] + counts[-1]
-        buf.idx[:n_max].fill_(K)
-        dest = torch.arange(S, device=x.device) + torch.repeat_interleave(shift, cnt, output_size=S)
-        buf.idx.view(-1).index_copy_(0, dest, compact[:S])
-        # Offsets: the real sequences, then empty ones, then the dummy sequence.
-        cu_q = plan.cu_q_table[:n_max]
-        cu_q_buf[:n_max, :B + 1] = cu_q
-        cu_q_buf[:n_max, B + 1:b_hat + 1] = cu_q[:, B:B + 1]
-        cu_q_buf[:n_max, b_hat + 1] = padded
-        cu_k_buf[:B + 1] = plan.cu_k
-        cu_k_buf[B + 1:] = cu_k_tail
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
         for n, (seal, _) in enumerate(sealed):
             every = counts[n] == K
             key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
-            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, cu_q_buf[n], cu_k_buf, table, a_hat[n],
-                                         every, backend, ops))
+            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n], every, backend,
+                                         ops))
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
-            out = flat.clone().index_copy_(0, plan.key_rows, buf.state[:K])
+            out = flat.clone().index_copy_(0, key_rows, buf.state[:K])
         if x.is_cuda:
             # The lock is released before the GPU is done: a forward from another thread (maybe
             # on another stream) waits for this event before it writes the buffers.
@@ -337,22 +316,55 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         return out
 
 
-def _step(encoder, layer, buf: Buffers, n: int, cu_q, cu_k, table, a_hat: int, every: bool, backend: str, ops):
+def _tables(plan, mask: torch.Tensor, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
+    """Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1] for this plan, built on the
+    plan's device (mask on the same one). Padding entries: K (the first dummy row) in the
+    query rows; empty sequences, then the dummy sequence, in the offsets."""
+    dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
+    counts = plan.layer_counts[:n_max]
+    ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
+    key_rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=dev)
+    torch.remainder(key_rows, T, out=ints[0, :K])
+    ints[0, K:] = 0
+    ints[1, :K] = key_rows
+    # Each layer's active rows as indices into the compact state, at row 2+n from column 0.
+    compact = plan.rows if plan.key_rows is None else (mask.reshape(-1).cumsum(0) - 1)[plan.rows]
+    starts = [sum(counts[:n]) for n in range(n_max)]
+    host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts + [k_hat] + a_hat,
+                        dtype=torch.int64)
+    host = to_device(host, dev)
+    S = starts[-1] + counts[-1]
+    dest = torch.arange(S, device=dev) + torch.repeat_interleave(host[:n_max], host[n_max:2 * n_max], output_size=S)
+    ints.view(-1).index_copy_(0, dest, compact[:S])
+    offsets = torch.empty((n_max + 1, b_hat + 2), dtype=torch.int64, device=dev)
+    offsets[0, :B + 1] = plan.cu_k
+    offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
+    offsets[:, B + 1:b_hat + 1] = offsets[:, B:B + 1]
+    offsets[:, b_hat + 1] = host[2 * n_max:]
+    return ints, offsets
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    dst.copy_(to_device(src, dst.device), non_blocking=True)
+
+
+def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, every: bool, backend: str, ops):
     """Layer n on the buffers, reading nothing else of this call (what a graph replays).
-    cu_q (B^+2,), cu_k (B^+2,): its offset buffers; table: the distance table buffer of a
+    offs: the offset buffer of this batch bucket; table: the distance table buffer of a
     relative position bias, or None."""
     k_hat = buf.state.shape[0]
+    pos, cu_k, cu_q = buf.ints[0], offs[0], offs[1 + n]
     if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
         def step():
-            bias = None if table is None else (table, buf.pos, buf.pos)
+            bias = None if table is None else (table, pos, pos)
             out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, k_hat, k_hat, backend, bias)
             buf.state.copy_(out)
     else:
-        idx = buf.idx[n, :a_hat]
+        idx = buf.ints[2 + n, :a_hat]
 
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
-            bias = None if table is None else (table, buf.pos[idx], buf.pos)
+            bias = None if table is None else (table, pos[idx], pos)
             out = encoder._layer(layer, xq, buf.state, cu_q, cu_k, a_hat, k_hat, backend, bias)
             ops.scatter_(buf.state, out, idx, backend=backend, check=False)
     return step

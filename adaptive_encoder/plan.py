@@ -55,12 +55,8 @@ class Plan:
         return LayerPlan(rows=rows, cu_q=self._cu_q[n], max_q=self.layer_max_q[n], count=self.layer_counts[n])
 
     def to(self, device) -> "Plan":
-        """The plan with its tensors on `device`; from the CPU to a GPU through pinned memory,
-        so the copies do not wait for the GPU's queued work."""
-        def move(t):
-            if t is None or t.device == torch.device(device):
-                return t
-            return t.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else t.to(device)
+        """The plan with its tensors on `device` (to_device: no wait for a GPU)."""
+        move = lambda t: None if t is None else to_device(t, device)  # noqa: E731
         return replace(self, rows=move(self.rows), offsets=move(self.offsets), key_rows=move(self.key_rows),
                        cu_k=move(self.cu_k))
 
@@ -73,6 +69,15 @@ class Plan:
     def active_fraction(self) -> float:
         """Computed token-layers / (real tokens x num_layers): the work done over full depth."""
         return sum(self.layer_counts) / max(self.num_real * self.num_layers, 1)
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """t on `device`. From the CPU to a GPU through pinned memory, without waiting: a copy from
+    pageable memory first waits for the GPU's queued work."""
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None) -> Plan:
