@@ -12,10 +12,11 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   keys, as in the eager path. Their outputs land on dummy rows (duplicates there are harmless).
 - Sequences are padded to B^ (a power of two) with empty ones, so every offsets table has a
   fixed length.
-- Buffers (compact state, per-layer index and offset tables) are allocated once per
-  (K^, B^, D, dtype, device) and filled by a handful of ops per forward; a layer's graph reads
-  them at fixed addresses, so it is keyed by (layer, A^ or "all", K^, B^) and replayed for every
-  input that lands in those buckets.
+- Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
+  and filled each forward by a few ops: the tables are built where the plan is (on the host
+  for a host-side plan) and copied in two transfers. A layer's graph reads them at fixed
+  addresses, so it is keyed by (layer, A^ or "all", K^, B^) and replayed for every input that
+  lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
