@@ -82,7 +82,8 @@ class AdaptiveEncoder(nn.Module):
     forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
             attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
     depths and attention_mask are on hidden_states' device, or both on the CPU: with states on
-    a GPU the plan is then made on the host and the forward never waits for the GPU.
+    a GPU the plan is then made on the host and the forward never waits for the GPU (the
+    output's plan stays on the host).
 
     Supported: the model types in `adaptive_encoder.families.SUPPORTED`; anything else is
     refused in the constructor.
