@@ -31,6 +31,7 @@ sees only what is in the buffers, never a Python value of the call that captured
 import threading
 import weakref
 from collections import OrderedDict
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -86,9 +87,9 @@ class Graph:
         capture that fails raises CaptureFailed, after the eager run's work is done."""
         self._graph = torch.cuda.CUDAGraph()
         side = stream if stream is not None else torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(torch.cuda.current_stream(side.device))
         try:
-            with torch.cuda.stream(side):
+            with torch.cuda.device(side.device), torch.cuda.stream(side):
                 fn()
                 try:
                     # thread_local: another thread's CUDA work (another encoder) does not break it
@@ -100,7 +101,7 @@ class Graph:
                 except RuntimeError as e:  # e.g. an op that waits for the GPU, which capture forbids
                     raise CaptureFailed(f"{type(e).__name__}: {e}") from e
         finally:
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(side.device).wait_stream(side)
 
     def replay(self):
         self._graph.replay()
@@ -131,8 +132,8 @@ class Buffers:
 class GraphCache:
     """Buffers and captured layer graphs of one encoder; one forward at a time (the lock)."""
 
-    def __init__(self, graph_cls):
-        self.graph_cls = graph_cls
+    def __init__(self, graph_cls, device=None):
+        self.graph_cls, self.device = graph_cls, device
         self.lock = threading.Lock()
         self.buffers: dict = {}
         # key -> (Seal, graph, None) or (Seal, None, the layer's function) if its capture failed;
@@ -146,7 +147,9 @@ class GraphCache:
         self.replays = 0
         cuda = graph_cls is Graph
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
-        self.stream = torch.cuda.Stream() if cuda else None  # where every capture of this cache runs
+        # Where every capture of this cache runs (and its warm-up: cuBLAS keeps a workspace per
+        # stream), on the encoder's GPU.
+        self.stream = torch.cuda.Stream(device=device) if cuda else None
 
     def get_buffers(self, num_layers, k_hat, dim, dtype, device) -> Buffers:
         key = (k_hat, dim, dtype, str(device))
@@ -174,7 +177,7 @@ class GraphCache:
             self.capture_errors.append(f"{key}: {e}")
             graph = None
             if self.stream is not None:  # the failed capture may leave its pool bound to that stream
-                self.stream = torch.cuda.Stream()
+                self.stream = torch.cuda.Stream(device=self.device)
         self.graphs[key] = (seal, graph, fn if graph is None else None)
         self.graphs.move_to_end(key)
         self.captures += graph is not None
@@ -237,13 +240,16 @@ _CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CACHES_LOCK = threading.Lock()
 
 
-def cache_for(encoder, device: torch.device) -> GraphCache:
+def cache_for(encoder, device) -> GraphCache:
+    """The encoder's graph cache for `device`: CUDA graphs per GPU, the eager stand-in on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     with _CACHES_LOCK:
         per = _CACHES.setdefault(encoder, {})
-        kind = "cuda" if device.type == "cuda" else "eager"
-        if kind not in per:
-            per[kind] = GraphCache(Graph if kind == "cuda" else EagerGraph)
-        return per[kind]
+        if str(device) not in per:
+            per[str(device)] = GraphCache(Graph if device.type == "cuda" else EagerGraph, device)
+        return per[str(device)]
 
 
 def clear(encoder) -> None:
@@ -275,7 +281,7 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
     k_hat, b_hat = bucket(K + 1), batch_bucket(B)
     a_hat = [k_hat if c == K else bucket(c) for c in counts]  # c == K: every real token, the whole state
     cache = cache_for(encoder, x.device)
-    with cache.lock:
+    with cache.lock, (torch.cuda.device(x.device) if x.is_cuda else nullcontext()):  # replays use its streams
         sealed = [cache.layer_parts(encoder, n, eligible) for n in range(n_max)]
         if any(s is None for s in sealed):
             return None
