@@ -22,7 +22,8 @@ forward never waits for the GPU) and fixed+graphs, mi+graphs (the same, with one
 per layer: adaptive_encoder/graphs.py), against the eager runs in the same rounds. The timed
 rounds replay the graphs the first pass captured (the same pool every round).
 
-Prints a table; with --out writes gpu_scaling.json there.
+Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
+run cut short keeps the batch sizes it finished).
 """
 import argparse
 import json
@@ -128,11 +129,16 @@ def main():
                   f"first: {_cache(a.N).capture_errors[0]}", flush=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "gpu_scaling.json"), "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                           command=" ".join(sys.argv), rows=rows), f, indent=1)
+        _write(a.out, rows)  # after every batch: a run cut by its time limit keeps what it measured
+
+
+def _write(out, rows: list) -> None:
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "gpu_scaling.json"), "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       command=" ".join(sys.argv), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
