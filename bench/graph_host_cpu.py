@@ -1,0 +1,78 @@
+"""Host work of a graph-mode forward, measured on CPU: everything but the layers' own kernels.
+
+    python bench/graph_host_cpu.py [--rounds 5] [--count]
+
+A tiny encoder (hidden 32, 12 layers, 8 tokens, batch 1) where the arithmetic is negligible.
+Graph mode runs with a stand-in graph whose replay does nothing, so its time is what a GPU
+host would spend per forward besides launching the graphs: the plan, the seal checks, the
+table building and copies. Printed beside the eager forward, which does the same layers'
+work through ~15 ops each. Both interleaved, best of `--rounds` x 300 calls.
+
+--count also prints how many layer graphs gpu_scaling.py's pool (128 IMDB-length documents,
+TREC MI and full depth, N = 12) needs at batch 1, 16, 64 and 128: the captures of its first
+pass, counted from the plans' buckets (nothing runs).
+"""
+import argparse
+import os
+import sys
+import timeit
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402
+from adaptive_encoder import AdaptiveEncoder, graphs  # noqa: E402
+
+
+class _NoReplay:
+    """A graph that runs the layer once (the capture call) and whose replay does nothing."""
+
+    def run_and_capture(self, fn, pool=None, stream=None):
+        fn()
+
+    def replay(self):
+        pass
+
+
+def count_graphs(N: int = 12, pool: int = 128) -> None:
+    for batch in (1, 16, 64, 128):
+        keys, forwards = set(), 0
+        for model in ("fixed", "mi"):
+            for depths, mask in benchlib.pool_batches(benchlib.make_pool(model, N, 0, pool, 1.0), batch):
+                forwards += 1
+                K = int(mask.sum())
+                k_hat, b_hat = graphs.bucket(K + 1), graphs.batch_bucket(mask.shape[0])
+                for n in range(N):
+                    c = int(((depths > n) & mask).sum())
+                    if c == 0:
+                        break
+                    keys.add((n, "all" if c == K else graphs.bucket(c), k_hat, b_hat))
+        print(f"batch {batch}: {len(keys)} layer graphs for {forwards} forwards (fixed and MI, {pool} documents)")
+
+
+def main():
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--count", action="store_true", help="also count the graphs of gpu_scaling.py's pool")
+    a = ap.parse_args()
+    enc = AdaptiveEncoder.from_model(benchlib.bert(12, 32, 2, 64))
+    x = torch.randn(1, 8, 32)
+    depths = torch.tensor([[12, 3, 5, 12, 1, 7, 9, 2]])
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    graphs.cache_for(enc, x.device).graph_cls = _NoReplay
+    best = {"eager": [], "graph mode, replays skipped": []}
+    with torch.inference_mode():
+        enc(x, depths, mask, cuda_graphs=True)  # captures (runs each layer once)
+        for _ in range(a.rounds):
+            for name in best:
+                fn = (lambda: enc(x, depths, mask)) if name == "eager" else \
+                    (lambda: enc(x, depths, mask, cuda_graphs=True))
+                best[name].append(min(timeit.repeat(fn, number=300, repeat=1)) / 300)
+    for name, times in best.items():
+        print(f"{name}: {min(times) * 1e6:.0f} us per 12-layer forward")
+    if a.count:
+        count_graphs()
+
+
+if __name__ == "__main__":
+    main()
