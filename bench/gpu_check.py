@@ -34,6 +34,9 @@ NATIVE = "cpu" if SMOKE else "cuda"
 BACKENDS = [NATIVE, "triton"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 RESULTS: dict = {}
+# Tiny on CPU; BERT-base (hidden 768, 12 heads, FFN 3072, 12 layers) on a GPU.
+SHAPE = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE else \
+    dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
 
 
 CHECKS: list = []
@@ -175,10 +178,18 @@ def _bert(dtype):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE else \
-        dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
-    cfg = BertConfig(**shape, max_position_embeddings=512, attn_implementation="sdpa")
+    cfg = BertConfig(**SHAPE, max_position_embeddings=512, attn_implementation="sdpa")
     return BertModel(cfg).to(DEV, dtype).eval()
+
+
+def _mpnet():
+    """MPNet (a relative position bias inside the varlen attention), float32, a random bias table."""
+    from transformers import MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    mp = MPNetModel(MPNetConfig(**SHAPE, vocab_size=1000, max_position_embeddings=514)).to(DEV).eval()
+    mp.encoder.relative_attention_bias.weight.normal_(0, 1)
+    return mp
 
 
 def _batch(N, dtype, hidden):
@@ -207,13 +218,7 @@ def _encoder():
                 additive.masked_fill_(~mask[:, None, None, :], torch.finfo(dtype).min)
                 hf = bert.encoder(x, attention_mask=additive).last_hidden_state
                 errs[f"{str(dtype)[6:]}/{backend}/full-vs-hf"] = rel_err(full, hf, mask)
-        from transformers import MPNetConfig, MPNetModel
-
-        torch.manual_seed(0)  # MPNet: the relative position bias inside the varlen attention
-        shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE \
-            else dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
-        mp = MPNetModel(MPNetConfig(**shape, vocab_size=1000, max_position_embeddings=514)).to(DEV).eval()
-        mp.encoder.relative_attention_bias.weight.normal_(0, 1)
+        mp = _mpnet()
         x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
         for backend in BACKENDS:
             out = AdaptiveEncoder.from_model(mp, backend=backend)(x, depths, mask).last_hidden_state
@@ -268,13 +273,7 @@ def _graphs():
                     with _no_sync():
                         got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
                     errs[f"{str(dtype)[6:]}/{backend}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
-        from transformers import MPNetConfig, MPNetModel  # the relative position bias, in graph mode
-
-        torch.manual_seed(0)
-        shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=4) if SMOKE \
-            else dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12)
-        mp = MPNetModel(MPNetConfig(**shape, vocab_size=1000, max_position_embeddings=514)).to(DEV).eval()
-        mp.encoder.relative_attention_bias.weight.normal_(0, 1)
+        mp = _mpnet()  # the relative position bias, in graph mode
         x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
         for backend in BACKENDS:
             enc = AdaptiveEncoder.from_model(mp, backend=backend)
