@@ -14,15 +14,12 @@ first dropped) per pool; prints seconds per pool and measured speed-up over the 
 """
 import argparse
 import os
-import statistics
 import sys
-from functools import partial
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import benchlib  # noqa: E402
-import adaptive_encoder.encoder as E  # noqa: E402
 from adaptive_encoder import AdaptiveEncoder  # noqa: E402
 
 N = 12
@@ -38,20 +35,7 @@ def main():
     with torch.inference_mode():  # the pack gives F.linear's numbers for any row count
         x, w, b = torch.randn(37, 256), torch.randn(1024, 256), torch.randn(1024)
         torch.testing.assert_close(_packed_or(x, w, b, plain), plain(x, w, b), rtol=1e-4, atol=1e-4)
-    for batch in a.batches:
-        res = {p: [] for p in arms}
-        for ps in benchlib.POOL_SEEDS:
-            bs, ideal = benchlib.cpu_pool(N, ps, batch)
-            # every projection goes through encoder.F.linear
-            m = benchlib.ab_full_adaptive(enc, bs, {p: partial(setattr, E.F, "linear", f) for p, f in arms.items()},
-                                          rounds=4)
-            E.F.linear = plain
-            for p in arms:
-                res[p].append(m[(p, 1)] / m[(p, 0)] / ideal)
-            print(f"batch {batch} pool {ps}: ideal {ideal:.2f}; " + "; ".join(
-                f"{p}: adaptive {m[(p, 0)]:.3f}s full {m[(p, 1)]:.3f}s" for p in arms), flush=True)
-        print(f"batch {batch}: measured/ideal " + ", ".join(f"{p} {statistics.mean(v):.3f}" for p, v in res.items()),
-              flush=True)
+    benchlib.ab_linears(enc, arms, a.batches)
 
 
 _PACKS: dict = {}

@@ -295,3 +295,31 @@ def ab_full_adaptive(enc, bs: list, arms: dict, rounds: int) -> dict:
                 if r:
                     t[(p, deep)].append(el)
     return {k: statistics.median(v) for k, v in t.items()}
+
+
+def ab_linears(enc, linears: dict, batches) -> dict:
+    """A/B of replacements for F.linear ({arm: linear(x, w, b)}), which every projection of the
+    encoder calls: per batch size and pool (cpu_pool), each arm at adaptive and full depth
+    interleaved (ab_full_adaptive, 4 rounds). Prints seconds per pool and the measured speed-up
+    over the FLOP ideal; returns {batch: {arm: mean measured/ideal}}. F.linear is restored."""
+    import torch.nn.functional as F
+
+    plain, out = F.linear, {}
+    try:
+        for batch in batches:
+            res = {p: [] for p in linears}
+            for ps in POOL_SEEDS:
+                bs, ideal = cpu_pool(enc.num_layers, ps, batch)
+                m = ab_full_adaptive(enc, bs, {p: (lambda f=f: setattr(F, "linear", f)) for p, f in linears.items()},
+                                     rounds=4)
+                F.linear = plain
+                for p in linears:
+                    res[p].append(m[(p, 1)] / m[(p, 0)] / ideal)
+                print(f"batch {batch} pool {ps}: ideal {ideal:.2f}; " + "; ".join(
+                    f"{p}: adaptive {m[(p, 0)]:.3f}s full {m[(p, 1)]:.3f}s" for p in linears), flush=True)
+            out[batch] = {p: statistics.mean(v) for p, v in res.items()}
+            print(f"batch {batch}: measured/ideal " + ", ".join(f"{p} {v:.3f}" for p, v in out[batch].items()),
+                  flush=True)
+    finally:
+        F.linear = plain
+    return out
