@@ -59,11 +59,18 @@ def encoder_and_config(model) -> tuple:
 _FUSED: dict = {}
 
 
+def _stamp(tensors) -> tuple:
+    """What a fused-weight copy baked in: each tensor's identity, storage and version counter.
+    Inference tensors (a model built under torch.inference_mode) have no version counter: only
+    an in-place change inside inference mode goes unseen there."""
+    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
 def _fused(*linears) -> tuple:
     """(weight, bias) of the linears stacked along the output dimension."""
     tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
     key = tuple(id(t) for t in tensors)
-    stamp = graphs.stamp(tensors)
+    stamp = _stamp(tensors)
     hit = _FUSED.get(key)
     if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == stamp:
         return hit[2]

@@ -140,7 +140,7 @@ class GraphCache:
         # least recently used first
         self.graphs: OrderedDict = OrderedDict()
         self.max_graphs = MAX_GRAPHS
-        self.seals: dict = {}  # layer index -> (Seal, LayerParts) of the layer as last checked
+        self.seals: dict = {}  # layer index -> Seal of the layer as last checked
         self.done = None  # CUDA event: the last graph-mode forward's work is finished
         self.captures = 0  # graphs captured so far (benchmarks report them)
         self.capture_errors: list = []  # "key: error" of each capture that failed (that key runs eagerly)
@@ -184,24 +184,21 @@ class GraphCache:
         while len(self.graphs) > self.max_graphs:  # least recently used first
             self.graphs.popitem(last=False)
 
-    def layer_parts(self, encoder, n: int, eligible):
-        """(Seal, LayerParts) of layer n, rebuilt when the layer changed; None if it cannot
-        run in graph mode (eligible(parts) False, or a module of it in training mode)."""
+    def layer_seal(self, encoder, n: int, eligible):
+        """The Seal of layer n, rebuilt when the layer changed; None if it cannot run in graph
+        mode (eligible(its LayerParts) False, or a module of it in training mode or hooked)."""
         layer = encoder.layer[n]
         hit = self.seals.get(n)
-        if hit is not None and hit[0].holds(layer):
+        if hit is not None and hit.holds(layer):
             return hit
         seal = Seal(layer)
-        if not seal.holds(layer):  # a module in training mode (dropout) or with a hook
-            return None
-        parts = encoder.family.parts(layer)
-        if not eligible(parts):
+        if not seal.holds(layer) or not eligible(encoder.family.parts(layer)):
             return None
         if hit is not None:  # the layer changed: its graphs bake in what it was (and keep it alive)
             for key in [k for k in self.graphs if k[0] == n]:
                 del self.graphs[key]
-        self.seals[n] = (seal, parts)
-        return self.seals[n]
+        self.seals[n] = seal
+        return seal
 
 
 class Seal:
@@ -215,7 +212,6 @@ class Seal:
         self.modules = list(layer.modules())
         # The modules' own dicts, read directly: nn.Module attribute lookups cost ~0.4 us each.
         self.links = [(m._modules, name, child) for m in self.modules for name, child in m._modules.items()]
-        self.tensors = [t for m in self.modules for t in m._parameters.values() if t is not None]
         self.params = [(m._parameters, name, t, t.data_ptr(), None if t.is_inference() else t._version)
                        for m in self.modules for name, t in m._parameters.items() if t is not None]
 
@@ -258,13 +254,6 @@ def clear(encoder) -> None:
         _CACHES.pop(encoder, None)
 
 
-def stamp(tensors) -> tuple:
-    """What a fused-weight copy baked in (encoder._fused): each tensor's identity, storage and
-    version counter. Inference tensors (a model built under torch.inference_mode) have no
-    version counter: only an in-place change inside inference mode goes unseen there."""
-    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
-
-
 def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor | None:
     """The layer stack of `plan` in graph mode. x (B,T,D), mask (B,T) bool; eligible(parts):
     whether a layer can be captured (plain modules, no hooks: the encoder's direct path).
@@ -282,7 +271,7 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
     a_hat = [k_hat if c == K else bucket(c) for c in counts]  # c == K: every real token, the whole state
     cache = cache_for(encoder, x.device)
     with cache.lock, (torch.cuda.device(x.device) if x.is_cuda else nullcontext()):  # replays use its streams
-        sealed = [cache.layer_parts(encoder, n, eligible) for n in range(n_max)]
+        sealed = [cache.layer_seal(encoder, n, eligible) for n in range(n_max)]
         if any(s is None for s in sealed):
             return None
         if cache.done is not None:  # the last forward's GPU work on the buffers, from any stream
@@ -305,7 +294,7 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
             table = buf.tables.setdefault(fresh.shape[0], torch.empty_like(fresh))
             table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
-        for n, (seal, _) in enumerate(sealed):
+        for n, seal in enumerate(sealed):
             every = counts[n] == K
             key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
             cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n], every, backend,

@@ -70,7 +70,7 @@ def main():
                 best[name].append(min(timeit.repeat(fn, number=300, repeat=1)) / 300)
     for name, times in best.items():
         print(f"{name}: {min(times) * 1e6:.0f} us per 12-layer forward")
-    seal = graphs.cache_for(enc, x.device).seals[0][0]
+    seal = graphs.cache_for(enc, x.device).seals[0]
     t = min(timeit.repeat(lambda: seal.holds(enc.layer[0]), number=3000, repeat=a.rounds)) / 3000
     print(f"seal check: {t * 1e6:.1f} us per layer")
     if a.count:
