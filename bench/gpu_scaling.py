@@ -60,12 +60,8 @@ def host_fraction(run, repeats: int = 2) -> tuple:
     return statistics.median(fracs), statistics.median(hosts)
 
 
-def _captures(N: int) -> int:
-    """Layer graphs captured so far by the suite's encoder of depth N (graph mode)."""
-    return _cache(N).captures
-
-
 def _cache(N: int):
+    """The graph cache of the suite's encoder of depth N (graph mode): captures, capture_errors."""
     from adaptive_encoder import graphs
 
     return graphs.cache_for(test_speed._stack(N)[1], benchlib.device())
@@ -97,7 +93,7 @@ def main():
             run, flops, full, real, depth_sum = test_speed._pool_run(m, a.N, batch, 0, a.pool)
             runs[m] = run
             stats[m] = dict(ideal=full / flops, active=depth_sum / (real * a.N))
-        first, before = {}, _captures(a.N)  # the first pass over the pool, timed alone: graph mode captures there
+        first, before = {}, _cache(a.N).captures  # the first pass over the pool, timed alone: graph mode captures there
         for m, run in runs.items():
             with torch.inference_mode():
                 _sync()
@@ -105,7 +101,7 @@ def main():
                 run()
                 _sync()
                 first[m] = time.perf_counter() - t0
-        captures = _captures(a.N) - before  # by both graph-mode models (one encoder)
+        captures = _cache(a.N).captures - before  # by both graph-mode models (one encoder)
         med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=0)
         forwards = -(-a.pool // batch)
         for m in a.models:
