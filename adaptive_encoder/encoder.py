@@ -59,6 +59,9 @@ def encoder_and_config(model) -> tuple:
 _FUSED: dict = {}
 
 
+_WHERE = " (depths and attention_mask: on hidden_states' device, or both on the CPU)"
+
+
 def _stamp(tensors) -> tuple:
     """What a fused-weight copy baked in: each tensor's identity, storage and version counter.
     Inference tensors (a model built under torch.inference_mode) have no version counter: only
@@ -166,7 +169,7 @@ class AdaptiveEncoder(nn.Module):
         if depths.device != plan_device:
             raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}"
                              + ("" if attention_mask is None else f", attention_mask on {attention_mask.device}")
-                             + " (depths and attention_mask: on hidden_states' device, or both on the CPU)")
+                             + _WHERE)
         if attention_mask is None:
             mask = torch.ones((B, T), dtype=torch.bool, device=plan_device)
         else:
@@ -175,9 +178,8 @@ class AdaptiveEncoder(nn.Module):
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
             if attention_mask.device != plan_device:
-                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}, "
-                                 f"depths on {depths.device} (depths and attention_mask: on hidden_states' device, "
-                                 f"or both on the CPU)")
+                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on "
+                                 f"{hidden_states.device}, depths on {depths.device}" + _WHERE)
             mask = attention_mask != 0
         return depths.to(torch.int64), mask
 
