@@ -2,7 +2,10 @@
 
 q (Aq, H, Dh), k/v (Ak, H, Dh); cu_q/cu_k (B+1,) int64 offsets of each sequence's queries
 and keys (they differ: halted tokens are keys but not queries). Output (Aq, H, Dh), the
-dtype of q.
+dtype of q. Rows at or past cu_q[B] / cu_k[B] are in no sequence (graph mode pads its
+buffers to fixed sizes): their output is unspecified (the kernels leave it unwritten, the
+reference gives zeros) and they are never anyone's keys. max_q / max_k bound the query and
+key count of every sequence (the Triton grid and the reference's padding), not the row counts.
 
 Three implementations: the padded-SDPA reference (any case, differentiable, dropout), the
 Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call

@@ -6,17 +6,20 @@ show. A graph replays a layer's kernels with one launch, but only for fixed shap
 addresses, and the plan's row counts change with every input. So, in graph mode:
 
 - The state is kept compact over the real tokens, (K^, D) with K^ = bucket(K + 1): rows K..K^-1
-  are dummy rows, a dummy sequence's keys (at least one). Padding tokens never enter.
+  are dummy rows (at least one). Padding tokens never enter.
 - Layer n's queries are indices into that state, padded to A^ = bucket(A_n) with the first
-  dummy row; the padded queries form the dummy sequence, so real sequences see only their own
-  keys, as in the eager path. Their outputs land on dummy rows (duplicates there are harmless).
+  dummy row. Dummy rows and padded queries belong to no sequence (past the last offset), so
+  attention leaves their outputs unwritten and never uses them as keys: real sequences see
+  exactly their own keys, as in the eager path. What lands on dummy rows is never read.
 - Sequences are padded to B^ (a power of two) with empty ones, so every offsets table has a
-  fixed length.
+  fixed length. The attention grid is bounded by T^ = bucket(T + 1) (no sequence is longer
+  than the padded length T), not by the row count: a grid over A^ rows per sequence would launch
+  ~A^ * B^ / 64 programs per head, nearly all idle, which grows with the square of the batch.
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan) and copied in two transfers. A layer's graph reads them at fixed
-  addresses, so it is keyed by (layer, A^ or "all", K^, B^) and replayed for every input that
-  lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
+  addresses, so it is keyed by (layer, A^ or "all", K^, B^, the grid bounds) and replayed for
+  every input that lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
@@ -114,7 +117,7 @@ class Buffers:
     its sequence (for a relative position bias), row 1 the real tokens' flattened rows (first
     K entries), row 2+n layer n's query rows into the state (first A^_n entries). tables
     {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
-    offsets(B^) (N+1, B^+2) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
+    offsets(B^) (N+1, B^+1) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
 
     def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
         self.num_layers, self.device = num_layers, device
@@ -125,7 +128,7 @@ class Buffers:
 
     def offsets(self, b_hat: int) -> torch.Tensor:
         if b_hat not in self._offsets:
-            self._offsets[b_hat] = torch.zeros(self.num_layers + 1, b_hat + 2, dtype=torch.int64, device=self.device)
+            self._offsets[b_hat] = torch.zeros(self.num_layers + 1, b_hat + 1, dtype=torch.int64, device=self.device)
         return self._offsets[b_hat]
 
 
@@ -267,8 +270,9 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
     if n_max == 0:
         return flat.clone()
     counts = plan.layer_counts[:n_max]
-    k_hat, b_hat = bucket(K + 1), batch_bucket(B)
-    a_hat = [k_hat if c == K else bucket(c) for c in counts]  # c == K: every real token, the whole state
+    sizes = layer_sizes(counts, K, B, T)
+    k_hat, b_hat = sizes[0][1], sizes[0][2]
+    a_hat = [k_hat if s[0] == "all" else s[0] for s in sizes]
     cache = cache_for(encoder, x.device)
     with cache.lock, (torch.cuda.device(x.device) if x.is_cuda else nullcontext()):  # replays use its streams
         sealed = [cache.layer_seal(encoder, n, eligible) for n in range(n_max)]
@@ -284,9 +288,9 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         _copy(buf.ints[:n_max + 2], ints)
         _copy(offs[:n_max + 1], offsets)
         key_rows = buf.ints[1, :K]
-        # The compact state: the real tokens in order, then zeroed dummy rows.
+        # The compact state: the real tokens in order. The dummy rows after them are in no
+        # sequence and hold whatever the last forward left there (never read by a real row).
         torch.index_select(flat, 0, key_rows, out=buf.state[:K])
-        buf.state[K:].zero_()
         table = None
         if encoder.family.distance_bias is not None:  # MPNet: the distance table for T^
             fresh = encoder.family.distance_bias({m: getattr(encoder, m) for m in encoder.family.encoder_modules},
@@ -295,10 +299,8 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
             table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
         for n, seal in enumerate(sealed):
-            every = counts[n] == K
-            key = (n, "all" if every else a_hat[n], k_hat, b_hat, dev_key)
-            cache.run(key, seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n], every, backend,
-                                         ops))
+            cache.run((n, *sizes[n], dev_key), seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n],
+                                                             sizes[n][0] == "all", sizes[n][3:], backend, ops))
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
@@ -312,10 +314,24 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         return out
 
 
+def layer_sizes(counts: list, K: int, B: int, T: int) -> list:
+    """The fixed sizes each layer's graph bakes in (the shape part of its key), for layers with
+    `counts` queries among K real tokens in B sequences padded to length T: per layer
+    (A^ or "all", K^, B^, max_q, max_k). "all": every real token is a query (the whole state).
+    max_q, max_k bound each sequence's queries and keys by T^ = bucket(T + 1) (+ 1: at batch 1,
+    where K = T, the same bucket as K^, so no extra keys), for the attention
+    grid and the reference's padding: bounding them by the row counts would launch
+    ~A^ * B^ / 64 programs per head, nearly all idle (quadratic in the batch)."""
+    k_hat, b_hat, t_hat = bucket(K + 1), batch_bucket(B), bucket(T + 1)
+    return [("all", k_hat, b_hat, min(t_hat, k_hat), min(t_hat, k_hat)) if c == K
+            else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), min(t_hat, k_hat)) for c in counts]
+
+
 def _tables(plan, mask: torch.Tensor, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
     """Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1] for this plan, built on the
     plan's device (mask on the same one). Padding entries: K (the first dummy row) in the
-    query rows; empty sequences, then the dummy sequence, in the offsets."""
+    query rows; empty sequences in the offsets (which end at K keys and A_n queries: the
+    dummy rows and padded queries are in no sequence)."""
     dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
     counts = plan.layer_counts[:n_max]
     ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
@@ -326,17 +342,15 @@ def _tables(plan, mask: torch.Tensor, T: int, k_hat: int, b_hat: int, a_hat: lis
     # Each layer's active rows as indices into the compact state, at row 2+n from column 0.
     compact = plan.rows if plan.key_rows is None else (mask.reshape(-1).cumsum(0) - 1)[plan.rows]
     starts = [sum(counts[:n]) for n in range(n_max)]
-    host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts + [k_hat] + a_hat,
-                        dtype=torch.int64)
+    host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts, dtype=torch.int64)
     host = to_device(host, dev)
     S = starts[-1] + counts[-1]
     dest = torch.arange(S, device=dev) + torch.repeat_interleave(host[:n_max], host[n_max:2 * n_max], output_size=S)
     ints.view(-1).index_copy_(0, dest, compact[:S])
-    offsets = torch.empty((n_max + 1, b_hat + 2), dtype=torch.int64, device=dev)
+    offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
     offsets[0, :B + 1] = plan.cu_k
     offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
-    offsets[:, B + 1:b_hat + 1] = offsets[:, B:B + 1]
-    offsets[:, b_hat + 1] = host[2 * n_max:]
+    offsets[:, B + 1:] = offsets[:, B:B + 1]
     return ints, offsets
 
 
@@ -344,16 +358,17 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(to_device(src, dst.device), non_blocking=True)
 
 
-def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, every: bool, backend: str, ops):
+def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, every: bool, bounds: tuple, backend: str,
+          ops):
     """Layer n on the buffers, reading nothing else of this call (what a graph replays).
     offs: the offset buffer of this batch bucket; table: the distance table buffer of a
-    relative position bias, or None."""
-    k_hat = buf.state.shape[0]
+    relative position bias, or None; bounds: (max_q, max_k) of any sequence in these buckets."""
+    max_q, max_k = bounds
     pos, cu_k, cu_q = buf.ints[0], offs[0], offs[1 + n]
     if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
         def step():
             bias = None if table is None else (table, pos, pos)
-            out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, k_hat, k_hat, backend, bias)
+            out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, max_k, max_k, backend, bias)
             buf.state.copy_(out)
     else:
         idx = buf.ints[2 + n, :a_hat]
@@ -361,6 +376,6 @@ def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, every: 
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
             bias = None if table is None else (table, pos[idx], pos)
-            out = encoder._layer(layer, xq, buf.state, cu_q, cu_k, a_hat, k_hat, backend, bias)
+            out = encoder._layer(layer, xq, buf.state, cu_q, cu_k, max_q, max_k, backend, bias)
             ops.scatter_(buf.state, out, idx, backend=backend, check=False)
     return step

@@ -10,6 +10,8 @@ Shapes and dtypes:
     varlen_attention(q (Aq,H,Dh), k, v (Ak,H,Dh), cu_q, cu_k (B+1,) int64, max_q, max_k)
         -> (Aq,H,Dh): the queries of sequence b (rows cu_q[b]:cu_q[b+1]) attend to the keys
         of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask; optional relative position bias.
+        Rows at or past cu_q[B] (cu_k[B]) are in no sequence (graph mode pads to fixed sizes):
+        zeros here, unspecified in the kernels, never read as keys.
 """
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,13 @@ def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
 
 
 def _padded_index(cu: torch.Tensor, total: int):
-    """(sequence id, position within sequence) of each of `total` packed rows."""
-    lengths = cu[1:] - cu[:-1]
-    seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths, output_size=total)
+    """(slot, position in slot) of each of `total` packed rows: sequence b's rows go to slot b,
+    rows past cu[B] (in no sequence) all to position 0 of an extra slot B."""
+    B = cu.numel() - 1
+    lengths = torch.cat([cu[1:] - cu[:-1], total - cu[-1:]])
+    seq = torch.repeat_interleave(torch.arange(B + 1, device=cu.device), lengths, output_size=total)
     pos = torch.arange(total, device=cu.device) - cu[seq]
-    return seq, pos
+    return seq, pos.masked_fill(seq == B, 0)
 
 
 def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dropout_p: float = 0.0,
@@ -54,9 +58,11 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
     """
     B = cu_q.numel() - 1
     H, Dh = q.shape[1], q.shape[2]
-    # One sequence: nothing to pad, no mask (every key is real). Not under torch.compile, where a
-    # traced plan's lengths are unbacked sizes that SDPA would guard on.
-    if B == 1 and bias is None and not torch.compiler.is_compiling():
+    # One sequence over every row: nothing to pad, no mask. Not under torch.compile, where a
+    # traced plan's lengths are unbacked sizes that SDPA would guard on; on CPU only, where
+    # reading the offsets costs no device sync.
+    if B == 1 and bias is None and not torch.compiler.is_compiling() and q.device.type == "cpu" \
+            and int(cu_q[1]) == q.shape[0] and int(cu_k[1]) == k.shape[0]:
         out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
                                              v.transpose(0, 1)[None], dropout_p=dropout_p, scale=scale)
         return out[0].transpose(0, 1)
@@ -65,16 +71,18 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
     max_q, max_k = torch.sym_max(max_q, 2), torch.sym_max(max_k, 2)
     seq_q, pos_q = _padded_index(cu_q, q.shape[0])
     seq_k, pos_k = _padded_index(cu_k, k.shape[0])
-    qp = q.new_zeros(B, max_q, H, Dh).index_put((seq_q, pos_q), q)
-    kp = k.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), k)
-    vp = v.new_zeros(B, max_k, H, Dh).index_put((seq_k, pos_k), v)
-    key_ok = torch.arange(max_k, device=q.device).unsqueeze(0) < (cu_k[1:] - cu_k[:-1]).unsqueeze(1)
+    # Slot B holds the rows in no sequence; it sees one key (any) so that its softmax is finite.
+    qp = q.new_zeros(B + 1, max_q, H, Dh).index_put((seq_q, pos_q), q)
+    kp = k.new_zeros(B + 1, max_k, H, Dh).index_put((seq_k, pos_k), k)
+    vp = v.new_zeros(B + 1, max_k, H, Dh).index_put((seq_k, pos_k), v)
+    key_len = torch.cat([cu_k[1:] - cu_k[:-1], cu_k.new_ones(1)])
+    key_ok = torch.arange(max_k, device=q.device).unsqueeze(0) < key_len.unsqueeze(1)
     attn_mask = key_ok[:, None, None, :]
     if bias is not None:
         dist, q_pos, k_pos = bias
         off = (dist.shape[0] - 1) // 2
-        pq = q_pos.new_zeros(B, max_q).index_put((seq_q, pos_q), q_pos)
-        pk = k_pos.new_zeros(B, max_k).index_put((seq_k, pos_k), k_pos)
+        pq = q_pos.new_zeros(B + 1, max_q).index_put((seq_q, pos_q), q_pos)
+        pk = k_pos.new_zeros(B + 1, max_k).index_put((seq_k, pos_k), k_pos)
         idx = (pk[:, None, :] - pq[:, :, None] + off).clamp(0, 2 * off)  # padding rows: any valid index
         scores_bias = dist[idx].permute(0, 3, 1, 2).to(q.dtype)  # (B, H, max_q, max_k)
         attn_mask = scores_bias.masked_fill(~attn_mask, float("-inf"))
@@ -82,4 +90,4 @@ def varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None, dr
         qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
         attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
     )
-    return out.transpose(1, 2)[seq_q, pos_q]
+    return out.transpose(1, 2)[seq_q, pos_q].masked_fill((seq_q == B)[:, None, None], 0)

@@ -10,7 +10,9 @@ work through ~15 ops each. Both interleaved, best of `--rounds` x 300 calls.
 
 --count also prints how many layer graphs gpu_scaling.py's pool (128 IMDB-length documents,
 TREC MI and full depth, N = 12) needs at batch 1, 16, 64 and 128: the captures of its first
-pass, counted from the plans' buckets (nothing runs).
+pass, counted from the plans' buckets (nothing runs), and the Triton attention programs per
+forward (BERT-base: 12 heads, 64-row blocks) in graph mode, in eager mode and in the
+sequences' own query blocks (the rest exit at once).
 """
 import argparse
 import os
@@ -34,20 +36,24 @@ class _NoReplay:
         pass
 
 
-def count_graphs(N: int = 12, pool: int = 128) -> None:
+def count_graphs(N: int = 12, pool: int = 128, heads: int = 12, block: int = 64) -> None:
+    blocks = lambda n: -(-n // block)  # noqa: E731
     for batch in (1, 16, 64, 128):
-        keys, forwards = set(), 0
+        keys, forwards, programs = set(), 0, {"graph mode": 0, "eager": 0, "own blocks": 0}
         for model in ("fixed", "mi"):
             for depths, mask in benchlib.pool_batches(benchlib.make_pool(model, N, 0, pool, 1.0), batch):
                 forwards += 1
-                K = int(mask.sum())
-                k_hat, b_hat = graphs.bucket(K + 1), graphs.batch_bucket(mask.shape[0])
-                for n in range(N):
-                    c = int(((depths > n) & mask).sum())
-                    if c == 0:
-                        break
-                    keys.add((n, "all" if c == K else graphs.bucket(c), k_hat, b_hat))
-        print(f"batch {batch}: {len(keys)} layer graphs for {forwards} forwards (fixed and MI, {pool} documents)")
+                per_seq = [((depths > n) & mask).sum(1).tolist() for n in range(N)]
+                counts = [sum(c) for c in per_seq if sum(c)]
+                sizes = graphs.layer_sizes(counts, int(mask.sum()), *mask.shape)
+                keys.update((n, *s) for n, s in enumerate(sizes))
+                for s, seqs in zip(sizes, per_seq):  # grids: (blocks of max_q, sequences, heads)
+                    programs["graph mode"] += blocks(s[3]) * s[2] * heads
+                    programs["eager"] += blocks(max(seqs)) * len(seqs) * heads
+                    programs["own blocks"] += sum(blocks(c) for c in seqs) * heads
+        print(f"batch {batch}: {len(keys)} layer graphs for {forwards} forwards (fixed and MI, {pool} documents); "
+              "attention programs per forward: "
+              + ", ".join(f"{k} {v // forwards}" for k, v in programs.items()))
 
 
 def main():

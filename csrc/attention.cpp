@@ -5,6 +5,7 @@
 //
 // The queries of sequence b (rows cu_q[b]:cu_q[b+1]) attend to its keys (cu_k[b]:cu_k[b+1]);
 // with dist, scores[i,j] += dist[k_pos[j] - q_pos[i] + P - 1] (MPNet's relative position bias).
+// Rows at or past cu_q[B] / cu_k[B] are in no sequence: their output rows are not written.
 //
 // Why not the padded reference: a batch of documents of uneven length padded to the longest
 // one does up to 4x the attention work at batch 15 (IMDB-like lengths), and SDPA with a mask
@@ -26,7 +27,8 @@ void check_offsets(const at::Tensor& cu, int64_t rows, const char* name) {
               " must be a 1-D int64 tensor");
   const int64_t* c = cu.data_ptr<int64_t>();
   const int64_t n = cu.numel();
-  TORCH_CHECK(n >= 1 && c[0] == 0 && c[n - 1] == rows, "varlen_attention: ", name, " must run from 0 to ",
+  // Rows past c[n-1] belong to no sequence (graph mode pads to fixed sizes): left unwritten.
+  TORCH_CHECK(n >= 1 && c[0] == 0 && c[n - 1] <= rows, "varlen_attention: ", name, " must run from 0 to at most ",
               rows, " (the number of rows)");
   for (int64_t i = 0; i + 1 < n; ++i) {
     TORCH_CHECK(c[i] <= c[i + 1], "varlen_attention: ", name, " must be non-decreasing");

@@ -5,6 +5,8 @@ sequence's keys in blocks with an online softmax, so the (queries x keys) score 
 never written to memory. Query and key offsets differ (halted tokens are keys only).
 
 q (Aq, H, Dh), k/v (Ak, H, Dh) contiguous, cu_q/cu_k (B+1,) int64 -> out (Aq, H, Dh), q's dtype.
+The grid is (cdiv(max_q, BLOCK_M), B, H): max_q bounds each sequence's queries; rows past
+cu_q[B] belong to no sequence and are not written.
 Forward only (no dropout, no backward): the library uses it for inference.
 """
 import os

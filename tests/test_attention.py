@@ -56,6 +56,43 @@ def test_triton_and_reference_match_per_sequence_sdpa(device, dtype, tol, B, max
             assert err < tol, (backend, float(err))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_rows_in_no_sequence_are_ignored(device, with_bias, poison):
+    """Graph mode pads q and k with rows past the last offset (in no sequence) and bounds
+    max_q / max_k by the longest sequence, not by the row count: every backend gives the real
+    rows exactly what it gives without the extra rows, whatever those hold (NaN here), and
+    the reference gives zeros on them."""
+    q, k, v, cu_q, cu_k, mq, mk = _case(5, 12, 2, 16, torch.float32, device, seed=11)
+    extra_q, extra_k = 37, 23  # more than max_q / max_k: a padded tail may be the longest run
+    nan = float("nan")
+    qp = torch.cat([q, torch.full((extra_q, *q.shape[1:]), nan, device=device)])
+    kp = torch.cat([k, torch.full((extra_k, *k.shape[1:]), nan, device=device)])
+    vp = torch.cat([v, torch.full((extra_k, *v.shape[1:]), nan, device=device)])
+    bias = padded_bias = None
+    if with_bias:
+        gen = torch.Generator().manual_seed(12)
+        dist = torch.randn(2 * 12 - 1, 2, generator=gen).to(device)
+        pos = lambda cu: torch.cat([torch.arange(int(cu[b + 1] - cu[b])) for b in range(5)]).to(device)  # noqa: E731
+        bias = (dist, pos(cu_q), pos(cu_k))
+        padded_bias = (dist, F.pad(bias[1], (0, extra_q)), F.pad(bias[2], (0, extra_k)))
+    backends = [b for d, b in DEVICE_BACKENDS if d == device and b in ("torch", "triton", "cpu")]
+    for backend in backends:
+        with torch.no_grad():
+            want = varlen_attention(q, k, v, cu_q, cu_k, mq, mk, backend=backend, bias=bias)
+            got = varlen_attention(qp, kp, vp, cu_q, cu_k, mq, mk, backend=backend, bias=padded_bias)
+        assert got.shape == qp.shape
+        torch.testing.assert_close(got[:q.shape[0]], want, atol=1e-6, rtol=1e-5, msg=backend)
+        if backend == "torch":
+            assert torch.equal(got[q.shape[0]:], torch.zeros_like(got[q.shape[0]:]))
+    one = (q[:4], k[:6], v[:6], torch.tensor([0, 4], device=device), torch.tensor([0, 6], device=device))
+    with torch.no_grad():  # one sequence with a tail: the reference's one-sequence shortcut must not take it
+        want = varlen_attention(*one, 4, 6, backend="torch")
+        got = varlen_attention(torch.cat([one[0], qp[-3:]]), torch.cat([one[1], kp[-2:]]),
+                               torch.cat([one[2], vp[-2:]]), *one[3:], 4, 6, backend="torch")
+    torch.testing.assert_close(got[:4], want)
+
+
 def test_reference_handles_gradients_and_triton_is_not_used_for_them():
     q, k, v, cu_q, cu_k, mq, mk = _case(3, 8, 2, 16, torch.float64, TRITON_DEVICE, seed=3)
     q.requires_grad_()
@@ -130,7 +167,7 @@ def test_cpp_attention_runs_without_padding_and_passes_opcheck(monkeypatch):
 def test_cpp_attention_refuses_bad_offsets(cpp_errors_raise):
     q, k, v = torch.randn(3, 2, 16), torch.randn(4, 2, 16), torch.randn(4, 2, 16)
     op = torch.ops.adaptive_encoder.varlen_attention
-    with pytest.raises(RuntimeError, match="cu_k must run from 0 to 4"):
+    with pytest.raises(RuntimeError, match="cu_k must run from 0 to at most 4"):
         op(q, k, v, torch.tensor([0, 3]), torch.tensor([0, 5]), 0.25, None, None, None)
     with pytest.raises(RuntimeError, match="non-decreasing"):
         op(q, k, v, torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 2, 4]), 0.25, None, None, None)

@@ -2,7 +2,8 @@
 
 On CUDA tensors the layers are real CUDA graphs. On CPU tensors the same bucketed path runs
 and a "replay" calls the captured function again, so these tests check the bucketing, the
-dummy rows and sequences, and that a replay reads nothing of the call that captured it."""
+dummy rows (in no sequence; NaN under the poison fixture) and that a replay reads nothing of
+the call that captured it."""
 import copy
 import pickle
 import threading

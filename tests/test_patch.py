@@ -283,7 +283,7 @@ def test_trainer_with_depth_collator_trains_adaptively(tmp_path):
         depths = [3 if t in (tok.cls_token_id, tok.convert_tokens_to_ids("w0")) else 1 for t in enc["input_ids"]]
         examples.append({**enc, "depths": depths, "labels": label})
     model, _ = _patched_bert(num_labels=2)
-    rows, real = [], []
+    rows = []
     model.bert.encoder.layer[1].intermediate.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
     args = tf.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=24,
                                 learning_rate=3e-3, logging_steps=4, report_to=[], use_cpu=True,
