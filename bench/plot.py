@@ -104,6 +104,8 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
         "measured_over_layers_only": {str(b): v / layers_only[b] for b, v in speedup.get("mi", []) if b in layers_only},
         "kernels": [{k: r[k] for k in ("op", "backend", "rows", "gbps", "fraction_of_copy_bw") if k in r}
                     for r in records if r.get("group") == "kernels"],
+        "attention_kernel": [{k: r[k] for k in ("backend", "queries", "batch", "tflops", "speedup_over_reference")}
+                             for r in records if r.get("group") == "attention_kernel"],
         "savings": [r for r in records if r.get("bench") == "savings"],
     }
 
@@ -194,6 +196,16 @@ def markdown(summary: dict, records: list) -> str:
                   "| op | backend | rows | GB/s | of copy bandwidth |", "|---|---|---|---|---|"]
         for r in kern:
             lines.append(f"| {r['op']} | {r['backend']} | {r['rows']} | {r['gbps']:.2f} | {r['fraction_of_copy_bw']:.0%} |")
+        lines.append("")
+    attn = [r for r in records if r.get("group") == "attention_kernel"]
+    if attn:
+        lines += ["Varlen attention (IMDB-like lengths; the padded reference timed interleaved in the same run):", "",
+                  "| backend | queries | batch | query / key rows | TFLOP/s | ms | reference ms | speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in attn:
+            lines.append(f"| {r['backend']} | {r['queries']} | {r['batch']} | {r['query_rows']} / {r['key_rows']} | "
+                         f"{r['tflops']:.2f} | {r['seconds'] * 1e3:.3f} | {r['reference_seconds'] * 1e3:.3f} | "
+                         f"{r['speedup_over_reference']:.2f}x |")
         lines.append("")
     if summary.get("depth_sources"):
         lines += ["Depth sources (N = 12, the benchmark pools):", "",

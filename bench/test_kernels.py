@@ -1,9 +1,15 @@
-"""gather / scatter / plan per backend across sizes, in GB/s next to the device's copy bandwidth.
+"""gather / scatter / plan per backend across sizes, in GB/s next to the device's copy bandwidth;
+varlen attention per backend in TFLOP/s next to the padded reference.
 
 Bytes counted (the fewest the op must move): gather reads and writes A rows (+ indices);
-scatter (out of place) copies the R-row base and writes A rows from src (+ indices); plan
+scatter (out of place) copies the R-row base and writes A rows from src (+ indices); scatter_
+(in place, what the encoder runs under inference) reads and writes A rows (+ indices); plan
 reads depths and mask and writes the row indices and offsets. The copy bandwidth is a large
 tensor's clone, read plus write, measured in the same session.
+Attention FLOPs counted: 4 * heads * head_dim * sum over sequences of queries x keys (QK^T and
+PV), on IMDB-like lengths, every token a query ("full") or the tokens of MI depth > N/2
+("mi", compact queries against all keys). Each backend is timed interleaved with the padded
+reference (backend "torch": what the encoder falls back to), whose time it reports beside its own.
 On CPU the Triton kernels run only in the interpreter, a correctness tool: they are timed on
 GPUs only.
 """
@@ -44,7 +50,7 @@ def _record(benchmark, op, backend, R, nbytes, seconds):
 
 @pytest.mark.parametrize("R", ROWS)
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("op", ["gather", "scatter"])
+@pytest.mark.parametrize("op", ["gather", "scatter", "scatter_"])
 def test_gather_scatter_bandwidth(benchmark, op, backend, R):
     benchmark.group = f"kernels_{op}"
     gen = torch.Generator().manual_seed(R)
@@ -54,10 +60,14 @@ def test_gather_scatter_bandwidth(benchmark, op, backend, R):
     if op == "gather":
         fn = functools.partial(ops.gather, x, rows, backend=backend)
         nbytes = 2 * A * D * e + 8 * A
-    else:
+    elif op == "scatter":
         src = torch.randn(A, D, generator=gen).to(DEV, DTYPE)
         fn = functools.partial(ops.scatter, x, src, rows, backend=backend)
         nbytes = 2 * R * D * e + 2 * A * D * e + 8 * A
+    else:  # in place: the same rows rewritten each call
+        src = torch.randn(A, D, generator=gen).to(DEV, DTYPE)
+        fn = functools.partial(ops.scatter_, x, src, rows, backend=backend)
+        nbytes = 2 * A * D * e + 8 * A
     med = benchlib.interleaved_medians({op: fn}, rounds=ROUNDS)[op]
     with torch.inference_mode():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
@@ -80,3 +90,38 @@ def test_plan(benchmark, backend, B):
     with torch.inference_mode():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
     _record(benchmark, "plan", backend, B * T, nbytes, med)
+
+
+ATTN_BACKENDS = ["triton"] if GPU else ["cpu"]  # on CUDA tensors backend "cuda" runs the Triton kernel too
+
+
+@pytest.mark.parametrize("B", [8, 64] if GPU else [8])
+@pytest.mark.parametrize("queries", ["full", "mi"])
+@pytest.mark.parametrize("backend", ATTN_BACKENDS)
+def test_attention_throughput(benchmark, backend, queries, B):
+    from adaptive_encoder.attention import varlen_attention
+
+    benchmark.group = "kernels_attention"
+    H, Dh, N = (12, 64, 12) if GPU else (4, 64, 12)
+    depths, mask = benchlib.make_batch("mi", N, B, seed=B, scale=1.0 if GPU else 0.5)
+    keys = mask.sum(1)
+    active = mask & (depths > (0 if queries == "full" else N // 2))
+    qlen = active.sum(1)
+    cu = lambda n: torch.cat([n.new_zeros(1), n.cumsum(0)]).to(DEV)  # noqa: E731
+    cu_q, cu_k = cu(qlen), cu(keys)
+    gen = torch.Generator().manual_seed(B)
+    q = torch.randn(int(qlen.sum()), H, Dh, generator=gen).to(DEV, DTYPE)
+    k = torch.randn(int(keys.sum()), H, Dh, generator=gen).to(DEV, DTYPE)
+    v = torch.randn(int(keys.sum()), H, Dh, generator=gen).to(DEV, DTYPE)
+    args = (q, k, v, cu_q, cu_k, int(qlen.max()), int(keys.max()))
+    fns = {name: functools.partial(varlen_attention, *args, backend=name) for name in (backend, "torch")}
+    med = benchlib.interleaved_medians(fns, rounds=ROUNDS)
+    with torch.inference_mode():
+        benchmark.pedantic(fns[backend], rounds=ROUNDS, warmup_rounds=1)
+    flops = 4 * H * Dh * int((qlen * keys).sum())
+    info = dict(group="attention_kernel", op="varlen_attention", backend=backend, queries=queries, batch=B,
+                heads=H, head_dim=Dh, dtype=str(DTYPE), device=str(DEV), query_rows=int(qlen.sum()),
+                key_rows=int(keys.sum()), seconds=med[backend], reference_seconds=med["torch"],
+                tflops=flops / med[backend] / 1e12, speedup_over_reference=med["torch"] / med[backend])
+    benchmark.extra_info.update(info)
+    benchlib.record(info)
