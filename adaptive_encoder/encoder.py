@@ -1,9 +1,10 @@
 """AdaptiveEncoder: an encoder that computes, at layer n, only the tokens with depth >= n.
 
-Per layer: gather the active rows of the state into a compact (A, D) tensor, run query
-projection, attention, output projection and FFN on those A rows only (keys and values
-come from every real token of the sequence, halted ones included), scatter the results
-back; halted rows are copied through. Layers above n_max = max depth are not run.
+The state holds the K real tokens only (padding never enters). Per layer: gather the active
+rows of the state into a compact (A, D) tensor, run query projection, attention, output
+projection and FFN on those A rows only (keys and values come from every real token of the
+sequence, halted ones included), scatter the results back; halted rows are copied through.
+Layers above n_max = max depth are not run.
 
 The layer code is shared by every supported family (families.py maps a family's layer
 onto q/k/v, attention output and FFN); nothing here knows a family's module names.
@@ -211,30 +212,37 @@ class AdaptiveEncoder(nn.Module):
         plan = make_plan(depths, mask, self.num_layers,
                          backend=ops.resolve_backend(depths.device) if host_plan else backend)
         if graphed and on_layer is None and self._graphable():
-            state = graphs.run(self, hidden_states, mask, plan, backend, _graph_eligible)
+            state = graphs.run(self, hidden_states, plan, backend, _graph_eligible)
             if state is not None:
                 return state, plan
         given = plan
         if host_plan:
             plan = plan.to(hidden_states.device)
-        state = hidden_states.reshape(B * T, D)
-        # Inference: the state is this forward's own buffer, updated in place (no copy of the
-        # whole state per layer) and q/k/v projections fused into one GEMM per input.
-        inference = not torch.is_grad_enabled() and on_layer is None
-        if inference:
-            state = state.clone()
-        family = self.family
-        bias = k_pos = None
-        if family.distance_bias is not None:  # relative position bias: by (key - query) position
-            bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
-            k_pos = (torch.arange(B * T, device=state.device) if plan.key_rows is None else plan.key_rows) % T
+        flat = hidden_states.reshape(B * T, D)
         # The plan's rows are in range and unique by construction (tests/test_properties.py),
         # so the per-call bounds checks of the public ops are skipped here.
         gather = lambda x, rows: ops.gather(x, rows, backend=backend, check=False)  # noqa: E731
+        # The state holds the real tokens only (K rows, in order; lp.state_rows index it): no
+        # per-layer gather of the keys, and at full depth no gather or scatter at all. With
+        # padding it starts as a gather, which is this forward's own buffer; without, a copy
+        # under inference, where it is then updated in place (no copy of the whole state per
+        # layer) and q/k/v projections are fused into one GEMM per input.
+        compact = plan.key_rows is not None
+        inference = not torch.is_grad_enabled() and on_layer is None
+        state = gather(flat, plan.key_rows) if compact else (flat.clone() if inference else flat)
         if inference:
             scatter = lambda x, y, rows: ops.scatter_(x, y, rows, backend=backend, check=False)  # noqa: E731
         else:
             scatter = lambda x, y, rows: ops.scatter(x, y, rows, backend=backend, check=False)  # noqa: E731
+        # The whole (B*T, D) state: padding rows keep the input, as in transformers' own layers
+        # they never influence a real token.
+        full = (lambda s: ops.scatter(flat, s, plan.key_rows, backend=backend, check=False)) if compact \
+            else (lambda s: s)
+        family = self.family
+        bias = k_pos = None
+        if family.distance_bias is not None:  # relative position bias: by (key - query) position
+            bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
+            k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]
@@ -244,21 +252,20 @@ class AdaptiveEncoder(nn.Module):
                 # layer's flag and checkpoint function: recompute this layer in backward.
                 ckpt = getattr(layer, "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
                 run = partial(ckpt, self._layer)
-            keys = state if plan.key_rows is None else gather(state, plan.key_rows)
-            # Every real token active: nothing to compact. (Not under torch.compile, where the
-            # branch would guard on the data and recompile when it flips.)
+            # Every real token active: the whole state, no gather. (Not under torch.compile,
+            # where the branch would guard on the data and recompile when it flips.)
             if not torch.compiler.is_compiling() and lp.count == plan.num_real:
                 pos = None if bias is None else (bias, k_pos, k_pos)
-                out = _like(run(layer, keys, keys, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos), state)
-                state = out if plan.key_rows is None else scatter(state, out, plan.key_rows)
+                state = _like(run(layer, state, state, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos),
+                              state)
             else:
-                queries = gather(state, lp.rows)
+                queries = gather(state, lp.state_rows)
                 pos = None if bias is None else (bias, lp.rows % T, k_pos)
-                out = _like(run(layer, queries, keys, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos), state)
-                state = scatter(state, out, lp.rows)
+                out = _like(run(layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos), state)
+                state = scatter(state, out, lp.state_rows)
             if on_layer is not None:
-                on_layer(state)
-        return state, given
+                on_layer(full(state))
+        return full(state), given
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run

@@ -257,8 +257,8 @@ def clear(encoder) -> None:
         _CACHES.pop(encoder, None)
 
 
-def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor | None:
-    """The layer stack of `plan` in graph mode. x (B,T,D), mask (B,T) bool; eligible(parts):
+def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor | None:
+    """The layer stack of `plan` in graph mode. x (B,T,D); eligible(parts):
     whether a layer can be captured (plain modules, no hooks: the encoder's direct path).
     Returns the (B*T, D) state, as AdaptiveEncoder._run does, or None if some layer is not
     eligible (the caller then runs eagerly)."""
@@ -284,7 +284,7 @@ def run(encoder, x: torch.Tensor, mask: torch.Tensor, plan, backend: str, eligib
         offs = buf.offsets(b_hat)
         # The integer tables, built where the plan is (on the host for a host-side plan: then
         # one pinned copy each, and the forward never waits for the GPU).
-        ints, offsets = _tables(plan, mask, T, k_hat, b_hat, a_hat)
+        ints, offsets = _tables(plan, T, k_hat, b_hat, a_hat)
         _copy(buf.ints[:n_max + 2], ints)
         _copy(offs[:n_max + 1], offsets)
         key_rows = buf.ints[1, :K]
@@ -327,9 +327,9 @@ def layer_sizes(counts: list, K: int, B: int, T: int) -> list:
             else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), min(t_hat, k_hat)) for c in counts]
 
 
-def _tables(plan, mask: torch.Tensor, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
+def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
     """Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1] for this plan, built on the
-    plan's device (mask on the same one). Padding entries: K (the first dummy row) in the
+    plan's device. Padding entries: K (the first dummy row) in the
     query rows; empty sequences in the offsets (which end at K keys and A_n queries: the
     dummy rows and padded queries are in no sequence)."""
     dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
@@ -340,13 +340,12 @@ def _tables(plan, mask: torch.Tensor, T: int, k_hat: int, b_hat: int, a_hat: lis
     ints[0, K:] = 0
     ints[1, :K] = key_rows
     # Each layer's active rows as indices into the compact state, at row 2+n from column 0.
-    compact = plan.rows if plan.key_rows is None else (mask.reshape(-1).cumsum(0) - 1)[plan.rows]
     starts = [sum(counts[:n]) for n in range(n_max)]
     host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts, dtype=torch.int64)
     host = to_device(host, dev)
     S = starts[-1] + counts[-1]
     dest = torch.arange(S, device=dev) + torch.repeat_interleave(host[:n_max], host[n_max:2 * n_max], output_size=S)
-    ints.view(-1).index_copy_(0, dest, compact[:S])
+    ints.view(-1).index_copy_(0, dest, plan.state_rows[:S])
     offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
     offsets[0, :B + 1] = plan.cu_k
     offsets[1:, :B + 1] = plan.cu_q_table[:n_max]

@@ -12,12 +12,15 @@ from . import ops
 
 @dataclass
 class LayerPlan:
-    """Layer n's compact queries. rows (A,) int64 flattened b*T+t; cu_q (B+1,) int64 offsets."""
+    """Layer n's compact queries. rows (A,) int64 flattened b*T+t; state_rows (A,) int64 the
+    same tokens as rows of the compact state (the K real tokens in order); cu_q (B+1,) int64
+    offsets."""
 
     rows: torch.Tensor
     cu_q: torch.Tensor
     max_q: int
     count: int
+    state_rows: torch.Tensor
 
 
 @dataclass
@@ -36,8 +39,13 @@ class Plan:
                                 # under torch.compile (make_plan), where it cannot be read
     num_layers: int
     batch: int
+    # (S,) int64: `rows` as rows of the compact state (the real tokens in order, K rows), which
+    # the encoder runs on instead of the (B*T) padded one; `rows` itself when all are real.
+    state_rows: torch.Tensor | None = None
 
     def __post_init__(self):
+        if self.state_rows is None:
+            self.state_rows = self.rows
         # Every layer's query offsets (L, B+1), rebased to 0, in one op rather than one
         # subtraction per layer (on a GPU each is a launch, and small batches are launch-bound).
         B, L = self.batch, self.num_layers
@@ -51,14 +59,16 @@ class Plan:
     def layer(self, n: int) -> LayerPlan:
         """Plan of 0-based layer n (the paper's layer n+1)."""
         start = self._starts[n]
-        rows = self.rows[start:start + self.layer_counts[n]]
-        return LayerPlan(rows=rows, cu_q=self._cu_q[n], max_q=self.layer_max_q[n], count=self.layer_counts[n])
+        end = start + self.layer_counts[n]
+        return LayerPlan(rows=self.rows[start:end], cu_q=self._cu_q[n], max_q=self.layer_max_q[n],
+                         count=self.layer_counts[n], state_rows=self.state_rows[start:end])
 
     def to(self, device) -> "Plan":
         """The plan with its tensors on `device` (to_device: no wait for a GPU)."""
         move = lambda t: None if t is None else to_device(t, device)  # noqa: E731
-        return replace(self, rows=move(self.rows), offsets=move(self.offsets), key_rows=move(self.key_rows),
-                       cu_k=move(self.cu_k))
+        rows = move(self.rows)
+        return replace(self, rows=rows, offsets=move(self.offsets), key_rows=move(self.key_rows), cu_k=move(self.cu_k),
+                       state_rows=rows if self.state_rows is self.rows else move(self.state_rows))
 
     @property
     def cu_q_table(self) -> torch.Tensor:
@@ -139,7 +149,13 @@ def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
-                num_layers=num_layers, batch=B)
+                num_layers=num_layers, batch=B, state_rows=None if all_real else _state_rows(rows, mask))
+
+
+def _state_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flattened rows b*T+t of real tokens -> their rows in the compact state (real tokens in
+    order): the number of real tokens before each."""
+    return (mask.reshape(-1).cumsum(0) - 1)[rows]
 
 
 def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
@@ -160,4 +176,4 @@ def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
     torch._check(key_rows.shape[0] == num_real)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=num_layers,
-                num_layers=num_layers, batch=depths.shape[0])
+                num_layers=num_layers, batch=depths.shape[0], state_rows=_state_rows(rows, mask))

@@ -1,0 +1,66 @@
+"""Ops per forward and time per pool of the encoder in this checkout (CPU, inference).
+
+    PYTHONPATH=<checkout> python bench/ops_per_forward.py
+
+On a GPU's launch-bound regime (bench/NOTES.md: every batch below ~30 IMDB documents on the
+H200) the forward's time follows its op count, which this counts on CPU with a dispatch mode
+(views, reshapes and slices left out: they launch nothing). 12 layers, hidden 256, FFN 1024,
+fp32, `benchlib.cpu_pool` pool 0 (60 documents at a quarter of IMDB length), full depth and
+TREC MI depths, batch 1 and 8; pool seconds the best of 3. To compare two versions, run it
+in each checkout (with PYTHONPATH set to it), alternating, and read the spread between runs.
+Prints one JSON line.
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402
+import adaptive_encoder  # noqa: E402
+from adaptive_encoder import AdaptiveEncoder  # noqa: E402
+
+FREE = {"view", "reshape", "slice", "select", "chunk", "split", "_unsafe_view", "t", "transpose", "expand",
+        "alias", "unsqueeze", "squeeze"}
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace != "aten" or func.__name__.split(".")[0] not in FREE:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def main():
+    enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024)).eval()
+    out = {"package": os.path.dirname(adaptive_encoder.__file__)}
+    for batch in (1, 8):
+        pool, _ = benchlib.cpu_pool(12, 0, batch)
+        for name in ("fixed", "mi"):
+            items = [(torch.full_like(d, 12) * m if name == "fixed" else d, m, x) for d, m, x in pool]
+            with torch.inference_mode():
+                counter = CountOps()
+                with counter:
+                    for d, m, x in items[:3]:
+                        enc(x, d, m)
+                for d, m, x in items:  # warm-up
+                    enc(x, d, m)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    for d, m, x in items:
+                        enc(x, d, m)
+                    times.append(time.perf_counter() - t0)
+            out[f"{name} batch {batch}"] = dict(ops_per_forward=round(counter.count / 3, 1), pool_s=round(min(times), 4))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
