@@ -54,6 +54,27 @@ def test_plan_rows_match_reference_in_range_and_unique(device, backend, inp):
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @SETTINGS
+@given(inp=plan_inputs())
+def test_plan_state_rows_index_the_compact_state(device, backend, inp):
+    """The encoder's state holds the real tokens in order (key_rows); each layer's state_rows
+    pick exactly that layer's rows from it: key_rows[state_rows] == rows, in [0, K), ascending."""
+    from adaptive_encoder.plan import make_plan
+
+    depths, mask, L = inp
+    if (mask.sum(1) == 0).any():
+        mask[:, 0] = True  # every sequence needs a real token
+    plan = make_plan(depths.to(device), mask.to(device), L, backend=backend)
+    K = int(mask.sum())
+    key_rows = torch.arange(K, device=device) if plan.key_rows is None else plan.key_rows
+    assert plan.key_rows is not None or plan.state_rows is plan.rows
+    for n in range(plan.n_max):
+        lp = plan.layer(n)
+        assert ((lp.state_rows >= 0) & (lp.state_rows < K)).all() and (lp.state_rows.diff() > 0).all()
+        assert torch.equal(key_rows[lp.state_rows], lp.rows)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@SETTINGS
 @given(inp=plan_inputs(), shift=st.sampled_from([-1, 1]))
 def test_plan_refuses_out_of_range_depths_naming_where(device, backend, inp, shift):
     depths, mask, L = inp
