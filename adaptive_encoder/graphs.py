@@ -13,13 +13,14 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   exactly their own keys, as in the eager path. What lands on dummy rows is never read.
 - Sequences are padded to B^ (a power of two) with empty ones, so every offsets table has a
   fixed length. The attention grid is bounded by T^ = bucket(T + 1) (no sequence is longer
-  than the padded length T), not by the row count: a grid over A^ rows per sequence would launch
-  ~A^ * B^ / 64 programs per head, nearly all idle, which grows with the square of the batch.
+  than the padded length T), not by the row count: a grid over A^ rows per sequence would
+  launch ~A^ * B^ / 64 programs per head, nearly all idle: quadratic in the batch.
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan) and copied in two transfers. A layer's graph reads them at fixed
   addresses, so it is keyed by (layer, A^ or "all", K^, B^, the grid bounds) and replayed for
-  every input that lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
+  every input that lands in those buckets. MPNet's distance table is refilled each call at a
+  fixed address.
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
@@ -319,9 +320,9 @@ def layer_sizes(counts: list, K: int, B: int, T: int) -> list:
     `counts` queries among K real tokens in B sequences padded to length T: per layer
     (A^ or "all", K^, B^, max_q, max_k). "all": every real token is a query (the whole state).
     max_q, max_k bound each sequence's queries and keys by T^ = bucket(T + 1) (+ 1: at batch 1,
-    where K = T, the same bucket as K^, so no extra keys), for the attention
-    grid and the reference's padding: bounding them by the row counts would launch
-    ~A^ * B^ / 64 programs per head, nearly all idle (quadratic in the batch)."""
+    where K = T, the same bucket as K^, so no extra keys), for the attention grid and the
+    reference's padding; bounded by the row counts they would launch ~A^ * B^ / 64 programs
+    per head, nearly all idle (quadratic in the batch)."""
     k_hat, b_hat, t_hat = bucket(K + 1), batch_bucket(B), bucket(T + 1)
     return [("all", k_hat, b_hat, min(t_hat, k_hat), min(t_hat, k_hat)) if c == K
             else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), min(t_hat, k_hat)) for c in counts]
@@ -329,9 +330,9 @@ def layer_sizes(counts: list, K: int, B: int, T: int) -> list:
 
 def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
     """Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1] for this plan, built on the
-    plan's device. Padding entries: K (the first dummy row) in the
-    query rows; empty sequences in the offsets (which end at K keys and A_n queries: the
-    dummy rows and padded queries are in no sequence)."""
+    plan's device. Padding entries: K (the first dummy row) in the query rows; empty sequences
+    in the offsets (which end at K keys and A_n queries: the dummy rows and padded queries are
+    in no sequence)."""
     dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
     counts = plan.layer_counts[:n_max]
     ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
