@@ -4,7 +4,10 @@ FlashAttention-style forward: one program per (query block, sequence, head) stre
 sequence's keys in blocks with an online softmax, so the (queries x keys) score matrix is
 never written to memory. Query and key offsets differ (halted tokens are keys only).
 
-q (Aq, H, Dh), k/v (Ak, H, Dh) contiguous, cu_q/cu_k (B+1,) int64 -> out (Aq, H, Dh), q's dtype.
+q (Aq, H, Dh), k/v (Ak, H, Dh), cu_q/cu_k (B+1,) int64 -> out (Aq, H, Dh) contiguous, q's dtype.
+q, k and v may have any row stride (heads packed, elements contiguous within a row): the
+column slices of one fused q/k/v GEMM output are read in place, not copied first (three
+copy kernels per layer fewer).
 The grid is (cdiv(max_q, BLOCK_M), B, H): max_q bounds each sequence's queries; rows past
 cu_q[B] belong to no sequence and are not written.
 Forward only (no dropout, no backward): the library uses it for inference.
@@ -17,7 +20,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H,
+def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H, stride_q, stride_k, stride_v,
                         bias_ptr, q_pos_ptr, k_pos_ptr, bias_off,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -31,8 +34,7 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
         k_len = tl.load(cu_k_ptr + b + 1) - k_start
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
-        row_stride = H * HEAD_DIM
-        q_rows = (q_start + offs_m).to(tl.int64) * row_stride + h * HEAD_DIM
+        q_rows = (q_start + offs_m).to(tl.int64) * stride_q + h * HEAD_DIM
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=(offs_m < q_len)[:, None], other=0.0)
         if UPCAST:  # the CPU interpreter computes bf16/fp16 wrongly: do the arithmetic in fp32
             q = q.to(tl.float32)
@@ -44,9 +46,11 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
         for n0 in range(0, k_len, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             k_ok = offs_n < k_len
-            kv_rows = (k_start + offs_n).to(tl.int64) * row_stride + h * HEAD_DIM
-            k = tl.load(k_ptr + kv_rows[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)
-            v = tl.load(v_ptr + kv_rows[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)
+            kv_rows = (k_start + offs_n).to(tl.int64)
+            k = tl.load(k_ptr + (kv_rows * stride_k + h * HEAD_DIM)[:, None] + offs_d[None, :], mask=k_ok[:, None],
+                        other=0.0)
+            v = tl.load(v_ptr + (kv_rows * stride_v + h * HEAD_DIM)[:, None] + offs_d[None, :], mask=k_ok[:, None],
+                        other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -64,7 +68,8 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
         out = acc / l_i[:, None]
-        tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+        o_rows = (q_start + offs_m).to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
+        tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=(offs_m < q_len)[:, None])
 
 
@@ -79,13 +84,19 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t (A, H, Dh) as the kernel reads it: any row stride, heads packed, elements contiguous
+    (a column slice of a wider GEMM output qualifies as is); otherwise a contiguous copy."""
+    return t if t.stride(2) == 1 and (t.shape[1] == 1 or t.stride(1) == t.shape[2]) else t.contiguous()
+
+
 def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | None = None, bias=None):
     """bias: None or (dist (2P-1, H), q_pos (Aq,), k_pos (Ak,)); see adaptive_encoder.attention."""
     Aq, H, Dh = q.shape
     if Dh & (Dh - 1) or not 16 <= Dh <= 256:
         raise ValueError(f"triton varlen attention needs a power-of-two head dim in [16, 256], got {Dh}")
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.empty_like(q)
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    out = torch.empty((Aq, H, Dh), dtype=q.dtype, device=q.device)
     B = cu_q.numel() - 1
     if Aq == 0 or B == 0 or max_q == 0:
         return out
@@ -100,7 +111,8 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
         extra = (dist, q_pos, k_pos, (dist.shape[0] - 1) // 2)
     else:
         extra = (q, cu_q, cu_k, 0)  # unused pointers when HAS_BIAS is off
-    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H, *extra,
+    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H,
+                              q.stride(0), k.stride(0), v.stride(0), *extra,
                               HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret,
                               HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(q.dtype))
     return out

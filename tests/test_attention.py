@@ -93,6 +93,26 @@ def test_rows_in_no_sequence_are_ignored(device, with_bias, poison):
     torch.testing.assert_close(got[:4], want)
 
 
+def test_triton_reads_column_slices_of_a_fused_projection_in_place():
+    """q, k, v as the encoder makes them: column slices of one (A, 3*H*Dh) GEMM output, row
+    stride 3*H*Dh. The kernel reads them as they are (no copy) and matches the reference."""
+    from adaptive_encoder.kernels.attention import _rows
+
+    _, _, _, cu_q, cu_k, mq, mk = _case(3, 9, 2, 16, torch.float32, TRITON_DEVICE, seed=21)
+    A = int(cu_k[-1])
+    cu_q = cu_k  # every token a query, as at full depth
+    fused = torch.randn(A, 3 * 2 * 16, generator=torch.Generator().manual_seed(22)).to(TRITON_DEVICE)
+    q, k, v = (t.reshape(A, 2, 16) for t in fused.chunk(3, dim=-1))
+    assert not q.is_contiguous() and all(_rows(t).data_ptr() == t.data_ptr() for t in (q, k, v))
+    with torch.no_grad():
+        got = varlen_attention(q, k, v, cu_q, cu_k, mk, mk, backend="triton")
+        want = varlen_attention(q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, mk, mk, backend="torch")
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    odd = torch.randn(A, 16, 2, device=TRITON_DEVICE).transpose(1, 2)  # heads not packed: copied first
+    assert _rows(odd).is_contiguous() and _rows(odd).data_ptr() != odd.data_ptr()
+
+
 def test_reference_handles_gradients_and_triton_is_not_used_for_them():
     q, k, v, cu_q, cu_k, mq, mk = _case(3, 8, 2, 16, torch.float64, TRITON_DEVICE, seed=3)
     q.requires_grad_()
