@@ -1,4 +1,4 @@
-"""CUDA graphs for the layer stack: one graph launch per layer instead of ~15 kernel launches.
+"""CUDA graphs for the layer stack: one graph launch per layer instead of 10-13 kernel launches.
 
 Small batches on a GPU are launch-bound (bench/NOTES.md, "First GPU speed numbers": the host
 issues ~0.5 ms of work per layer whatever the batch), so the rows a depth plan saves cannot
