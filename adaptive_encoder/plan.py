@@ -145,7 +145,8 @@ def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     if min_k == 0:
         raise ValueError("attention_mask: every sequence needs at least one real token")
     all_real = num_real == B * T
-    key_rows = None if all_real else mask.reshape(-1).nonzero().squeeze(1)
+    # nonzero_static: the count is known (num_real), so no second wait for the GPU as nonzero's.
+    key_rows = None if all_real else torch.nonzero_static(mask.reshape(-1), size=num_real).squeeze(1)
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
