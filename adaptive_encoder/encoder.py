@@ -239,10 +239,11 @@ class AdaptiveEncoder(nn.Module):
         full = (lambda s: ops.scatter(flat, s, plan.key_rows, backend=backend, check=False)) if compact \
             else (lambda s: s)
         family = self.family
-        bias = k_pos = None
+        bias = k_pos = q_pos = None
         if family.distance_bias is not None:  # relative position bias: by (key - query) position
             bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
+            q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]
@@ -260,7 +261,7 @@ class AdaptiveEncoder(nn.Module):
                               state)
             else:
                 queries = gather(state, lp.state_rows)
-                pos = None if bias is None else (bias, lp.rows % T, k_pos)
+                pos = None if bias is None else (bias, q_pos[plan.layer_slice(n)], k_pos)
                 out = _like(run(layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos), state)
                 state = scatter(state, out, lp.state_rows)
             if on_layer is not None:

@@ -56,12 +56,15 @@ class Plan:
         for c in self.layer_counts[:-1]:
             self._starts.append(self._starts[-1] + c)
 
+    def layer_slice(self, n: int) -> slice:
+        """Where layer n's entries lie in `rows` and `state_rows` (and anything made from them)."""
+        return slice(self._starts[n], self._starts[n] + self.layer_counts[n])
+
     def layer(self, n: int) -> LayerPlan:
         """Plan of 0-based layer n (the paper's layer n+1)."""
-        start = self._starts[n]
-        end = start + self.layer_counts[n]
-        return LayerPlan(rows=self.rows[start:end], cu_q=self._cu_q[n], max_q=self.layer_max_q[n],
-                         count=self.layer_counts[n], state_rows=self.state_rows[start:end])
+        span = self.layer_slice(n)
+        return LayerPlan(rows=self.rows[span], cu_q=self._cu_q[n], max_q=self.layer_max_q[n],
+                         count=self.layer_counts[n], state_rows=self.state_rows[span])
 
     def to(self, device) -> "Plan":
         """The plan with its tensors on `device` (to_device: no wait for a GPU)."""
