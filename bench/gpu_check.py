@@ -201,23 +201,28 @@ def _batch(N, dtype, hidden):
     return x, depths, mask
 
 
+def _bert_encoders():
+    """(tag "dtype/backend", BertModel, its AdaptiveEncoder, x, depths, mask) for float32 and
+    bfloat16 and every backend: what the encoder and graph-mode checks run on."""
+    for dtype in (torch.float32, torch.bfloat16):
+        bert = _bert(dtype)
+        x, depths, mask = _batch(bert.config.num_hidden_layers, dtype, bert.config.hidden_size)
+        for backend in BACKENDS:
+            yield f"{str(dtype)[6:]}/{backend}", bert, AdaptiveEncoder.from_model(bert, backend=backend), x, depths, mask
+
+
 @check("encoder vs dense reference, BertModel, MPNet")
 def _encoder():
     errs = {}
     with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16):
-            bert = _bert(dtype)
-            N, D = bert.config.num_hidden_layers, bert.config.hidden_size
-            x, depths, mask = _batch(N, dtype, D)
-            for backend in BACKENDS:
-                enc = AdaptiveEncoder.from_model(bert, backend=backend)
-                out = enc(x, depths, mask).last_hidden_state
-                errs[f"{str(dtype)[6:]}/{backend}/mixed"] = rel_err(out, masked_forward(bert, x, depths, mask), mask)
-                full = enc(x, None, mask).last_hidden_state
-                additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=dtype)
-                additive.masked_fill_(~mask[:, None, None, :], torch.finfo(dtype).min)
-                hf = bert.encoder(x, attention_mask=additive).last_hidden_state
-                errs[f"{str(dtype)[6:]}/{backend}/full-vs-hf"] = rel_err(full, hf, mask)
+        for tag, bert, enc, x, depths, mask in _bert_encoders():
+            out = enc(x, depths, mask).last_hidden_state
+            errs[f"{tag}/mixed"] = rel_err(out, masked_forward(bert, x, depths, mask), mask)
+            full = enc(x, None, mask).last_hidden_state
+            additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=x.dtype)
+            additive.masked_fill_(~mask[:, None, None, :], torch.finfo(x.dtype).min)
+            hf = bert.encoder(x, attention_mask=additive).last_hidden_state
+            errs[f"{tag}/full-vs-hf"] = rel_err(full, hf, mask)
         mp = _mpnet()
         x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
         for backend in BACKENDS:
@@ -249,30 +254,26 @@ def _graphs():
 
     errs, replays, capture_errors = {}, {}, []
     with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            bert = _bert(dtype)
-            N, D = bert.config.num_hidden_layers, bert.config.hidden_size
-            x, depths, mask = _batch(N, dtype, D)
-            for backend in BACKENDS:
-                enc = AdaptiveEncoder.from_model(bert, backend=backend)
-                gen = torch.Generator().manual_seed(7)
-                for i in range(3):  # 0: captures; 1: new data, same depths; 2: new depths too
-                    xi = x if i == 0 else torch.randn(x.shape, generator=gen).to(DEV, dtype)
-                    di = depths if i < 2 else torch.randint(1, N + 1, depths.shape, generator=gen).to(DEV)
-                    got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
-                    want = enc(xi, di, mask).last_hidden_state
-                    errs[f"{str(dtype)[6:]}/{backend}/batch{i}"] = rel_err(got, want, mask)
-                cache = graphs.cache_for(enc, DEV)
-                replays[f"{str(dtype)[6:]}/{backend}"] = (cache.captures, cache.replays)
-                capture_errors += cache.capture_errors
-                # Depths and mask on the CPU: the plan is made on the host and, once the graphs
-                # exist, the forward never waits for the GPU (sync debug mode raises if it does).
-                hd, hm = di.cpu(), mask.cpu()
-                for graphed in (False, True):
-                    enc(xi, hd, hm, cuda_graphs=graphed)  # warm-up: captures, Triton compiles
-                    with _no_sync():
-                        got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
-                    errs[f"{str(dtype)[6:]}/{backend}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
+        for tag, bert, enc, x, depths, mask in _bert_encoders():
+            N = bert.config.num_hidden_layers
+            gen = torch.Generator().manual_seed(7)
+            for i in range(3):  # 0: captures; 1: new data, same depths; 2: new depths too
+                xi = x if i == 0 else torch.randn(x.shape, generator=gen).to(DEV, x.dtype)
+                di = depths if i < 2 else torch.randint(1, N + 1, depths.shape, generator=gen).to(DEV)
+                got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
+                want = enc(xi, di, mask).last_hidden_state
+                errs[f"{tag}/batch{i}"] = rel_err(got, want, mask)
+            cache = graphs.cache_for(enc, DEV)
+            replays[tag] = (cache.captures, cache.replays)
+            capture_errors += cache.capture_errors
+            # Depths and mask on the CPU: the plan is made on the host and, once the graphs
+            # exist, the forward never waits for the GPU (sync debug mode raises if it does).
+            hd, hm = di.cpu(), mask.cpu()
+            for graphed in (False, True):
+                enc(xi, hd, hm, cuda_graphs=graphed)  # warm-up: captures, Triton compiles
+                with _no_sync():
+                    got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
+                errs[f"{tag}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
         mp = _mpnet()  # the relative position bias, in graph mode
         x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
         for backend in BACKENDS:
