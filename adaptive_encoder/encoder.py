@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from . import graphs, ops
 from .attention import varlen_attention
 from .families import Closing, check_supported
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, to_host
 
 
 @dataclass
@@ -208,10 +208,13 @@ class AdaptiveEncoder(nn.Module):
         backend = ops.resolve_backend(hidden_states.device, backend)
         # The plan is made where depths and mask are: on the CPU with states on a GPU (a
         # host-side plan) it is copied over without a sync. The plan returned stays there.
+        graphed = graphed and on_layer is None and self._graphable()
+        if graphed and depths.is_cuda and graphs.PLAN_ON_HOST:  # graph mode plans on the host
+            depths, mask = to_host(depths, mask)
         host_plan = depths.device != hidden_states.device
         plan = make_plan(depths, mask, self.num_layers,
                          backend=ops.resolve_backend(depths.device) if host_plan else backend)
-        if graphed and on_layer is None and self._graphable():
+        if graphed:
             state = graphs.run(self, hidden_states, plan, backend, _graph_eligible)
             if state is not None:
                 return state, plan

@@ -17,7 +17,8 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   launch ~A^ * B^ / 64 programs per head, nearly all idle: quadratic in the batch.
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
-  for a host-side plan) and copied in two transfers. A layer's graph reads them at fixed
+  for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
+  and copied in two transfers. A layer's graph reads them at fixed
   addresses, so it is keyed by (layer, A^ or "all", K^, B^, the grid bounds) and replayed for
   every input that lands in those buckets. MPNet's distance table is refilled each call at a
   fixed address.
@@ -47,6 +48,12 @@ from .plan import to_device
 # keep one per (layer, row bucket, state bucket, batch bucket) forever. Past this many, the
 # least recently replayed go (a later input in their buckets captures again).
 MAX_GRAPHS = 4096
+
+# Depths and mask on the GPU in graph mode: copy them to the host (one transfer, which waits for
+# the GPU once) and plan there, instead of planning on the device (~30 launches and 2 waits for
+# the GPU, then ~15 more launches for the tables). A setting only so that a benchmark can time
+# both in one run (bench/gpu_scaling.py, "+devplan").
+PLAN_ON_HOST = True
 
 
 def bucket(n: int, floor: int = 16) -> int:
@@ -334,24 +341,36 @@ def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
     in the offsets (which end at K keys and A_n queries: the dummy rows and padded queries are
     in no sequence)."""
     dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
-    counts = plan.layer_counts[:n_max]
     ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
     key_rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=dev)
     torch.remainder(key_rows, T, out=ints[0, :K])
     ints[0, K:] = 0
     ints[1, :K] = key_rows
     # Each layer's active rows as indices into the compact state, at row 2+n from column 0.
+    _fill_layer_rows(ints, plan, n_max, per_layer=dev.type == "cpu")
+    offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
+    offsets[0, :B + 1] = plan.cu_k
+    offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
+    offsets[:, B + 1:] = offsets[:, B:B + 1]
+    return ints, offsets
+
+
+def _fill_layer_rows(ints: torch.Tensor, plan, n_max: int, per_layer: bool) -> None:
+    """ints[2+n, :A_n] = layer n's state rows, for n < n_max. per_layer: one slice copy per layer
+    (for a host plan: 10x faster than the gather-style fill at 65k tokens); else one fill for
+    all layers (on a GPU: 5 launches, not one per layer)."""
+    counts, k_hat = plan.layer_counts[:n_max], ints.shape[1]
+    if per_layer:
+        for n in range(n_max):
+            ints[2 + n, :counts[n]] = plan.state_rows[plan.layer_slice(n)]
+        return
+    dev = ints.device
     starts = [sum(counts[:n]) for n in range(n_max)]
     host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts, dtype=torch.int64)
     host = to_device(host, dev)
     S = starts[-1] + counts[-1]
     dest = torch.arange(S, device=dev) + torch.repeat_interleave(host[:n_max], host[n_max:2 * n_max], output_size=S)
     ints.view(-1).index_copy_(0, dest, plan.state_rows[:S])
-    offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
-    offsets[0, :B + 1] = plan.cu_k
-    offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
-    offsets[:, B + 1:] = offsets[:, B:B + 1]
-    return ints, offsets
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -93,6 +93,13 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
+def to_host(depths: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """depths (B,T) int64 and mask (B,T) bool, from a GPU to the host in one transfer (which
+    waits for the GPU's queued work, as a plan made there would once)."""
+    both = torch.stack([depths, mask.to(depths.dtype)]).cpu()
+    return both[0], both[1].bool()
+
+
 def make_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str | None = None) -> Plan:
     """depths (B,T) int64 in [0, num_layers], mask (B,T) bool -> Plan. Raises ValueError on bad depths.
 

@@ -7,7 +7,8 @@
 # Steps, each under its own time limit, results in $OUT (else runs/gpu-followup):
 # 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package);
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
-#    1/16/64/128): gpu_scaling.py --graphs, pool 64 -> followup_scaling.json;
+#    1/16/64/128), and with depths given on the GPU, planned on the host (the default) or on
+#    the GPU: gpu_scaling.py --graphs --devplan, pool 64 -> followup_scaling.json;
 # 3. the C++ error probe with --inline (a load_inline extension: is it our build or the
 #    toolchain?) -> cpp_errors_inline.txt; ~40 s, so after the measurements;
 # 4. torch.compile's traced route on CUDA (never run there) -> compile.txt.
@@ -43,7 +44,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 BENCH_QUICK=1
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
-    --models fixed mi --graphs --out "$DEST"
+    --models fixed mi --graphs --devplan --out "$DEST"
   step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
 else
@@ -51,8 +52,8 @@ else
     step build 150 build.txt env ADAPTIVE_ENCODER_CUDA=1 MAX_JOBS=16 python -m pip install -q -e . \
       --no-build-isolation --no-deps
   fi
-  step scaling 90 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --out "$DEST"
+  step scaling 100 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
+    --models fixed mi --graphs --devplan --out "$DEST"
   step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi

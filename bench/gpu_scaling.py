@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--graphs] [--devplan] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -21,6 +21,9 @@ batches, all models interleaved in one run, and reports for each:
 forward never waits for the GPU) and fixed+graphs, mi+graphs (the same, with one CUDA graph
 per layer: adaptive_encoder/graphs.py), against the eager runs in the same rounds. The timed
 rounds replay the graphs the first pass captured (the same pool every round).
+--devplan adds MI in graph mode with depths and mask on the GPU, as a patched model gets them:
+mi+graphs-dev (graph mode copies them to the host in one transfer and plans there, the default)
+and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.PLAN_ON_HOST off).
 
 Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
 run cut short keeps the batch sizes it finished).
@@ -77,15 +80,18 @@ def main():
     ap.add_argument("--graphs", action="store_true",
                     help="also MI with the plan on the host (mi+host) and fixed and MI in graph mode with it "
                          "(fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
+    ap.add_argument("--devplan", action="store_true",
+                    help="also MI in graph mode with depths and mask given on the GPU: copied to the host and "
+                         "planned there (mi+graphs-dev, the default) and planned on the GPU (mi+graphs-devplan)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    if a.graphs:
-        extra = ["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS]
-        a.models += [m for m in extra if m not in a.models]
+    extra = (["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS] if a.graphs else []) \
+        + (["mi" + test_speed.GRAPHS + "-dev", "mi" + test_speed.GRAPHS + "-devplan"] if a.devplan else [])
+    a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
           f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")
-    print(f"{'batch':>5} {'model':>15} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
+    print(f"{'batch':>5} {'model':>17} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
           f"{'host/GPU':>8} {'host ms':>7} {'active':>7} {'1st pass':>8} {'graphs':>6}")
     for batch in a.batches:
         runs, stats = {}, {}
@@ -110,15 +116,15 @@ def main():
                        speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
                        ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_over_gpu,
                        host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
-            if m.endswith(test_speed.GRAPHS):
+            if test_speed._variant(m)[1]:
                 row["graphs_captured"] = captures
                 row["capture_errors"] = _cache(a.N).capture_errors[:3]  # keys that run eagerly instead
             row["measured_over_ideal"] = row["speedup"] / row["ideal"]
             rows.append(row)
-            print(f"{batch:>5} {m:>15} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
+            print(f"{batch:>5} {m:>17} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
                   f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['host_ms_per_forward']:>7.2f} "
                   f"{row['active']:>7.1%} "
-                  f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if m.endswith(test_speed.GRAPHS) else ""),
+                  f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if test_speed._variant(m)[1] else ""),
                   flush=True)
         if _cache(a.N).capture_errors:
             print(f"graph captures that failed (those layers ran eagerly): {len(_cache(a.N).capture_errors)}, "

@@ -51,14 +51,29 @@ N_VALUES = [1, 6, 12] if benchlib.QUICK else ([1, 2, 4, 6, 8, 10, 12] if GPU els
 BATCHES = [1, 8, 15] if benchlib.QUICK else ([1, 2, 4, 8, 12, 15] if GPU else list(range(1, 16)))
 ROUNDS = 1 if benchlib.QUICK or GPU else 3
 PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
-# Variants of our encoder's models, by suffix (gpu_scaling.py --graphs): "+host" gives it depths
-# and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs graph mode
-# (adaptive_encoder/graphs.py) with the host plan. E.g. "mi+host", "fixed+graphs".
+# Variants of our encoder's models, by suffix (gpu_scaling.py --graphs, --devplan): "+host" gives
+# it depths and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs
+# graph mode (adaptive_encoder/graphs.py) with them on the CPU, "+graphs-dev" with them on the
+# GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
+# GPU (graphs.PLAN_ON_HOST off: the path before 2026-11-27). E.g. "mi+host", "fixed+graphs".
 GRAPHS, HOST = "+graphs", "+host"
+_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (GRAPHS, True, "host"),
+             (HOST, False, "host"))
+
+
+def _variant(model: str) -> tuple:
+    """(depth-source name, graph mode, where depths and mask are given and planned: "host",
+    "device" or "devplan")."""
+    for suffix, graphed, where in _VARIANTS:
+        if model.endswith(suffix):
+            return model.removesuffix(suffix), graphed, where
+    return model, False, "device"
 
 
 def _base(model: str) -> str:
-    return model.removesuffix(GRAPHS).removesuffix(HOST)
+    return _variant(model)[0]
+
+
 MODELS_N = ["fixed", "halting", "mi", "reconstruction", "mr_mi"]
 # MR's reconstruction and halting depths (movie reviews, IMDB's domain) in the batch sweep only,
 # which is where the summary's depth sources are read: the N sweep would take a third longer.
@@ -119,13 +134,21 @@ def _onnx_session(N: int):
 
 
 def _runner(model: str, N: int, x, depths, mask):
-    """model: a name of depth_source, or one with the suffix HOST or GRAPHS (see there)."""
+    """model: a name of depth_source, or one with a variant's suffix (_VARIANTS)."""
     bert, enc, upper, unit = _stack(N)
-    graphed, host = model.endswith(GRAPHS), model.endswith((GRAPHS, HOST))
-    model = _base(model)
+    model, graphed, where = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if host else (depths, mask)
+        d, m = (depths.cpu(), mask.cpu()) if where == "host" else (depths, mask)
+        if where == "devplan":
+            def device_plan():
+                from adaptive_encoder import graphs
+                graphs.PLAN_ON_HOST = False
+                try:
+                    return enc(x, d, m, cuda_graphs=True)
+                finally:
+                    graphs.PLAN_ON_HOST = True
+            return device_plan
         return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":
         def halting():

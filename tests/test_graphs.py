@@ -102,6 +102,49 @@ def test_replays_read_only_the_buffers(device, backend):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS[:1] + DEVICE_BACKENDS[-1:])
+@pytest.mark.parametrize("plan_on_host", [True, False])
+def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host, monkeypatch):
+    """Depths and mask on the states' device: graph mode copies them to the host and plans
+    there (graphs.PLAN_ON_HOST), or plans on the device with it off; the same states either way.
+    On CPU tensors both are the host."""
+    from adaptive_encoder.plan import to_host
+
+    monkeypatch.setattr(graphs, "PLAN_ON_HOST", plan_on_host)
+    _, enc = _encoder(device, backend)
+    x, depths, mask = _inputs(5, 12, 3, device)
+    hd, hm = to_host(depths, mask)  # one transfer of both
+    assert hd.device.type == hm.device.type == "cpu" and hd.dtype == torch.int64 and hm.dtype == torch.bool
+    assert torch.equal(hd, depths.cpu()) and torch.equal(hm, mask.cpu())
+    with torch.inference_mode():
+        want = enc(x, depths, mask).last_hidden_state
+        out = enc(x, depths, mask, cuda_graphs=True)
+    expect = "cpu" if plan_on_host or device == "cpu" else device
+    assert out.plan.rows.device.type == out.plan.cu_k.device.type == expect
+    torch.testing.assert_close(out.last_hidden_state, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("B,T,seed", [(1, 9, 0), (6, 40, 1), (33, 17, 2)])
+def test_both_ways_of_filling_the_layer_rows_agree(B, T, seed):
+    """graphs._fill_layer_rows: one slice copy per layer (host plans) and one indexed fill for
+    all layers (device plans) write the same table, only the first A_n entries of row 2+n."""
+    from adaptive_encoder.plan import make_plan
+
+    _, depths, mask = _inputs(B, T, seed, "cpu", layers=6)
+    plan = make_plan(depths, mask, 6)
+    tables = []
+    for per_layer in (True, False):
+        ints = torch.full((plan.n_max + 2, graphs.bucket(plan.num_real + 1)), -7, dtype=torch.int64)
+        graphs._fill_layer_rows(ints, plan, plan.n_max, per_layer=per_layer)
+        tables.append(ints)
+    assert torch.equal(tables[0], tables[1])
+    for n in range(plan.n_max):
+        c = plan.layer_counts[n]
+        assert torch.equal(tables[0][2 + n, :c], plan.state_rows[plan.layer_slice(n)])
+        assert (tables[0][2 + n, c:] == -7).all()
+    assert (tables[0][:2] == -7).all()
+
+
 def test_graph_count_is_bounded():
     """Past max_graphs the least recently replayed graphs go; later inputs capture again."""
     _, enc = _encoder("cpu", "cpu")

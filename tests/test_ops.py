@@ -55,7 +55,8 @@ def _plan_inputs(B, T, L, gen, p_pad=0.3, device="cpu"):
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
-@pytest.mark.parametrize("B,T,L", [(1, 1, 1), (1, 1, 6), (3, 7, 4), (5, 33, 12), (2, 130, 3)])
+# (70, 33, 12): several chunks of the C++ CPU op's parallel loop over sequences.
+@pytest.mark.parametrize("B,T,L", [(1, 1, 1), (1, 1, 6), (3, 7, 4), (5, 33, 12), (2, 130, 3), (70, 33, 12)])
 def test_plan_matches_reference(device, backend, B, T, L, poison):
     gen = torch.Generator().manual_seed(B * 100 + T + L)
     depths, mask = _plan_inputs(B, T, L, gen, device=device)
@@ -69,6 +70,18 @@ def test_plan_matches_reference(device, backend, B, T, L, poison):
     t = torch.arange(T, device=device)
     expect = b * T + t[mask[b] & (depths[b] > n)]
     assert torch.equal(sel, expect)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_unchecked_plan_takes_out_of_range_depths_as_the_definition_does(device, backend, poison):
+    """check=False (what make_plan runs: it checks the range on numbers it reads anyway): a
+    depth below 0 is in no layer, one above L in every layer, exactly as mask & (depths > n)."""
+    gen = torch.Generator().manual_seed(7)
+    depths = torch.randint(-3, 9, (37, 21), generator=gen).to(device)
+    mask = (torch.rand(37, 21, generator=gen) < 0.8).to(device)
+    rows, offsets = ops.plan(depths, mask, 5, backend=backend, check=False)
+    ref_rows, ref_offsets = reference.plan(depths, mask, 5)
+    assert torch.equal(rows, ref_rows) and torch.equal(offsets, ref_offsets)
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
