@@ -4,25 +4,39 @@
 #   bash bench/gpu_followup.sh            on the GPU machine, after gpu.sh (<= FOLLOWUP_BUDGET_S, 240 s)
 #   bash bench/gpu_followup.sh --smoke    the same steps on CPU with tiny shapes (CI runs it)
 #
-# Steps, each under its own time limit, results in $OUT (else runs/gpu-followup):
+# Steps, each under its own time limit, results in runs/gpu-followup (packed into $OUT):
 # 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package);
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
 #    1/16/64/128), and with depths given on the GPU, planned on the host (the default) or on
 #    the GPU: gpu_scaling.py --graphs --devplan, pool 64 -> followup_scaling.json;
-# 3. the C++ error probe with --inline (a load_inline extension: is it our build or the
+# 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
+#    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
+# 4. the C++ error probe with --inline (a load_inline extension: is it our build or the
 #    toolchain?) -> cpp_errors_inline.txt; ~40 s, so after the measurements;
-# 4. torch.compile's traced route on CUDA (never run there) -> compile.txt.
+# 5. torch.compile's traced route on CUDA (never run there) -> compile.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
-DEST=${OUT:-runs/gpu-followup}
+# Results in $DEST; with $OUT set (the device tool's result folder, which takes back at most 8
+# files) packed after every step into $OUT/followup_results.tar.gz, with the two summaries
+# beside it: a run cut short still returns what it finished.
+DEST=${FOLLOWUP_DIR:-runs/gpu-followup}
 mkdir -p "$DEST"
 FAILED=()
 # FOLLOWUP_BUDGET_S: the whole script's wall time (default 240 s on a GPU): each step's limit is
-# cut to what is left, a step with under 10 s left is skipped, so the script ends inside it.
+# cut to what is left (15 s kept for the plot), a step with under 10 s left is skipped, so the
+# script ends inside it.
 [ "$SMOKE" = 1 ] && BUDGET=${FOLLOWUP_BUDGET_S:-100000} || BUDGET=${FOLLOWUP_BUDGET_S:-240}
-DEADLINE=$(( $(date +%s) + BUDGET ))
+DEADLINE=$(( $(date +%s) + BUDGET - 15 ))
+
+pack() {
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  tar czf "$OUT/followup_results.tar.gz" -C "$(dirname "$DEST")" "$(basename "$DEST")"
+  for f in followup_scaling.json gpu_scaling.json host_profile.txt; do [ -f "$DEST/$f" ] && cp "$DEST/$f" "$OUT/"; done
+  return 0
+}
 
 step() {  # step NAME LIMIT_S LOG COMMAND...
   local name=$1 limit=$2 log=$3; shift 3
@@ -38,6 +52,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...
   tail -25 "$DEST/$log"
   echo "=== $name: rc=$rc, $(( $(date +%s) - t0 )) s"
   [ "$rc" -ne 0 ] && FAILED+=("$name (rc $rc)")
+  pack
   return 0
 }
 
@@ -45,6 +60,8 @@ if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 BENCH_QUICK=1
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
     --models fixed mi --graphs --devplan --out "$DEST"
+  step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
+    --models fixed mi fixed+graphs --out "$DEST"
   step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
 else
@@ -54,14 +71,17 @@ else
   fi
   step scaling 100 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --devplan --out "$DEST"
+  step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi
 if [ -f "$DEST/gpu_scaling.json" ]; then
   mv "$DEST/gpu_scaling.json" "$DEST/followup_scaling.json"
   python bench/plot_scaling.py "$DEST/followup_scaling.json" --out "$DEST" || FAILED+=("plot")
+  rm -f "${OUT:-/nonexistent}/gpu_scaling.json"  # packed again below, under its new name
 fi
-ls -la "$DEST"
+pack
+ls -la "$DEST" ${OUT:+"$OUT"}
 if [ "${#FAILED[@]}" -ne 0 ]; then
   echo "gpu_followup.sh: FAILED steps: ${FAILED[*]}"
   exit 1
