@@ -3,7 +3,8 @@
 `make_plan` runs the plan op once per forward and reads the few host-side numbers the
 layers need (counts, n_max, max lengths) in a single device->host copy.
 """
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -67,11 +68,24 @@ class Plan:
                          count=self.layer_counts[n], state_rows=self.state_rows[span])
 
     def to(self, device) -> "Plan":
-        """The plan with its tensors on `device` (to_device: no wait for a GPU)."""
-        move = lambda t: None if t is None else to_device(t, device)  # noqa: E731
-        rows = move(self.rows)
-        return replace(self, rows=rows, offsets=move(self.offsets), key_rows=move(self.key_rows), cu_k=move(self.cu_k),
-                       state_rows=rows if self.state_rows is self.rows else move(self.state_rows))
+        """The plan with its tensors on `device`, in one transfer (to_device: no wait for a GPU):
+        its index tensors and the query-offset table travel packed in one buffer and arrive as
+        views of it. (One pinned copy and no table rebuilt there, rather than five copies and
+        the table's half-dozen launches: a small batch on a GPU is launch-bound.)"""
+        device = torch.device(device)
+        if self.rows.device == device:
+            return self
+        own_state_rows = self.state_rows is not self.rows
+        parts = [self.rows, self.offsets, self.cu_k, self._cu_q.reshape(-1)] \
+            + ([self.key_rows] if self.key_rows is not None else []) + ([self.state_rows] if own_state_rows else [])
+        moved = list(packed_to(parts, device))
+        out = copy.copy(self)  # not dataclasses.replace: __post_init__ would rebuild the table on `device`
+        out.rows, out.offsets, out.cu_k = moved[:3]
+        out._cu_q = moved[3].view(self._cu_q.shape)
+        rest = moved[4:]
+        out.key_rows = rest.pop(0) if self.key_rows is not None else None
+        out.state_rows = rest.pop(0) if own_state_rows else out.rows
+        return out
 
     @property
     def cu_q_table(self) -> torch.Tensor:
@@ -82,6 +96,13 @@ class Plan:
     def active_fraction(self) -> float:
         """Computed token-layers / (real tokens x num_layers): the work done over full depth."""
         return sum(self.layer_counts) / max(self.num_real * self.num_layers, 1)
+
+
+def packed_to(tensors: list, device) -> tuple:
+    """1-D int64 tensors -> the same values on `device`, as views of one buffer moved in one
+    transfer (to_device)."""
+    flat = to_device(torch.cat(tensors), device)
+    return flat.split([t.numel() for t in tensors])
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

@@ -73,6 +73,38 @@ def test_plan_state_rows_index_the_compact_state(device, backend, inp):
         assert torch.equal(key_rows[lp.state_rows], lp.rows)
 
 
+@SETTINGS
+@given(inp=plan_inputs())
+def test_plan_moves_in_one_buffer(inp):
+    """Plan.to: every tensor of a host plan arrives as a view of one moved buffer, the same
+    values, and each layer's view of it the same as the original's. The values through
+    packed_to (CPU to CPU: the transfer is the identity); the structure on the meta device."""
+    from adaptive_encoder.plan import make_plan, packed_to
+
+    depths, mask, L = inp
+    if (mask.sum(1) == 0).any():
+        mask[:, 0] = True
+    plan = make_plan(depths, mask, L, backend="cpu")
+    assert plan.to("cpu") is plan
+    names = ["rows", "offsets", "cu_k", "key_rows", "state_rows"]
+    tensors = [getattr(plan, k) for k in names if getattr(plan, k) is not None] + [plan.cu_q_table.reshape(-1)]
+    back = packed_to(tensors, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(tensors, back))
+    assert len({t.untyped_storage().data_ptr() for t in back}) == 1
+    moved = plan.to("meta")
+    for k in names:
+        orig, new = getattr(plan, k), getattr(moved, k)
+        assert (orig is None) == (new is None)
+        if new is not None:
+            assert new.device.type == "meta" and new.shape == orig.shape and new.dtype == orig.dtype
+    assert (moved.state_rows is moved.rows) == (plan.state_rows is plan.rows)
+    assert moved.cu_q_table.shape == plan.cu_q_table.shape and moved.cu_q_table.device.type == "meta"
+    for n in range(plan.n_max):
+        a, b = plan.layer(n), moved.layer(n)
+        assert (a.count, a.max_q, a.rows.shape, a.state_rows.shape, a.cu_q.shape) == \
+            (b.count, b.max_q, b.rows.shape, b.state_rows.shape, b.cu_q.shape)
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @SETTINGS
 @given(inp=plan_inputs(), shift=st.sampled_from([-1, 1]))
