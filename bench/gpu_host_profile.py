@@ -64,7 +64,8 @@ def profile_one(fn, forwards: int, top: int) -> list:
 def main():
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--models", nargs="+", default=["fixed", "mi", "mi+host", "fixed+graphs", "hf_sdpa"])
+    ap.add_argument("--models", nargs="+",
+                    default=["fixed", "mi", "mi+host", "fixed+graphs", "mi+graphs-dev", "hf_sdpa"])
     ap.add_argument("--forwards", type=int, default=20)
     ap.add_argument("--top", type=int, default=20, help="ops listed per model")
     ap.add_argument("--N", type=int, default=12)
