@@ -34,23 +34,30 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def time_call(fn) -> float:
-    """Seconds of one call of fn()."""
+def time_call(fn, calls: int = 1) -> float:
+    """Seconds per call of fn(), over `calls` calls back to back. On a GPU, CUDA events around
+    them: with one call, the host's launch time before the kernel starts is counted (what a
+    forward pays); with several, the host queues the later launches while the GPU runs the
+    earlier ones, so a kernel of tens of microseconds is timed as the GPU runs it (what a
+    bandwidth figure needs)."""
     if torch.cuda.is_available():
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3 / calls
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
 
 
-def interleaved_medians(fns: dict, rounds: int, warmup: int = 2, inference: bool = True) -> dict:
-    """{name: median seconds}, each fn called `rounds` times, alternating between fns
-    (under inference mode unless `inference=False`, e.g. for a training step)."""
+def interleaved_medians(fns: dict, rounds: int, warmup: int = 2, inference: bool = True, calls: int = 1) -> dict:
+    """{name: median seconds per call}, each fn timed `rounds` times (`calls` calls back to back
+    each, see time_call), alternating between fns (under inference mode unless
+    `inference=False`, e.g. for a training step)."""
     import contextlib
 
     with torch.inference_mode() if inference else contextlib.nullcontext():
@@ -60,7 +67,7 @@ def interleaved_medians(fns: dict, rounds: int, warmup: int = 2, inference: bool
         times = {name: [] for name in fns}
         for _ in range(rounds):
             for name, fn in fns.items():
-                times[name].append(time_call(fn))
+                times[name].append(time_call(fn, calls))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

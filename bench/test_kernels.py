@@ -6,6 +6,11 @@ scatter (out of place) copies the R-row base and writes A rows from src (+ indic
 (in place, what the encoder runs under inference) reads and writes A rows (+ indices); plan
 reads depths and mask and writes the row indices and offsets. The copy bandwidth is a large
 tensor's clone, read plus write, measured in the same session.
+On a GPU every kernel figure is the median over rounds of CALLS calls back to back between
+two CUDA events, per call: the launches queue while earlier calls run, so a kernel of tens of
+microseconds is not charged the host's launch gap before it. (A gather of 16k rows of 768
+bf16 moves 25 MB each way, ~17 us at an H100's ~3 TB/s: about what run 4 measured the host to
+spend per op, 20-30 us, which one call between events would add to it.)
 Attention FLOPs counted: 4 * heads * head_dim * sum over sequences of queries x keys (QK^T and
 PV), on IMDB-like lengths, every token a query ("full") or the tokens of MI depth > N/2
 ("mi", compact queries against all keys). Each backend is timed interleaved with the padded
@@ -28,6 +33,7 @@ D = 768 if GPU else 256
 ROWS = [4096, 65536] if benchlib.QUICK else ([4096, 65536, 262144, 1048576] if GPU else [4096, 32768, 131072])
 BACKENDS = ["torch", DEV.type] + (["triton"] if GPU else [])
 ROUNDS = 3 if benchlib.QUICK else 20
+CALLS = 10 if GPU else 1  # calls per timed round (see above)
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,7 +41,7 @@ def copy_bandwidth() -> float:
     """Bytes/s of a device-to-device copy (read + write) of a large tensor."""
     n = (1 << 28) if GPU else (1 << 25)
     x = torch.empty(n, dtype=torch.uint8, device=DEV).random_()
-    med = benchlib.interleaved_medians({"copy": lambda: x.clone()}, rounds=ROUNDS)["copy"]
+    med = benchlib.interleaved_medians({"copy": lambda: x.clone()}, rounds=ROUNDS, calls=CALLS)["copy"]
     return 2 * n / med
 
 
@@ -68,7 +74,7 @@ def test_gather_scatter_bandwidth(benchmark, op, backend, R):
         src = torch.randn(A, D, generator=gen).to(DEV, DTYPE)
         fn = functools.partial(ops.scatter_, x, src, rows, backend=backend)
         nbytes = 2 * A * D * e + 8 * A
-    med = benchlib.interleaved_medians({op: fn}, rounds=ROUNDS)[op]
+    med = benchlib.interleaved_medians({op: fn}, rounds=ROUNDS, calls=CALLS)[op]
     with torch.inference_mode():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
     _record(benchmark, op, backend, R, nbytes, med)
@@ -86,7 +92,7 @@ def test_plan(benchmark, backend, B):
     fn = functools.partial(ops.plan, depths, mask, N, backend=backend)
     rows, _ = fn()
     nbytes = depths.numel() * 9 + rows.numel() * 8 + (N * B + 1) * 8
-    med = benchlib.interleaved_medians({"plan": fn}, rounds=ROUNDS)["plan"]
+    med = benchlib.interleaved_medians({"plan": fn}, rounds=ROUNDS, calls=CALLS)["plan"]
     with torch.inference_mode():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
     _record(benchmark, "plan", backend, B * T, nbytes, med)
@@ -115,7 +121,7 @@ def test_attention_throughput(benchmark, backend, queries, B):
     v = torch.randn(int(keys.sum()), H, Dh, generator=gen).to(DEV, DTYPE)
     args = (q, k, v, cu_q, cu_k, int(qlen.max()), int(keys.max()))
     fns = {name: functools.partial(varlen_attention, *args, backend=name) for name in (backend, "torch")}
-    med = benchlib.interleaved_medians(fns, rounds=ROUNDS)
+    med = benchlib.interleaved_medians(fns, rounds=ROUNDS, calls=CALLS)
     with torch.inference_mode():
         benchmark.pedantic(fns[backend], rounds=ROUNDS, warmup_rounds=1)
     flops = 4 * H * Dh * int((qlen * keys).sum())
