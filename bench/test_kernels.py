@@ -98,7 +98,17 @@ def test_plan(benchmark, backend, B):
     _record(benchmark, "plan", backend, B * T, nbytes, med)
 
 
-ATTN_BACKENDS = ["triton"] if GPU else ["cpu"]  # on CUDA tensors backend "cuda" runs the Triton kernel too
+# On CUDA tensors backend "cuda" runs the Triton kernel too. "aten_flash": PyTorch's own
+# FlashAttention-2 varlen forward (bf16/fp16 only), timed beside ours as the bar a fused
+# attention kernel can reach; the library does not call it.
+ATTN_BACKENDS = ["triton", "aten_flash"] if GPU else ["cpu"]
+
+
+def _aten_flash(q, k, v, cu_q, cu_k, max_q: int, max_k: int):
+    """A call of aten::_flash_attention_forward (int32 offsets, no dropout, not causal)."""
+    cq, ck, scale = cu_q.to(torch.int32), cu_k.to(torch.int32), q.shape[-1] ** -0.5
+    return lambda: torch.ops.aten._flash_attention_forward(q, k, v, cq, ck, max_q, max_k, 0.0, False, False,
+                                                           scale=scale)[0]
 
 
 @pytest.mark.parametrize("B", [8, 64] if GPU else [8])
@@ -121,6 +131,11 @@ def test_attention_throughput(benchmark, backend, queries, B):
     v = torch.randn(int(keys.sum()), H, Dh, generator=gen).to(DEV, DTYPE)
     args = (q, k, v, cu_q, cu_k, int(qlen.max()), int(keys.max()))
     fns = {name: functools.partial(varlen_attention, *args, backend=name) for name in (backend, "torch")}
+    if backend == "aten_flash":
+        fns[backend] = _aten_flash(*args)
+        with torch.inference_mode():  # the same numbers as the reference (bf16 rounding), or the timing means nothing
+            got, want = fns[backend]().float(), fns["torch"]().float()
+        assert ((got - want).norm() / want.norm()).item() < 2e-2
     med = benchlib.interleaved_medians(fns, rounds=ROUNDS, calls=CALLS)
     with torch.inference_mode():
         benchmark.pedantic(fns[backend], rounds=ROUNDS, warmup_rounds=1)
