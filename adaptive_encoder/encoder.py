@@ -70,17 +70,26 @@ def _stamp(tensors) -> tuple:
     return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
 
 
+def _wb(m: nn.Module) -> tuple:
+    """(weight, bias) of an exact nn.Linear / nn.LayerNorm (what _direct admits), read from its
+    `_parameters` (where attribute access finds them, and torch.func.functional_call puts its
+    tensors): nn.Module.__getattr__ costs ~0.6 us a lookup, a dozen per layer."""
+    p = m._parameters
+    return p["weight"], p["bias"]
+
+
 def _fused(*linears) -> tuple:
-    """(weight, bias) of the linears stacked along the output dimension."""
-    tensors = [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
+    """(weight, bias) of the plain nn.Linear modules stacked along the output dimension."""
+    params = [_wb(lin) for lin in linears]
+    tensors = [t for wb in params for t in wb if t is not None]
     key = tuple(id(t) for t in tensors)
     stamp = _stamp(tensors)
     hit = _FUSED.get(key)
     if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == stamp:
         return hit[2]
     with torch.no_grad():
-        w = torch.cat([lin.weight for lin in linears])
-        b = None if any(lin.bias is None for lin in linears) else torch.cat([lin.bias for lin in linears])
+        w = torch.cat([wb[0] for wb in params])
+        b = None if any(wb[1] is None for wb in params) else torch.cat([wb[1] for wb in params])
     for k in [k for k, v in list(_FUSED.items()) if any(r() is None for r in v[0])]:
         _FUSED.pop(k, None)  # a miss is rare (first call per layer): drop entries of freed models
     _FUSED[key] = (tuple(weakref.ref(t) for t in tensors), stamp, (w, b))
@@ -291,7 +300,7 @@ class AdaptiveEncoder(nn.Module):
         elif xq is xkv:  # every token active: one GEMM for q, k and v
             q, k, v = F.linear(xq, *_fused(parts.query, parts.key, parts.value)).chunk(3, dim=-1)
         else:  # compact queries, all keys: one GEMM for k and v
-            q = F.linear(xq, parts.query.weight, parts.query.bias)
+            q = F.linear(xq, *_wb(parts.query))
             k, v = F.linear(xkv, *_fused(parts.key, parts.value)).chunk(2, dim=-1)
         q, k, v = q.reshape(-1, H, Dh), k.reshape(-1, H, Dh), v.reshape(-1, H, Dh)
         ctx = varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=Dh ** -0.5, dropout_p=parts.attn_dropout,
@@ -300,7 +309,7 @@ class AdaptiveEncoder(nn.Module):
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             return parts.ffn(parts.attn_output(ctx, xq))
         h = _close(parts.attn_out, ctx, xq)
-        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, parts.ffn_in.weight, parts.ffn_in.bias)), h)
+        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h)
 
 
 def _like(out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -341,13 +350,13 @@ def _plain(*modules) -> bool:
 
 
 def _linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, lin.weight, lin.bias) if _direct(lin, nn.Linear) else lin(x)
+    return F.linear(x, *_wb(lin)) if _direct(lin, nn.Linear) else lin(x)
 
 
 def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
     blocks that passed _direct_blocks (plain modules, no hooks: not checked again here)."""
-    y = F.linear(x, block.linear.weight, block.linear.bias)
+    y = F.linear(x, *_wb(block.linear))
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)
@@ -356,7 +365,7 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Ten
     # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
     # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).
     y = y.add_(residual) if not torch.is_grad_enabled() and y.dtype == residual.dtype else y + residual
-    return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return F.layer_norm(y, norm.normalized_shape, *_wb(norm), norm.eps)
 
 
 def _activate(act, y: torch.Tensor) -> torch.Tensor:

@@ -85,17 +85,34 @@ class Family:
         return None
 
 
+def _subs(module, *paths: str) -> tuple:
+    """The attributes at these dotted paths, as `module.a.b` finds them, read from each module's
+    `_modules` dict where the name is a registered submodule: nn.Module.__getattr__ costs ~0.6 us
+    a step, and a layer's parts (~20 steps) are looked up for every layer of every forward."""
+    out = []
+    for path in paths:
+        m = module
+        for name in path.split("."):
+            child = m._modules.get(name) if isinstance(m, nn.Module) else None
+            m = child if child is not None else getattr(m, name)
+        out.append(m)
+    return tuple(out)
+
+
 # --- BERT and its copies (RoBERTa, XLM-R, CamemBERT, ELECTRA): same layer, other names ---
 
 def _bert_parts(layer) -> LayerParts:
-    sa, so = layer.attention.self, layer.attention.output  # BertSelfOutput: dense, dropout, LayerNorm(x + residual)
+    # BertSelfOutput (so): dense, dropout, LayerNorm(x + residual); BertOutput (out) the same for the FFN
+    sa, so, inter, out = _subs(layer, "attention.self", "attention.output", "intermediate", "output")
+    query, key, value, dropout = _subs(sa, "query", "key", "value", "dropout")
+    ffn_in, act = _subs(inter, "dense", "intermediate_act_fn")
     return LayerParts(
-        query=sa.query, key=sa.key, value=sa.value, attn_dropout=sa.dropout.p if sa.training else 0.0,
-        attn_output=so, ffn=lambda h: layer.output(layer.intermediate(h), h),
-        attn_out=Closing(so.dense, so.dropout, so.LayerNorm),
-        ffn_in=layer.intermediate.dense, act=layer.intermediate.intermediate_act_fn,
-        ffn_out=Closing(layer.output.dense, layer.output.dropout, layer.output.LayerNorm),
-        containers=(so, layer.intermediate, layer.output),
+        query=query, key=key, value=value, attn_dropout=dropout.p if sa.training else 0.0,
+        attn_output=so, ffn=lambda h: out(inter(h), h),
+        attn_out=Closing(*_subs(so, "dense", "dropout", "LayerNorm")),
+        ffn_in=ffn_in, act=act,
+        ffn_out=Closing(*_subs(out, "dense", "dropout", "LayerNorm")),
+        containers=(so, inter, out),
     )
 
 
@@ -107,14 +124,17 @@ def _bert_dense(layer, h, additive, bias=None):
 # --- DistilBERT: q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn, output_layer_norm ---
 
 def _distilbert_parts(layer) -> LayerParts:
-    att, ffn = layer.attention, layer.ffn  # no dropout after out_lin; FFN: lin1, activation, lin2, dropout
+    # no dropout after out_lin; FFN: lin1, activation, lin2, dropout
+    att, ffn, sa_norm, out_norm = _subs(layer, "attention", "ffn", "sa_layer_norm", "output_layer_norm")
+    q, k, v, out_lin, dropout = _subs(att, "q_lin", "k_lin", "v_lin", "out_lin", "dropout")
+    lin1, act, lin2, ffn_dropout = _subs(ffn, "lin1", "activation", "lin2", "dropout")
     return LayerParts(
-        query=att.q_lin, key=att.k_lin, value=att.v_lin, attn_dropout=att.dropout.p if att.training else 0.0,
-        attn_output=lambda ctx, x: layer.sa_layer_norm(att.out_lin(ctx) + x),
-        ffn=lambda h: layer.output_layer_norm(ffn(h) + h),
-        attn_out=Closing(att.out_lin, None, layer.sa_layer_norm),
-        ffn_in=ffn.lin1, act=ffn.activation,
-        ffn_out=Closing(ffn.lin2, ffn.dropout, layer.output_layer_norm),
+        query=q, key=k, value=v, attn_dropout=dropout.p if att.training else 0.0,
+        attn_output=lambda ctx, x: sa_norm(out_lin(ctx) + x),
+        ffn=lambda h: out_norm(ffn(h) + h),
+        attn_out=Closing(out_lin, None, sa_norm),
+        ffn_in=lin1, act=act,
+        ffn_out=Closing(lin2, ffn_dropout, out_norm),
         containers=(ffn,),
     )
 
@@ -123,16 +143,20 @@ def _distilbert_parts(layer) -> LayerParts:
 # (32 buckets x heads) on the encoder shared by every layer ---
 
 def _mpnet_parts(layer) -> LayerParts:
-    att = layer.attention  # LayerNorm(dropout(o(context)) + x); FFN as BERT's
+    # LayerNorm(dropout(o(context)) + x); FFN as BERT's
+    attn, dropout, norm, inter, out = _subs(layer, "attention.attn", "attention.dropout", "attention.LayerNorm",
+                                            "intermediate", "output")
+    q, k, v, o, attn_dropout = _subs(attn, "q", "k", "v", "o", "dropout")
+    ffn_in, act = _subs(inter, "dense", "intermediate_act_fn")
     return LayerParts(
-        query=att.attn.q, key=att.attn.k, value=att.attn.v,
-        attn_dropout=att.attn.dropout.p if att.attn.dropout.training else 0.0,
-        attn_output=lambda ctx, x: att.LayerNorm(att.dropout(att.attn.o(ctx)) + x),
-        ffn=lambda h: layer.output(layer.intermediate(h), h),
-        attn_out=Closing(att.attn.o, att.dropout, att.LayerNorm),
-        ffn_in=layer.intermediate.dense, act=layer.intermediate.intermediate_act_fn,
-        ffn_out=Closing(layer.output.dense, layer.output.dropout, layer.output.LayerNorm),
-        containers=(layer.intermediate, layer.output),
+        query=q, key=k, value=v,
+        attn_dropout=attn_dropout.p if attn_dropout.training else 0.0,
+        attn_output=lambda ctx, x: norm(dropout(o(ctx)) + x),
+        ffn=lambda h: out(inter(h), h),
+        attn_out=Closing(o, dropout, norm),
+        ffn_in=ffn_in, act=act,
+        ffn_out=Closing(*_subs(out, "dense", "dropout", "LayerNorm")),
+        containers=(inter, out),
     )
 
 

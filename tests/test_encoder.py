@@ -64,6 +64,27 @@ def test_mixed_depths_equal_dense_reference(device, backend, seed):
     assert out.plan.n_max == int(depths[mask.bool()].max())
 
 
+def test_functional_call_weights_are_the_ones_used():
+    """torch.func.functional_call swaps parameters in the modules' `_parameters`, which the
+    direct path reads (encoder._wb, the fused-weight cache): its result is that of a model
+    holding those weights, and the encoder's own weights are untouched afterwards."""
+    bert = _bert(seed=3)
+    ids, mask, gen = _ragged(3, 11, 3)
+    depths = torch.randint(0, 5, (3, 11), generator=gen)
+    enc = AdaptiveEncoder.from_bert(bert)
+    other = {k: v * 1.5 + 0.01 for k, v in enc.state_dict().items()}
+    twin = copy.deepcopy(enc)
+    twin.load_state_dict(other)
+    with torch.no_grad():
+        x = bert.embeddings(input_ids=ids)
+        before = enc(x, depths, mask).last_hidden_state
+        got = torch.func.functional_call(enc, other, (x, depths, mask)).last_hidden_state
+        after = enc(x, depths, mask).last_hidden_state
+        want = twin(x, depths, mask).last_hidden_state
+    assert torch.equal(got, want) and not torch.equal(got, before)
+    assert torch.equal(after, before)
+
+
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 def test_all_depth_zero_and_single_token(device, backend):
     bert = _bert(device=device)
