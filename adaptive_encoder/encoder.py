@@ -217,6 +217,7 @@ class AdaptiveEncoder(nn.Module):
         backend = ops.resolve_backend(hidden_states.device, backend)
         # The plan is made where depths and mask are: on the CPU with states on a GPU (a
         # host-side plan) it is copied over without a sync. The plan returned stays there.
+        # Graph mode brings depths given on the GPU to the host first (graphs.PLAN_ON_HOST).
         graphed = graphed and on_layer is None and self._graphable()
         if graphed and depths.is_cuda and graphs.PLAN_ON_HOST:  # graph mode plans on the host
             depths, mask = to_host(depths, mask)
