@@ -235,9 +235,12 @@ class Seal:
         for modules, name, child in self.links:
             if modules.get(name) is not child:
                 return False
-        for state in self.states:
-            if state["training"] or state["_forward_hooks"] or state["_forward_pre_hooks"]:
-                return False
+        try:
+            for state in self.states:
+                if state["training"] or state["_forward_hooks"] or state["_forward_pre_hooks"]:
+                    return False
+        except KeyError:  # a module that keeps them elsewhere (a class property): never sealed, eager
+            return False
         for params, name, t, ptr, version in self.params:
             if params.get(name) is not t or t.data_ptr() != ptr or (version is not None and t._version != version):
                 return False

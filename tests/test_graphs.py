@@ -254,6 +254,23 @@ def test_what_graphs_cannot_run_exactly_runs_eagerly():
     torch.testing.assert_close(hooked, want, atol=2e-5, rtol=1e-5)
 
 
+def test_a_module_keeping_its_mode_elsewhere_runs_eagerly():
+    """The seal reads mode and hooks from modules' instance dicts; a module whose `training`
+    lives elsewhere (a class property) cannot be sealed: the forward runs eagerly, and right."""
+    class Odd(torch.nn.Module):
+        training = property(lambda self: False, lambda self, value: None)
+
+    net, enc = _encoder("cpu", "cpu")
+    net.encoder.layer[1].odd = Odd()
+    assert "training" not in net.encoder.layer[1].odd.__dict__
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    with torch.inference_mode():
+        got = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        want = enc(x, d, m).last_hidden_state
+    assert graphs.cache_for(enc, torch.device("cpu")).captures == 0
+    assert torch.equal(got, want)
+
+
 def test_threads_copies_and_pickles():
     net, enc = _encoder("cpu", "cpu")
     enc.cuda_graphs = True
