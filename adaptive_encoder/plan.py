@@ -50,8 +50,8 @@ class Plan:
         # Every layer's query offsets (L, B+1), rebased to 0, in one op rather than one
         # subtraction per layer (on a GPU each is a launch, and small batches are launch-bound).
         B, L = self.batch, self.num_layers
-        idx = torch.arange(L, device=self.offsets.device)[:, None] * B + torch.arange(B + 1, device=self.offsets.device)
-        table = self.offsets[idx]
+        # Row n is offsets[n*B : n*B+B+1]: overlapping rows of one strided view, no index op.
+        table = self.offsets.as_strided((L, B + 1), (B, 1))
         self._cu_q = table - table[:, :1]
         self._starts = [0]
         for c in self.layer_counts[:-1]:
@@ -155,14 +155,14 @@ def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
         raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
     # Unchecked: the depth range is checked on the numbers below, which need the sync anyway.
     rows, offsets = ops.plan(depths, mask, num_layers, backend=backend, check=False)
-    counts = (offsets[1:] - offsets[:-1]).view(num_layers, B)
+    counts = offsets.diff().view(num_layers, B)
     lengths = mask.sum(1)
-    stats = torch.cat([
-        counts.sum(1), counts.amax(1),
-        torch.stack([lengths.amax(), lengths.amin(), mask.sum(), depths.amin(), depths.amax()]),
-    ]).tolist()  # the one host sync of the forward (besides the plan op's own)
+    (min_k, max_k), (dmin, dmax) = torch.aminmax(lengths), torch.aminmax(depths)
+    # One op per statistic at most (each is a launch on a GPU, where small batches are launch-bound).
+    stats = torch.cat([counts.sum(1), counts.amax(1), max_k.view(1), min_k.view(1), lengths.sum().view(1),
+                       dmin.view(1), dmax.view(1)]).tolist()  # the one host sync of the forward (besides the plan op's own)
     L = num_layers
-    cu_k = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    cu_k = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     return rows, offsets, stats[:L], stats[L:2 * L], stats[2 * L:], cu_k
 
 
