@@ -36,7 +36,7 @@ sees only what is in the buffers, never a Python value of the call that captured
 import threading
 import weakref
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
@@ -54,6 +54,19 @@ MAX_GRAPHS = 4096
 # the GPU, then ~15 more launches for the tables). A setting only so that a benchmark can time
 # both in one run (bench/gpu_scaling.py, "+devplan").
 PLAN_ON_HOST = True
+
+
+@contextmanager
+def device_plan():
+    """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off), for the
+    benchmark and check that compare both; the setting is restored after. A module setting, so
+    not for threads that want different ones at once."""
+    global PLAN_ON_HOST
+    before, PLAN_ON_HOST = PLAN_ON_HOST, False
+    try:
+        yield
+    finally:
+        PLAN_ON_HOST = before
 
 
 def bucket(n: int, floor: int = 16) -> int:

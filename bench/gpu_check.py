@@ -264,12 +264,9 @@ def _graphs():
                 want = enc(xi, di, mask).last_hidden_state
                 errs[f"{tag}/batch{i}"] = rel_err(got, want, mask)
             # Depths on the GPU are planned on the host (copied there first); the device plan
-            # is kept for graphs.PLAN_ON_HOST off (gpu_scaling's "+graphs-devplan").
-            graphs.PLAN_ON_HOST = False
-            try:
+            # is kept for graphs.device_plan() (gpu_scaling's "+graphs-devplan").
+            with graphs.device_plan():
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
-            finally:
-                graphs.PLAN_ON_HOST = True
             errs[f"{tag}/device-plan+graphs"] = rel_err(got, want, mask)
             cache = graphs.cache_for(enc, DEV)
             replays[tag] = (cache.captures, cache.replays)

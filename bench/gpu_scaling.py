@@ -23,7 +23,7 @@ per layer: adaptive_encoder/graphs.py), against the eager runs in the same round
 rounds replay the graphs the first pass captured (the same pool every round).
 --devplan adds MI in graph mode with depths and mask on the GPU, as a patched model gets them:
 mi+graphs-dev (graph mode copies them to the host in one transfer and plans there, the default)
-and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.PLAN_ON_HOST off).
+and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.device_plan()).
 
 Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
 run cut short keeps the batch sizes it finished).

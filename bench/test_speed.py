@@ -55,7 +55,7 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # it depths and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs
 # graph mode (adaptive_encoder/graphs.py) with them on the CPU, "+graphs-dev" with them on the
 # GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
-# GPU (graphs.PLAN_ON_HOST off: the path before 2026-11-27). E.g. "mi+host", "fixed+graphs".
+# GPU (graphs.device_plan(): the path before 2026-11-27). E.g. "mi+host", "fixed+graphs".
 GRAPHS, HOST = "+graphs", "+host"
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (GRAPHS, True, "host"),
              (HOST, False, "host"))
@@ -143,11 +143,8 @@ def _runner(model: str, N: int, x, depths, mask):
         if where == "devplan":
             def device_plan():
                 from adaptive_encoder import graphs
-                graphs.PLAN_ON_HOST = False
-                try:
+                with graphs.device_plan():
                     return enc(x, d, m, cuda_graphs=True)
-                finally:
-                    graphs.PLAN_ON_HOST = True
             return device_plan
         return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":

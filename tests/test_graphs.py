@@ -104,13 +104,14 @@ def test_replays_read_only_the_buffers(device, backend):
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS[:1] + DEVICE_BACKENDS[-1:])
 @pytest.mark.parametrize("plan_on_host", [True, False])
-def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host, monkeypatch):
+def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host):
     """Depths and mask on the states' device: graph mode copies them to the host and plans
-    there (graphs.PLAN_ON_HOST), or plans on the device with it off; the same states either way.
-    On CPU tensors both are the host."""
+    there (graphs.PLAN_ON_HOST), or plans on the device inside graphs.device_plan(); the same
+    states either way, and the setting is back after. On CPU tensors both are the host."""
+    from contextlib import nullcontext
+
     from adaptive_encoder.plan import to_host
 
-    monkeypatch.setattr(graphs, "PLAN_ON_HOST", plan_on_host)
     _, enc = _encoder(device, backend)
     x, depths, mask = _inputs(5, 12, 3, device)
     hd, hm = to_host(depths, mask)  # one transfer of both
@@ -118,7 +119,10 @@ def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan
     assert torch.equal(hd, depths.cpu()) and torch.equal(hm, mask.cpu())
     with torch.inference_mode():
         want = enc(x, depths, mask).last_hidden_state
-        out = enc(x, depths, mask, cuda_graphs=True)
+        with nullcontext() if plan_on_host else graphs.device_plan():
+            assert graphs.PLAN_ON_HOST is plan_on_host
+            out = enc(x, depths, mask, cuda_graphs=True)
+    assert graphs.PLAN_ON_HOST is True
     expect = "cpu" if plan_on_host or device == "cpu" else device
     assert out.plan.rows.device.type == out.plan.cu_k.device.type == expect
     torch.testing.assert_close(out.last_hidden_state, want, atol=2e-5, rtol=1e-5)
