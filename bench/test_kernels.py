@@ -9,8 +9,8 @@ tensor's clone, read plus write, measured in the same session.
 On a GPU every kernel figure is the median over rounds of CALLS calls back to back between
 two CUDA events, per call: the launches queue while earlier calls run, so a kernel of tens of
 microseconds is not charged the host's launch gap before it. (A gather of 16k rows of 768
-bf16 moves 25 MB each way, ~17 us at an H100's ~3 TB/s: about what run 4 measured the host to
-spend per op, 20-30 us, which one call between events would add to it.)
+bf16 moves 25 MB each way, ~17 us at an H100's ~3 TB/s: about the host time per op in run 4,
+20-30 us (0.45 ms per layer over ~15-20 ops), which one call between events would add to it.)
 Attention FLOPs counted: 4 * heads * head_dim * sum over sequences of queries x keys (QK^T and
 PV), on IMDB-like lengths, every token a query ("full") or the tokens of MI depth > N/2
 ("mi", compact queries against all keys). Each backend is timed interleaved with the padded
