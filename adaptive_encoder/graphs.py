@@ -19,9 +19,13 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
   and copied in two transfers. A layer's graph reads them at fixed
-  addresses, so it is keyed by (layer, A^ or "all", K^, B^, the grid bounds) and replayed for
+  addresses, so it is keyed by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for
   every input that lands in those buckets. MPNet's distance table is refilled each call at a
   fixed address.
+- Dense layers (DENSE_ROWS, off by default): when the state is small, a layer with halted tokens
+  may run on every row of the state and write back only its active rows (a (N, K^) bool mask
+  per forward), which is a full-depth layer's kernels; on a GPU below some size a GEMM costs
+  the same on fewer rows, and the compact layer's gather, scatter and split projection do not.
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
@@ -55,18 +59,40 @@ MAX_GRAPHS = 4096
 # both in one run (bench/gpu_scaling.py, "+devplan").
 PLAN_ON_HOST = True
 
+# Dense layers on few rows. On a GPU a GEMM over a few hundred rows may take about as long
+# whatever its row count (its tiles fill part of one wave), so a compact layer (gather, q GEMM, k/v GEMM, the
+# rest, scatter: 13 kernels) may cost more than the same layer on every row (11, bench/NOTES.md
+# "Open for a GPU session" item 6). A forward whose compact state has at most DENSE_ROWS rows
+# (K^) runs each layer that has halted tokens on every row of the state instead, and writes back
+# only the active rows: one masked copy where a full-depth layer has its plain copy, so the
+# same kernels as full depth; the halted rows' work is wasted and the layers above the deepest
+# token are still skipped. 0 (never) until a GPU run measures the crossover (gpu_scaling's
+# mi+graphs-dense against mi+graphs).
+DENSE_ROWS = 0
+
 
 @contextmanager
-def device_plan():
-    """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off), for the
-    benchmark and check that compare both; the setting is restored after. A module setting, so
-    not for threads that want different ones at once."""
-    global PLAN_ON_HOST
-    before, PLAN_ON_HOST = PLAN_ON_HOST, False
+def _setting(name: str, value):
+    """Set a module setting inside, restore the value found after. Module settings are for the
+    benchmarks and checks that compare both ways in one run, not for threads that want
+    different ones at once."""
+    before = globals()[name]
+    globals()[name] = value
     try:
         yield
     finally:
-        PLAN_ON_HOST = before
+        globals()[name] = before
+
+
+def device_plan():
+    """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off)."""
+    return _setting("PLAN_ON_HOST", False)
+
+
+def dense_layers(rows: int = 1 << 62):
+    """Inside: forwards whose compact state has at most `rows` rows run dense layers (DENSE_ROWS);
+    by default every forward."""
+    return _setting("DENSE_ROWS", rows)
 
 
 def bucket(n: int, floor: int = 16) -> int:
@@ -136,8 +162,9 @@ class Buffers:
 
     state (K^, D): the compact state. ints (N+2, K^) int64: row 0 each state row's position in
     its sequence (for a relative position bias), row 1 the real tokens' flattened rows (first
-    K entries), row 2+n layer n's query rows into the state (first A^_n entries). tables
-    {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
+    K entries), row 2+n layer n's query rows into the state (first A^_n entries). masks()
+    (N, K^) bool, dense layers only (DENSE_ROWS): row n marks layer n's active state rows.
+    tables {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
     offsets(B^) (N+1, B^+1) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
 
     def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
@@ -146,6 +173,12 @@ class Buffers:
         self.ints = torch.zeros(num_layers + 2, k_hat, dtype=torch.int64, device=device)
         self.tables: dict = {}
         self._offsets: dict = {}
+        self._masks = None
+
+    def masks(self) -> torch.Tensor:
+        if self._masks is None:
+            self._masks = torch.zeros(self.num_layers, self.ints.shape[1], dtype=torch.bool, device=self.device)
+        return self._masks
 
     def offsets(self, b_hat: int) -> torch.Tensor:
         if b_hat not in self._offsets:
@@ -297,9 +330,10 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
     if n_max == 0:
         return flat.clone()
     counts = plan.layer_counts[:n_max]
-    sizes = layer_sizes(counts, K, B, T)
+    sizes = layer_sizes(counts, K, B, T, DENSE_ROWS)
     k_hat, b_hat = sizes[0][1], sizes[0][2]
-    a_hat = [k_hat if s[0] == "all" else s[0] for s in sizes]
+    a_hat = [k_hat if s[0] in ("all", "dense") else s[0] for s in sizes]
+    dense = any(s[0] == "dense" for s in sizes)
     cache = cache_for(encoder, x.device)
     with cache.lock, (torch.cuda.device(x.device) if x.is_cuda else nullcontext()):  # replays use its streams
         sealed = [cache.layer_seal(encoder, n, eligible) for n in range(n_max)]
@@ -311,9 +345,11 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
         offs = buf.offsets(b_hat)
         # The integer tables, built where the plan is (on the host for a host-side plan: then
         # one pinned copy each, and the forward never waits for the GPU).
-        ints, offsets = _tables(plan, T, k_hat, b_hat, a_hat)
-        _copy(buf.ints[:n_max + 2], ints)
+        ints, offsets, masks = _tables(plan, T, k_hat, b_hat, a_hat, dense)
+        _copy(buf.ints[:ints.shape[0]], ints)
         _copy(offs[:n_max + 1], offsets)
+        if dense:
+            _copy(buf.masks()[:n_max], masks)
         key_rows = buf.ints[1, :K]
         # The compact state: the real tokens in order. The dummy rows after them are in no
         # sequence and hold whatever the last forward left there (never read by a real row).
@@ -327,7 +363,7 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
         for n, seal in enumerate(sealed):
             cache.run((n, *sizes[n], dev_key), seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n],
-                                                             sizes[n][0] == "all", sizes[n][3:], backend, ops))
+                                                             sizes[n][0], sizes[n][3:], backend, ops))
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
@@ -341,37 +377,55 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
         return out
 
 
-def layer_sizes(counts: list, K: int, B: int, T: int) -> list:
+def layer_sizes(counts: list, K: int, B: int, T: int, dense_rows: int = 0) -> list:
     """The fixed sizes each layer's graph bakes in (the shape part of its key), for layers with
     `counts` queries among K real tokens in B sequences padded to length T: per layer
-    (A^ or "all", K^, B^, max_q, max_k). "all": every real token is a query (the whole state).
-    max_q, max_k bound each sequence's queries and keys by T^ = bucket(T + 1) (+ 1: at batch 1,
-    where K = T, the same bucket as K^, so no extra keys), for the attention grid and the
-    reference's padding; bounded by the row counts they would launch ~A^ * B^ / 64 programs
-    per head, nearly all idle (quadratic in the batch)."""
+    (A^, "all" or "dense", K^, B^, max_q, max_k). "all": every real token is a query (the whole
+    state); "dense": some are not, but K^ <= dense_rows (DENSE_ROWS), so the layer runs on the
+    whole state and writes back the active rows. max_q, max_k bound each sequence's queries and
+    keys by T^ = bucket(T + 1) (+ 1: at batch 1, where K = T, the same bucket as K^, so no extra
+    keys), for the attention grid and the reference's padding; bounded by the row counts they
+    would launch ~A^ * B^ / 64 programs per head, nearly all idle (quadratic in the batch)."""
     k_hat, b_hat, t_hat = bucket(K + 1), batch_bucket(B), bucket(T + 1)
-    return [("all", k_hat, b_hat, min(t_hat, k_hat), min(t_hat, k_hat)) if c == K
-            else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), min(t_hat, k_hat)) for c in counts]
+    whole = min(t_hat, k_hat)
+    return [("all" if c == K else "dense", k_hat, b_hat, whole, whole) if c == K or k_hat <= dense_rows
+            else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), whole) for c in counts]
 
 
-def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list) -> tuple:
-    """Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1] for this plan, built on the
-    plan's device. Padding entries: K (the first dummy row) in the query rows; empty sequences
-    in the offsets (which end at K keys and A_n queries: the dummy rows and padded queries are
-    in no sequence)."""
+def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list, dense: bool) -> tuple:
+    """(ints, offsets, masks) for Buffers.ints, Buffers.offsets(b_hat)[:n_max+1] and, for dense
+    layers, Buffers.masks()[:n_max] (else None), built on the plan's device. ints has n_max+2
+    rows, or 2 for dense layers (which need no query rows). Padding entries: K (the first dummy
+    row) in the query rows; empty sequences in the offsets (which end at K keys and A_n queries:
+    the dummy rows and padded queries are in no sequence); False in the masks."""
     dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
-    ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
+    ints = torch.full((2 if dense else n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
     key_rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=dev)
     torch.remainder(key_rows, T, out=ints[0, :K])
     ints[0, K:] = 0
     ints[1, :K] = key_rows
-    # Each layer's active rows as indices into the compact state, at row 2+n from column 0.
-    _fill_layer_rows(ints, plan, n_max, per_layer=dev.type == "cpu" and sum(plan.layer_counts) >= 4096)
+    masks = None
+    if dense:
+        masks = _layer_masks(plan, n_max, k_hat)
+    else:  # each layer's active rows as indices into the compact state, at row 2+n from column 0
+        _fill_layer_rows(ints, plan, n_max, per_layer=dev.type == "cpu" and sum(plan.layer_counts) >= 4096)
     offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
     offsets[0, :B + 1] = plan.cu_k
     offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
     offsets[:, B + 1:] = offsets[:, B:B + 1]
-    return ints, offsets
+    return ints, offsets, masks
+
+
+def _layer_masks(plan, n_max: int, k_hat: int) -> torch.Tensor:
+    """(n_max, k_hat) bool: row n True at layer n's state rows. No wait for a GPU (the counts
+    are host ints, so the index count is known)."""
+    dev, counts = plan.rows.device, plan.layer_counts[:n_max]
+    S = sum(counts)
+    first = to_device(torch.tensor([n * k_hat for n in range(n_max)] + counts, dtype=torch.int64), dev)
+    where = torch.repeat_interleave(first[:n_max], first[n_max:], output_size=S) + plan.state_rows[:S]
+    masks = torch.zeros(n_max, k_hat, dtype=torch.bool, device=dev)
+    masks.view(-1)[where] = True
+    return masks
 
 
 def _fill_layer_rows(ints: torch.Tensor, plan, n_max: int, per_layer: bool) -> None:
@@ -397,18 +451,24 @@ def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(to_device(src, dst.device), non_blocking=True)
 
 
-def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, every: bool, bounds: tuple, backend: str,
+def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, kind, bounds: tuple, backend: str,
           ops):
     """Layer n on the buffers, reading nothing else of this call (what a graph replays).
     offs: the offset buffer of this batch bucket; table: the distance table buffer of a
-    relative position bias, or None; bounds: (max_q, max_k) of any sequence in these buckets."""
+    relative position bias, or None; kind: layer_sizes' first entry ("all", "dense" or A^);
+    bounds: (max_q, max_k) of any sequence in these buckets."""
     max_q, max_k = bounds
     pos, cu_k, cu_q = buf.ints[0], offs[0], offs[1 + n]
-    if every:  # all real tokens are queries: the whole state, one fused q/k/v GEMM, no gather
+    if kind in ("all", "dense"):  # the whole state: one fused q/k/v GEMM, no gather
+        active = buf.masks()[n].unsqueeze(1) if kind == "dense" else None
+
         def step():
             bias = None if table is None else (table, pos, pos)
             out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, max_k, max_k, backend, bias)
-            buf.state.copy_(out)
+            if active is None:
+                buf.state.copy_(out)
+            else:  # halted rows keep their state (and dummy rows, whose outputs attention left unwritten)
+                torch.where(active, out, buf.state, out=buf.state)
     else:
         idx = buf.ints[2 + n, :a_hat]
 

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 
 import torch
 
@@ -268,17 +269,23 @@ def _graphs():
             with graphs.device_plan():
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
             errs[f"{tag}/device-plan+graphs"] = rel_err(got, want, mask)
+            with graphs.device_plan(), graphs.dense_layers():  # dense layers' masks built on the GPU
+                got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
+            errs[f"{tag}/device-plan+dense+graphs"] = rel_err(got, want, mask)
             cache = graphs.cache_for(enc, DEV)
             replays[tag] = (cache.captures, cache.replays)
             capture_errors += cache.capture_errors
             # Depths and mask on the CPU: the plan is made on the host and, once the graphs
             # exist, the forward never waits for the GPU (sync debug mode raises if it does).
+            # Dense layers (graphs.DENSE_ROWS: every layer with halted tokens on the whole state,
+            # active rows written back) the same way: captured, then replayed without a wait.
             hd, hm = di.cpu(), mask.cpu()
-            for graphed in (False, True):
-                enc(xi, hd, hm, cuda_graphs=graphed)  # warm-up: captures, Triton compiles
-                with _no_sync():
-                    got = enc(xi, hd, hm, cuda_graphs=graphed).last_hidden_state
-                errs[f"{tag}/host-plan{'+graphs' if graphed else ''}"] = rel_err(got, want, mask)
+            for arm in ("", "+graphs", "+dense+graphs"):
+                with graphs.dense_layers() if arm == "+dense+graphs" else nullcontext():
+                    enc(xi, hd, hm, cuda_graphs=bool(arm))  # warm-up: captures, Triton compiles
+                    with _no_sync():
+                        got = enc(xi, hd, hm, cuda_graphs=bool(arm)).last_hidden_state
+                errs[f"{tag}/host-plan{arm}"] = rel_err(got, want, mask)
         mp = _mpnet()  # the relative position bias, in graph mode
         x, depths, mask = _batch(mp.config.num_hidden_layers, torch.float32, mp.config.hidden_size)
         for backend in BACKENDS:

@@ -7,8 +7,9 @@
 # Steps, each under its own time limit, results in runs/gpu-followup (packed into $OUT):
 # 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package);
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
-#    1/16/64/128), and with depths given on the GPU, planned on the host (the default) or on
-#    the GPU: gpu_scaling.py --graphs --devplan, pool 64 -> followup_scaling.json;
+#    1/16/64/128), with depths given on the GPU, planned on the host (the default) or on
+#    the GPU, and with dense layers (graphs.DENSE_ROWS: where they beat compact ones):
+#    gpu_scaling.py --graphs --devplan --dense, pool 64 -> followup_scaling.json;
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
 # 4. the C++ error probe with --inline (a load_inline extension: is it our build or the
@@ -59,7 +60,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 BENCH_QUICK=1
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
-    --models fixed mi --graphs --devplan --out "$DEST"
+    --models fixed mi --graphs --devplan --dense --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
   step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
@@ -70,7 +71,7 @@ else
       --no-build-isolation --no-deps
   fi
   step scaling 100 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --devplan --out "$DEST"
+    --models fixed mi --graphs --devplan --dense --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced

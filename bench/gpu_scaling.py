@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--graphs] [--devplan] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--graphs] [--devplan] [--dense] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -24,6 +24,10 @@ rounds replay the graphs the first pass captured (the same pool every round).
 --devplan adds MI in graph mode with depths and mask on the GPU, as a patched model gets them:
 mi+graphs-dev (graph mode copies them to the host in one transfer and plans there, the default)
 and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.device_plan()).
+--dense adds mi+graphs-dense: mi+graphs with every layer that has halted tokens run on the whole
+compact state, its active rows written back (graphs.dense_layers(); a full-depth layer's
+kernels). Where it beats mi+graphs, the GEMMs cost no less on fewer rows: that batch size
+bounds graphs.DENSE_ROWS.
 
 Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
 run cut short keeps the batch sizes it finished).
@@ -83,10 +87,14 @@ def main():
     ap.add_argument("--devplan", action="store_true",
                     help="also MI in graph mode with depths and mask given on the GPU: copied to the host and "
                          "planned there (mi+graphs-dev, the default) and planned on the GPU (mi+graphs-devplan)")
+    ap.add_argument("--dense", action="store_true",
+                    help="also MI in graph mode with dense layers (mi+graphs-dense: every layer with halted tokens "
+                         "on the whole state, active rows written back; graphs.DENSE_ROWS)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     extra = (["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS] if a.graphs else []) \
-        + (["mi" + test_speed.GRAPHS + "-dev", "mi" + test_speed.GRAPHS + "-devplan"] if a.devplan else [])
+        + (["mi" + test_speed.GRAPHS + "-dev", "mi" + test_speed.GRAPHS + "-devplan"] if a.devplan else []) \
+        + (["mi" + test_speed.GRAPHS + "-dense"] if a.dense else [])
     a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "

@@ -55,15 +55,17 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # it depths and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs
 # graph mode (adaptive_encoder/graphs.py) with them on the CPU, "+graphs-dev" with them on the
 # GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
-# GPU (graphs.device_plan(): the path before 2026-11-27). E.g. "mi+host", "fixed+graphs".
+# GPU (graphs.device_plan(): the path before 2026-11-27), "+graphs-dense" as "+graphs" with every
+# layer that has halted tokens run on the whole state (graphs.dense_layers()). E.g. "mi+host",
+# "fixed+graphs".
 GRAPHS, HOST = "+graphs", "+host"
-_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (GRAPHS, True, "host"),
-             (HOST, False, "host"))
+_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"),
+             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"))
 
 
 def _variant(model: str) -> tuple:
     """(depth-source name, graph mode, where depths and mask are given and planned: "host",
-    "device" or "devplan")."""
+    "device" or "devplan"; or "dense": on the host, dense layers)."""
     for suffix, graphed, where in _VARIANTS:
         if model.endswith(suffix):
             return model.removesuffix(suffix), graphed, where
@@ -139,13 +141,15 @@ def _runner(model: str, N: int, x, depths, mask):
     model, graphed, where = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if where == "host" else (depths, mask)
-        if where == "devplan":
-            def device_plan():
-                from adaptive_encoder import graphs
-                with graphs.device_plan():
+        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
+        if where in ("devplan", "dense"):
+            from adaptive_encoder import graphs
+            setting = graphs.device_plan if where == "devplan" else graphs.dense_layers
+
+            def with_setting():
+                with setting():
                     return enc(x, d, m, cuda_graphs=True)
-            return device_plan
+            return with_setting
         return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":
         def halting():

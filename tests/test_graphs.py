@@ -7,6 +7,7 @@ the call that captured it."""
 import copy
 import pickle
 import threading
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -55,15 +56,18 @@ def test_buckets():
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("model", ["bert", "distilbert", "mpnet"])
-def test_graph_mode_matches_eager(device, backend, model, request):
+@pytest.mark.parametrize("dense", [False, True], ids=["compact", "dense"])
+def test_graph_mode_matches_eager(device, backend, model, dense, request):
     """Many inputs through one encoder: the first of each bucket captures, later ones replay
-    with other rows, counts and data; every state equals the eager path's."""
+    with other rows, counts and data; every state equals the eager path's. dense: every layer
+    with halted tokens runs on the whole state and writes back its active rows
+    (graphs.dense_layers)."""
     if device == "cpu":  # not on CUDA: deterministic mode may pick index kernels that sync, which capture forbids
         request.getfixturevalue("poison")
     _, enc = _encoder(device, backend, model=model)
     cache = graphs.cache_for(enc, torch.device(device))
     cases = [(1, 1), (1, 7), (3, 9), (2, 9), (3, 9), (5, 4), (1, 7), (3, 9), (8, 3), (3, 9), (2, 20), (2, 19)]
-    with torch.inference_mode():
+    with torch.inference_mode(), graphs.dense_layers() if dense else nullcontext():
         for seed, (B, T) in enumerate(cases):
             x, depths, mask = _inputs(B, T, seed, device)
             if seed == 4:
@@ -76,7 +80,13 @@ def test_graph_mode_matches_eager(device, backend, model, request):
             got = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
             assert torch.equal(got[~mask], x[~mask])  # padding never computed
+            halted = mask & (depths == 0)
+            assert torch.equal(got[halted], x[halted])  # nor a token of depth 0, dense or not
     assert cache.captures > 0 and cache.replays > 0, (cache.captures, cache.replays)
+    kinds = {key[1] for key in cache.graphs}
+    assert "all" in kinds and ("dense" in kinds) == dense
+    assert any(isinstance(k, int) for k in kinds) != dense, kinds  # compact layers only when not dense
+    assert graphs.DENSE_ROWS == 0  # restored
 
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS[:1] + DEVICE_BACKENDS[-1:])
@@ -104,12 +114,12 @@ def test_replays_read_only_the_buffers(device, backend):
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS[:1] + DEVICE_BACKENDS[-1:])
 @pytest.mark.parametrize("plan_on_host", [True, False])
-def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host):
+@pytest.mark.parametrize("dense", [False, True], ids=["compact", "dense"])
+def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host, dense):
     """Depths and mask on the states' device: graph mode copies them to the host and plans
     there (graphs.PLAN_ON_HOST), or plans on the device inside graphs.device_plan(); the same
-    states either way, and the setting is back after. On CPU tensors both are the host."""
-    from contextlib import nullcontext
-
+    states either way, with compact or dense layers (whose masks are then built on the device),
+    and the settings are back after. On CPU tensors both are the host."""
     from adaptive_encoder.plan import to_host
 
     _, enc = _encoder(device, backend)
@@ -119,10 +129,11 @@ def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan
     assert torch.equal(hd, depths.cpu()) and torch.equal(hm, mask.cpu())
     with torch.inference_mode():
         want = enc(x, depths, mask).last_hidden_state
-        with nullcontext() if plan_on_host else graphs.device_plan():
+        with nullcontext() if plan_on_host else graphs.device_plan(), \
+                graphs.dense_layers() if dense else nullcontext():
             assert graphs.PLAN_ON_HOST is plan_on_host
             out = enc(x, depths, mask, cuda_graphs=True)
-    assert graphs.PLAN_ON_HOST is True
+    assert graphs.PLAN_ON_HOST is True and graphs.DENSE_ROWS == 0
     expect = "cpu" if plan_on_host or device == "cpu" else device
     assert out.plan.rows.device.type == out.plan.cu_k.device.type == expect
     torch.testing.assert_close(out.last_hidden_state, want, atol=2e-5, rtol=1e-5)
@@ -147,6 +158,28 @@ def test_both_ways_of_filling_the_layer_rows_agree(B, T, seed):
         assert torch.equal(tables[0][2 + n, :c], plan.state_rows[plan.layer_slice(n)])
         assert (tables[0][2 + n, c:] == -7).all()
     assert (tables[0][:2] == -7).all()
+
+
+@pytest.mark.parametrize("B,T,seed", [(1, 9, 0), (6, 40, 1)])
+def test_dense_layer_masks_mark_each_layers_rows(B, T, seed):
+    """graphs._layer_masks: row n is True exactly at layer n's state rows, False on the dummy
+    rows; and layer_sizes makes every layer with halted tokens "dense" once K^ <= dense_rows."""
+    from adaptive_encoder.plan import make_plan
+
+    _, depths, mask = _inputs(B, T, seed, "cpu", layers=6)
+    plan = make_plan(depths, mask, 6)
+    k_hat = graphs.bucket(plan.num_real + 1)
+    masks = graphs._layer_masks(plan, plan.n_max, k_hat)
+    assert masks.shape == (plan.n_max, k_hat) and masks.dtype == torch.bool
+    for n in range(plan.n_max):
+        want = torch.zeros(k_hat, dtype=torch.bool)
+        want[plan.state_rows[plan.layer_slice(n)]] = True
+        assert torch.equal(masks[n], want)
+    assert not masks[:, plan.num_real:].any()
+    counts, K = plan.layer_counts[:plan.n_max], plan.num_real
+    for rows, dense in ((k_hat - 1, False), (k_hat, True)):
+        kinds = [s[0] for s in graphs.layer_sizes(counts, K, B, T, rows)]
+        assert kinds == ["all" if c == K else "dense" if dense else graphs.bucket(c) for c in counts]
 
 
 def test_graph_count_is_bounded():

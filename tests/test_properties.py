@@ -2,6 +2,8 @@
 plan / gather / scatter / varlen attention / encoder, every backend against the reference,
 bad inputs included. Derandomized with no example database, so CI runs the same examples
 every time and stays within its time."""
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ pytest.importorskip("hypothesis", reason="hypothesis (a dev dependency) is not i
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from adaptive_encoder import AdaptiveEncoder, ops, reference
+from adaptive_encoder import AdaptiveEncoder, graphs, ops, reference
 from adaptive_encoder.attention import varlen_attention
 from adaptive_encoder.dense import masked_forward
 from conftest import DEVICE_BACKENDS, TRITON_DEVICE, small_bert_config
@@ -282,18 +284,20 @@ _GRAPH_ENCODERS: dict = {}
 
 @pytest.mark.parametrize("family", ["bert", "mpnet"])
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("dense", [False, True], ids=["compact", "dense"])
 @settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(inp=plan_inputs(max_b=9, max_t=40, max_l=4), seed=st.integers(0, 1000))
-def test_graph_mode_matches_eager_on_random_inputs(family, device, backend, inp, seed):
-    """Graph mode against the eager path on random batches through ONE encoder per family and
-    backend, so later examples replay graphs and buffers that earlier ones captured (other
-    rows, counts, lengths, batch sizes in the same buckets). On CPU the graph is the eager
+def test_graph_mode_matches_eager_on_random_inputs(family, device, backend, dense, inp, seed):
+    """Graph mode against the eager path on random batches through ONE encoder per family,
+    backend and layer kind, so later examples replay graphs and buffers that earlier ones
+    captured (other rows, counts, lengths, batch sizes in the same buckets). dense: layers with
+    halted tokens run on the whole state (graphs.dense_layers). On CPU the graph is the eager
     stand-in (graphs.py); on CUDA real graphs."""
     depths, mask, _ = inp
     mask[:, 0] = True
     depths = depths.clamp(max=4)
-    key = (family, device, backend)
+    key = (family, device, backend, dense)
     if key not in _GRAPH_ENCODERS:
         torch.manual_seed(0)
         _GRAPH_ENCODERS[key] = AdaptiveEncoder.from_model(_random_encoder(family, 4, device), backend=backend)
@@ -303,5 +307,6 @@ def test_graph_mode_matches_eager_on_random_inputs(family, device, backend, inp,
     depths, mask = depths.to(device), mask.to(device)
     with torch.inference_mode():
         want = enc(x, depths, mask).last_hidden_state
-        got = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
+        with graphs.dense_layers() if dense else nullcontext():
+            got = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
