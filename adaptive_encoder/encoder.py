@@ -101,6 +101,8 @@ class AdaptiveEncoder(nn.Module):
 
     forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
             attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
+    attention_mask: any nonzero value is a real token, as transformers 5 reads a 2-D mask (an
+    additive 0 / -inf mask would be read inverted, there and here: pass the 0/1 one).
     depths and attention_mask are on hidden_states' device, or both on the CPU: with states on
     a GPU the plan is then made on the host and the forward never waits for the GPU (the
     output's plan stays on the host).
