@@ -1,6 +1,6 @@
 """Host work of a graph-mode forward, measured on CPU: everything but the layers' own kernels.
 
-    python bench/graph_host_cpu.py [--rounds 5] [--count] [--batch B]
+    python bench/graph_host_cpu.py [--rounds 5] [--count] [--batch B] [--dense]
 
 A tiny encoder (hidden 32, 12 layers, 8 tokens, batch 1) where the arithmetic is negligible.
 Graph mode runs with a stand-in graph whose replay does nothing, so its time is what a GPU
@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--batch", type=int, default=0,
                     help="graph mode only, on a batch of B IMDB-length documents with TREC MI depths "
                          "(default: one 8-token sequence, beside eager)")
+    ap.add_argument("--dense", action="store_true",
+                    help="also graph mode with dense layers (graphs.dense_layers(): a mask table instead of "
+                         "the layers' row table)")
     a = ap.parse_args()
     enc = AdaptiveEncoder.from_model(benchlib.bert(12, 32, 2, 64))
     if a.batch:
@@ -73,13 +76,22 @@ def main():
     x = torch.randn(*depths.shape, 32)
     graphs.cache_for(enc, x.device).graph_cls = _NoReplay
     best = {"graph mode, replays skipped": []} if a.batch else {"eager": [], "graph mode, replays skipped": []}
+    if a.dense:
+        best["graph mode, dense layers, replays skipped"] = []
     number = 20 if a.batch else 300
+
+    def graphed():
+        return enc(x, depths, mask, cuda_graphs=True)
+
+    def dense():
+        with graphs.dense_layers():
+            return enc(x, depths, mask, cuda_graphs=True)
+
     with torch.inference_mode():
-        enc(x, depths, mask, cuda_graphs=True)  # captures (runs each layer once)
+        graphed(), a.dense and dense()  # captures (runs each layer once)
         for _ in range(a.rounds):
             for name in best:
-                fn = (lambda: enc(x, depths, mask)) if name == "eager" else \
-                    (lambda: enc(x, depths, mask, cuda_graphs=True))
+                fn = (lambda: enc(x, depths, mask)) if name == "eager" else dense if "dense" in name else graphed
                 best[name].append(min(timeit.repeat(fn, number=number, repeat=1)) / number)
     where = f"batch {a.batch}, {int(mask.sum())} tokens" if a.batch else "8 tokens"
     for name, times in best.items():

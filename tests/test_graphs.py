@@ -162,14 +162,15 @@ def test_both_ways_of_filling_the_layer_rows_agree(B, T, seed):
 
 @pytest.mark.parametrize("B,T,seed", [(1, 9, 0), (6, 40, 1)])
 def test_dense_layer_masks_mark_each_layers_rows(B, T, seed):
-    """graphs._layer_masks: row n is True exactly at layer n's state rows, False on the dummy
-    rows; and layer_sizes makes every layer with halted tokens "dense" once K^ <= dense_rows."""
+    """graphs._layer_masks (from a histogram of depths, or an indexed fill): row n is True
+    exactly at layer n's state rows, False on the dummy rows; and layer_sizes makes every layer with halted tokens "dense" once K^ <= dense_rows."""
     from adaptive_encoder.plan import make_plan
 
     _, depths, mask = _inputs(B, T, seed, "cpu", layers=6)
     plan = make_plan(depths, mask, 6)
     k_hat = graphs.bucket(plan.num_real + 1)
-    masks = graphs._layer_masks(plan, plan.n_max, k_hat)
+    masks = graphs._layer_masks(plan, plan.n_max, k_hat, histogram=True)
+    assert torch.equal(masks, graphs._layer_masks(plan, plan.n_max, k_hat, histogram=False))  # both ways
     assert masks.shape == (plan.n_max, k_hat) and masks.dtype == torch.bool
     for n in range(plan.n_max):
         want = torch.zeros(k_hat, dtype=torch.bool)
