@@ -66,11 +66,18 @@ def _extension():
     )
 
 
+# ADAPTIVE_ENCODER_PREBUILT=1: the extension is already in adaptive_encoder/ (built on another
+# machine for this one: bench/prebuilt.py, installed by bench/install_gpu.sh); nothing to compile.
+PREBUILT = os.environ.get("ADAPTIVE_ENCODER_PREBUILT", "0") == "1"
+if PREBUILT:
+    print("adaptive_encoder: using the prebuilt extension in adaptive_encoder/ (ADAPTIVE_ENCODER_PREBUILT=1)",
+          file=sys.stderr)
+
 setup(
     # Every subpackage of adaptive_encoder/ (found, not listed: a listed set once shipped a wheel
     # without adaptive_encoder.depth), plus the Triton kernels from kernels/.
     packages=find_packages(include=["adaptive_encoder", "adaptive_encoder.*"]) + ["adaptive_encoder.kernels"],
     package_dir={"adaptive_encoder": "adaptive_encoder", "adaptive_encoder.kernels": "kernels"},
-    ext_modules=[_extension()],
+    ext_modules=[] if PREBUILT else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
 )

@@ -5,7 +5,8 @@
 #   bash bench/gpu_followup.sh --smoke    the same steps on CPU with tiny shapes (CI runs it)
 #
 # Steps, each under its own time limit, results in runs/gpu-followup (packed into $OUT):
-# 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package);
+# 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package): the
+#    extension prebuilt on the CPU machine if it fits (bench/install_gpu.sh), else compiled;
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
 #    1/16/64/128), with depths given on the GPU, planned on the host (the default) or on
 #    the GPU, and with dense layers (graphs.DENSE_ROWS: where they beat compact ones):
@@ -67,8 +68,7 @@ if [ "$SMOKE" = 1 ]; then
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
 else
   if ! python -c "import adaptive_encoder._C" 2>/dev/null; then
-    step build 150 build.txt env ADAPTIVE_ENCODER_CUDA=1 MAX_JOBS=16 python -m pip install -q -e . \
-      --no-build-isolation --no-deps
+    step build 150 build.txt bash bench/install_gpu.sh  # the prebuilt extension if one fits, else a build
   fi
   step scaling 100 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --devplan --dense --out "$DEST"
