@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--graphs] [--devplan] [--dense] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["fixed", "mi", "mr_mi", "reconstruction", "hf_sdpa"])
     ap.add_argument("--pool", type=int, default=256, help="documents per pool (the same for every batch)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--N", type=int, default=12)
+    ap.add_argument("--N", type=int, nargs="+", default=[12], help="encoder depths (each its own table)")
     ap.add_argument("--graphs", action="store_true",
                     help="also MI with the plan on the host (mi+host) and fixed and MI in graph mode with it "
                          "(fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
@@ -98,48 +98,56 @@ def main():
     a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
-          f"shape {test_speed.SHAPE}; pool {a.pool} documents; N = {a.N}")
-    print(f"{'batch':>5} {'model':>17} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
-          f"{'host/GPU':>8} {'host ms':>7} {'active':>7} {'1st pass':>8} {'graphs':>6}")
-    for batch in a.batches:
-        runs, stats = {}, {}
-        for m in a.models:
-            run, flops, full, real, depth_sum = test_speed._pool_run(m, a.N, batch, 0, a.pool)
-            runs[m] = run
-            stats[m] = dict(ideal=full / flops, active=depth_sum / (real * a.N))
-        first, before = {}, _cache(a.N).captures  # the first pass over the pool, timed alone: graph mode captures there
-        for m, run in runs.items():
-            with torch.inference_mode():
-                _sync()
-                t0 = time.perf_counter()
-                run()
-                _sync()
-                first[m] = time.perf_counter() - t0
-        captures = _cache(a.N).captures - before  # by both graph-mode models (one encoder)
-        med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=0)
-        forwards = -(-a.pool // batch)
-        for m in a.models:
-            host_over_gpu, host_s = host_fraction(runs[m])
-            row = dict(batch=batch, model=m, N=a.N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
-                       speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
-                       ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_over_gpu,
-                       host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
-            if test_speed._variant(m)[1]:
-                row["graphs_captured"] = captures
-                row["capture_errors"] = _cache(a.N).capture_errors[:3]  # keys that run eagerly instead
-            row["measured_over_ideal"] = row["speedup"] / row["ideal"]
-            rows.append(row)
-            print(f"{batch:>5} {m:>17} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
-                  f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['host_ms_per_forward']:>7.2f} "
-                  f"{row['active']:>7.1%} "
-                  f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if test_speed._variant(m)[1] else ""),
-                  flush=True)
-        if _cache(a.N).capture_errors:
-            print(f"graph captures that failed (those layers ran eagerly): {len(_cache(a.N).capture_errors)}, "
-                  f"first: {_cache(a.N).capture_errors[0]}", flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        _write(a.out, rows)  # after every batch: a run cut by its time limit keeps what it measured
+          f"shape {test_speed.SHAPE}; pool {a.pool} documents")
+    for N in a.N:
+        print(f"N = {N}")
+        print(f"{'batch':>5} {'model':>17} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
+              f"{'host/GPU':>8} {'host ms':>7} {'active':>7} {'1st pass':>8} {'graphs':>6}")
+        for batch in a.batches:
+            rows += _batch_rows(a, N, batch)
+            _write(a.out, rows)  # after every batch: a run cut by its time limit keeps what it measured
+
+
+def _batch_rows(a, N: int, batch: int) -> list:
+    """Every model of a.models on the pool at this N and batch size, timed interleaved: the rows."""
+    runs, stats, rows = {}, {}, []
+    for m in a.models:
+        run, flops, full, real, depth_sum = test_speed._pool_run(m, N, batch, 0, a.pool)
+        runs[m] = run
+        stats[m] = dict(ideal=full / flops, active=depth_sum / (real * N))
+    first, before = {}, _cache(N).captures  # the first pass over the pool, timed alone: graph mode captures there
+    for m, run in runs.items():
+        with torch.inference_mode():
+            _sync()
+            t0 = time.perf_counter()
+            run()
+            _sync()
+            first[m] = time.perf_counter() - t0
+    captures = _cache(N).captures - before  # by both graph-mode models (one encoder)
+    med = benchlib.interleaved_medians(runs, rounds=a.rounds, warmup=0)
+    forwards = -(-a.pool // batch)
+    for m in a.models:
+        host_over_gpu, host_s = host_fraction(runs[m])
+        row = dict(batch=batch, model=m, N=N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
+                   speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
+                   ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_over_gpu,
+                   host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
+        if test_speed._variant(m)[1]:
+            row["graphs_captured"] = captures
+            row["capture_errors"] = _cache(N).capture_errors[:3]  # keys that run eagerly instead
+        row["measured_over_ideal"] = row["speedup"] / row["ideal"]
+        rows.append(row)
+        print(f"{batch:>5} {m:>17} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
+              f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['host_ms_per_forward']:>7.2f} "
+              f"{row['active']:>7.1%} "
+              f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if test_speed._variant(m)[1] else ""),
+              flush=True)
+    if _cache(N).capture_errors:
+        print(f"graph captures that failed (those layers ran eagerly): {len(_cache(N).capture_errors)}, "
+              f"first: {_cache(N).capture_errors[0]}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rows
 
 
 def _write(out, rows: list) -> None:
