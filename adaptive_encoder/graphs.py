@@ -60,9 +60,9 @@ MAX_GRAPHS = 4096
 PLAN_ON_HOST = True
 
 # Dense layers on few rows. On a GPU a GEMM over a few hundred rows may take about as long
-# whatever its row count (its tiles fill part of one wave), so a compact layer (gather, q GEMM, k/v GEMM, the
-# rest, scatter: 13 kernels) may cost more than the same layer on every row (11, bench/NOTES.md
-# "Open for a GPU session" item 6). A forward whose compact state has at most DENSE_ROWS rows
+# whatever its row count (its tiles fill part of one wave), so a compact layer (gather, q GEMM,
+# k/v GEMM, the rest, scatter: 13 kernels) may cost more than the same layer on every row (11,
+# bench/NOTES.md "Open for a GPU session" item 6). A forward whose compact state has at most DENSE_ROWS rows
 # (K^) runs each layer that has halted tokens on every row of the state instead, and writes back
 # only the active rows: one masked copy where a full-depth layer has its plain copy, so the
 # same kernels as full depth; the halted rows' work is wasted and the layers above the deepest
