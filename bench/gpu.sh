@@ -130,6 +130,8 @@ plots() {
   python bench/plot.py "$RES/benchmark.json" --out "$RES" \
     --command "bash bench/gpu.sh$([ "$SMOKE" = 1 ] && echo ' --smoke')" || rc=1
   if [ -f "$RES/gpu_scaling.json" ]; then python bench/plot_scaling.py "$RES/gpu_scaling.json" --out "$RES" || rc=1; fi
+  # Issue 10's targets, each with its numbers and a verdict (in the archive; printed in the log)
+  python bench/targets.py "$RES" --out "$RES/targets.md" || rc=1
   return $rc
 }
 export -f plots

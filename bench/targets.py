@@ -1,0 +1,213 @@
+"""Issue 10's targets read from a GPU run's results: each target, the numbers that decide it, a verdict.
+
+    python bench/targets.py bench/results/h200 [--out bench/results/h200/targets.md]
+
+Reads whatever of these the folder has: correctness.json (gpu_check.py), summary.json (gpu.sh's
+benchmark suite), gpu_scaling.json (gpu.sh's scaling stage), and anywhere below it
+followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
+numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
+numbers and nothing else: why a target is missed (launch-bound, padding, ...) is for bench/NOTES.md.
+Eager and graph mode (cuda_graphs=True) are judged on separate lines.
+
+Ratios: "x HF time" is our time over transformers' (<= 1.0: full depth no slower than BertModel
+with SDPA); "x fixed" is samples/s over our fixed depth's in the same run (>= 1.0: adaptive no
+slower); "of ideal" is that speed-up over the FLOP-counted one.
+"""
+import argparse
+import glob
+import json
+import os
+
+MET, MISSED, NONE = "met", "MISSED", "not measured"
+ADAPTIVE = ("mi", "reconstruction", "halting", "mr_mi", "mr_reconstruction", "mr_halting")
+
+
+def _load(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _verdict(oks: list) -> str:
+    return NONE if not oks else (MET if all(oks) else MISSED)
+
+
+# id -> the issue's words
+TARGETS = {
+    "correctness": "every GPU correctness check passes",
+    "full_depth_vs_hf": "full depth <= 1.0x HF SDPA time, batch >= 8",
+    "copy_bandwidth": "gather/scatter >= 85 % of copy bandwidth, >= 64k rows of 768 bf16",
+    "mi_of_ideal": "MI speed-up >= 0.85 of the FLOP ideal, batch >= 8",
+    "batch1_adaptive": "batch 1: adaptive >= fixed depth at every N",
+    "batch1_vs_hf": "batch 1: fixed depth <= 1.1x HF SDPA time",
+    "speedup_with_batch": "MI speed-up does not shrink with the batch (largest batch >= smallest)",
+}
+
+
+def _line(target: str, source: str, items: list) -> dict:
+    """target: an id of TARGETS; items: (label, value text, ok) -> one row of the report."""
+    return dict(id=target, target=TARGETS[target], source=source, numbers=", ".join(f"{label} {text}" for label, text, _ in items),
+                verdict=_verdict([ok for _, _, ok in items]))
+
+
+def _scaling_rows(results: dict) -> dict:
+    """{source: rows} of every gpu_scaling.py output in the folder."""
+    return {name: data["rows"] for name, data in results.items()
+            if name.endswith("scaling.json") and data and data.get("rows")}
+
+
+def _by(rows: list, **match) -> dict:
+    """{(batch, N): row} of the rows whose fields equal `match`."""
+    return {(r["batch"], r.get("N", 12)): r for r in rows if all(r.get(k) == v for k, v in match.items())}
+
+
+def correctness(results: dict) -> list:
+    data = results.get("correctness.json")
+    if not data:
+        return [_line("correctness", "correctness.json", [])]
+    checks = data.get("checks", {})
+    return [_line("correctness", "correctness.json",
+                  [(name, "ok" if c.get("ok") else "FAILED", bool(c.get("ok"))) for name, c in checks.items()])]
+
+
+def full_depth_vs_hf(results: dict) -> list:
+    """Full depth at most 1.0x the time of BertModel (SDPA) at batch >= 8."""
+    target, out = "full_depth_vs_hf", []
+    summary = results.get("summary.json") or {}
+    sweep, batches = summary.get("speed_vs_batch", {}), summary.get("batch_values", [])
+    if "fixed" in sweep and "hf_sdpa" in sweep:
+        out.append(_line(target, "summary.json (eager)", [
+            (f"batch {b}", f"{h / f:.2f}x HF time", h / f <= 1.0)
+            for b, f, h in zip(batches, sweep["fixed"], sweep["hf_sdpa"]) if b >= 8]))
+    for source, rows in _scaling_rows(results).items():
+        hf = _by(rows, model="hf_sdpa")
+        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
+            ours = _by(rows, model=model)
+            items = [(f"batch {b}", f"{ours[b, n]['seconds'] / hf[b, n]['seconds']:.2f}x HF time",
+                      ours[b, n]["seconds"] <= hf[b, n]["seconds"]) for b, n in sorted(ours) if b >= 8 and (b, n) in hf]
+            if items:
+                out.append(_line(target, f"{source} ({mode})", items))
+    return out or [_line(target, "summary.json, gpu_scaling.json", [])]
+
+
+def copy_bandwidth(results: dict) -> list:
+    """gather / scatter at >= 85 % of the device-to-device copy's bandwidth, >= 64k rows."""
+    target = "copy_bandwidth"
+    kernels = (results.get("summary.json") or {}).get("kernels", [])
+    items = [(f"{k['op']}/{k['backend']} {k['rows']} rows", f"{k['fraction_of_copy_bw']:.0%}",
+              k["fraction_of_copy_bw"] >= 0.85)
+             for k in kernels if k["op"] in ("gather", "scatter", "scatter_") and k["rows"] >= 65536
+             and k["backend"] != "torch"]
+    return [_line(target, "summary.json kernels (our backends)", items)]
+
+
+def mi_of_ideal(results: dict) -> list:
+    """MI depths' measured speed-up at least 0.85 of the FLOP ideal at batch >= 8."""
+    target, out = "mi_of_ideal", []
+    summary = results.get("summary.json") or {}
+    by_batch = (summary.get("speedup_of_ideal_by_model") or {}).get("mi", {})
+    items = [(f"batch {b}", f"{v:.2f} of ideal", v >= 0.85) for b, v in sorted(by_batch.items(), key=lambda kv: int(kv[0]))
+             if int(b) >= 8]
+    if items:
+        out.append(_line(target, "summary.json (eager)", items))
+    for source, rows in _scaling_rows(results).items():
+        for model, mode in (("mi", "eager"), ("mi+graphs", "graph mode"), ("mi+graphs-dense", "graph mode, dense")):
+            ours = _by(rows, model=model)
+            items = [(f"batch {b}", f"{ours[b, n]['measured_over_ideal']:.2f} of ideal",
+                      ours[b, n]["measured_over_ideal"] >= 0.85) for b, n in sorted(ours) if b >= 8]
+            if items:
+                out.append(_line(target, f"{source} ({mode})", items))
+    return out or [_line(target, "summary.json, gpu_scaling.json", [])]
+
+
+def batch_one(results: dict) -> list:
+    """Batch 1: adaptive never slower than fixed depth at any N."""
+    never, out = "batch1_adaptive", []
+    summary = results.get("summary.json") or {}
+    by_n, ns = summary.get("speed_vs_n", {}), summary.get("n_values", [])
+    for m in (m for m in ADAPTIVE if m in by_n and "fixed" in by_n):
+        out.append(_line(never, f"summary.json speed vs N ({m})",
+                         [(f"N={n}", f"{s / f:.2f}x fixed", s >= f) for n, f, s in zip(ns, by_n["fixed"], by_n[m])]))
+    for source, rows in _scaling_rows(results).items():
+        for base, model in (("fixed", "mi"), ("fixed+graphs", "mi+graphs"), ("fixed+graphs", "mi+graphs-dense")):
+            fixed = _by(rows, model=base, batch=1)
+            items = [(f"N={n}", f"{r['samples_per_s'] / fixed[1, n]['samples_per_s']:.2f}x {base}",
+                      r["samples_per_s"] >= fixed[1, n]["samples_per_s"])
+                     for (_, n), r in sorted(_by(rows, model=model, batch=1).items()) if (1, n) in fixed]
+            if items:
+                out.append(_line(never, f"{source} ({model})", items))
+    return out or [_line(never, "summary.json, gpu_scaling.json", [])]
+
+
+def batch_one_vs_hf(results: dict) -> list:
+    """Batch 1: fixed depth within 1.1x of transformers' time."""
+    hf_target, out = "batch1_vs_hf", []
+    summary = results.get("summary.json") or {}
+    sweep = summary.get("speed_vs_batch", {})
+    if "fixed" in sweep and "hf_sdpa" in sweep and 1 in summary.get("batch_values", []):
+        i = summary["batch_values"].index(1)
+        ratio = sweep["hf_sdpa"][i] / sweep["fixed"][i]
+        out.append(_line(hf_target, "summary.json (eager)", [("batch 1", f"{ratio:.2f}x HF time", ratio <= 1.1)]))
+    for source, rows in _scaling_rows(results).items():
+        hf = _by(rows, model="hf_sdpa", batch=1)
+        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
+            ours = _by(rows, model=model, batch=1)
+            items = [(f"N={k[1]}", f"{ours[k]['seconds'] / hf[k]['seconds']:.2f}x HF time",
+                      ours[k]["seconds"] <= 1.1 * hf[k]["seconds"]) for k in sorted(ours) if k in hf]
+            if items:
+                out.append(_line(hf_target, f"{source} ({mode})", items))
+    return out or [_line(hf_target, "summary.json, gpu_scaling.json", [])]
+
+
+def speedup_with_batch(results: dict) -> list:
+    """The speed-up over full depth must not shrink as the batch grows (the paper's does)."""
+    target, out = "speedup_with_batch", []
+    for source, rows in _scaling_rows(results).items():
+        for model in ("mi", "mi+graphs"):
+            ours = _by(rows, model=model)
+            for N in sorted({n for _, n in ours}):
+                seq = [(b, ours[b, n]["speedup"]) for b, n in sorted(ours) if n == N]
+                if len(seq) >= 2:
+                    text = " -> ".join(f"{s:.2f}" for _, s in seq)
+                    out.append(_line(target, f"{source} ({model}, N={N})",
+                                     [(f"batch {seq[0][0]}..{seq[-1][0]}", text, seq[-1][1] >= seq[0][1])]))
+    return out or [_line(target, "gpu_scaling.json", [])]
+
+
+def read(folder: str) -> dict:
+    """{path relative to folder: JSON} of gpu.sh's files at its top and gpu_followup.sh's anywhere
+    below it (however its archive was unpacked)."""
+    names = ["correctness.json", "summary.json", "gpu_scaling.json"] + sorted(
+        os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"))
+        for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
+    return {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
+
+
+def report(folder: str) -> tuple:
+    """(rows, markdown) for the results in folder."""
+    results = read(folder)
+    parts = (correctness, full_depth_vs_hf, copy_bandwidth, mi_of_ideal, batch_one, batch_one_vs_hf, speedup_with_batch)
+    rows = [r for part in parts for r in part(results)]
+    md = [f"# Issue 10's targets, from `{folder}`", "",
+          f"`python bench/targets.py {folder}`; files read: {', '.join(results) or 'none'}.", "",
+          "| target | source | numbers | verdict |", "|---|---|---|---|"]
+    md += [f"| {r['target']} | {r['source']} | {r['numbers'] or '-'} | {r['verdict']} |" for r in rows]
+    return rows, "\n".join(md) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("folder", help="a GPU run's results (bench/results/<gpu-slug>)")
+    ap.add_argument("--out", default=None, help="also write the Markdown here")
+    a = ap.parse_args()
+    _, md = report(a.folder)
+    print(md)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(md)
+
+
+if __name__ == "__main__":
+    main()
