@@ -2,8 +2,8 @@
 
     python bench/targets.py bench/results/h200 [--out bench/results/h200/targets.md]
 
-Reads whatever of these the folder has: correctness.json (gpu_check.py), summary.json (gpu.sh's
-benchmark suite), gpu_scaling.json (gpu.sh's scaling stage), and anywhere below it
+Reads whatever of these the folder has: correctness.json (gpu_check.py), records.jsonl and
+summary.json (gpu.sh's benchmark suite: its records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere below it
 followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
 numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
 numbers and nothing else: why a target is missed (launch-bound, padding, ...) is for bench/NOTES.md.
@@ -58,6 +58,14 @@ def _scaling_rows(results: dict) -> dict:
             if name.endswith("scaling.json") and data and data.get("rows")}
 
 
+def _suite(results: dict, group: str, model: str, field: str = "measured_speedup") -> dict:
+    """{(batch, N): field} of the benchmark suite's records of `model` in `group` (records.jsonl:
+    speed-ups are paired with fixed depth on the same pools, as in results.md; for hf_sdpa that
+    speed-up is our time over HF's)."""
+    return {(r["batch"], r["N"]): r[field] for r in results.get("records.jsonl", [])
+            if r.get("group") == group and r.get("model") == model and field in r}
+
+
 def _by(rows: list, **match) -> dict:
     """{(batch, N): row} of the rows whose fields equal `match`."""
     return {(r["batch"], r.get("N", 12)): r for r in rows if all(r.get(k) == v for k, v in match.items())}
@@ -75,12 +83,10 @@ def correctness(results: dict) -> list:
 def full_depth_vs_hf(results: dict) -> list:
     """Full depth at most 1.0x the time of BertModel (SDPA) at batch >= 8."""
     target, out = "full_depth_vs_hf", []
-    summary = results.get("summary.json") or {}
-    sweep, batches = summary.get("speed_vs_batch", {}), summary.get("batch_values", [])
-    if "fixed" in sweep and "hf_sdpa" in sweep:
-        out.append(_line(target, "summary.json (eager)", [
-            (f"batch {b}", f"{h / f:.2f}x HF time", h / f <= 1.0)
-            for b, f, h in zip(batches, sweep["fixed"], sweep["hf_sdpa"]) if b >= 8]))
+    hf = _suite(results, "speed_vs_batch", "hf_sdpa")
+    items = [(f"batch {b}", f"{r:.2f}x HF time", r <= 1.0) for (b, _), r in sorted(hf.items()) if b >= 8]
+    if items:
+        out.append(_line(target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         hf = _by(rows, model="hf_sdpa")
         for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
@@ -89,7 +95,7 @@ def full_depth_vs_hf(results: dict) -> list:
                       ours[b, n]["seconds"] <= hf[b, n]["seconds"]) for b, n in sorted(ours) if b >= 8 and (b, n) in hf]
             if items:
                 out.append(_line(target, f"{source} ({mode})", items))
-    return out or [_line(target, "summary.json, gpu_scaling.json", [])]
+    return out or [_line(target, "records.jsonl, gpu_scaling.json", [])]
 
 
 def copy_bandwidth(results: dict) -> list:
@@ -106,12 +112,10 @@ def copy_bandwidth(results: dict) -> list:
 def mi_of_ideal(results: dict) -> list:
     """MI depths' measured speed-up at least 0.85 of the FLOP ideal at batch >= 8."""
     target, out = "mi_of_ideal", []
-    summary = results.get("summary.json") or {}
-    by_batch = (summary.get("speedup_of_ideal_by_model") or {}).get("mi", {})
-    items = [(f"batch {b}", f"{v:.2f} of ideal", v >= 0.85) for b, v in sorted(by_batch.items(), key=lambda kv: int(kv[0]))
-             if int(b) >= 8]
+    of_ideal = _suite(results, "speed_vs_batch", "mi", "measured_over_ideal")
+    items = [(f"batch {b}", f"{v:.2f} of ideal", v >= 0.85) for (b, _), v in sorted(of_ideal.items()) if b >= 8]
     if items:
-        out.append(_line(target, "summary.json (eager)", items))
+        out.append(_line(target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         for model, mode in (("mi", "eager"), ("mi+graphs", "graph mode"), ("mi+graphs-dense", "graph mode, dense")):
             ours = _by(rows, model=model)
@@ -119,17 +123,18 @@ def mi_of_ideal(results: dict) -> list:
                       ours[b, n]["measured_over_ideal"] >= 0.85) for b, n in sorted(ours) if b >= 8]
             if items:
                 out.append(_line(target, f"{source} ({mode})", items))
-    return out or [_line(target, "summary.json, gpu_scaling.json", [])]
+    return out or [_line(target, "records.jsonl, gpu_scaling.json", [])]
 
 
 def batch_one(results: dict) -> list:
     """Batch 1: adaptive never slower than fixed depth at any N."""
     never, out = "batch1_adaptive", []
-    summary = results.get("summary.json") or {}
-    by_n, ns = summary.get("speed_vs_n", {}), summary.get("n_values", [])
-    for m in (m for m in ADAPTIVE if m in by_n and "fixed" in by_n):
-        out.append(_line(never, f"summary.json speed vs N ({m})",
-                         [(f"N={n}", f"{s / f:.2f}x fixed", s >= f) for n, f, s in zip(ns, by_n["fixed"], by_n[m])]))
+    for group, what in (("speed_vs_n", "N sweep"), ("speed_vs_batch", "batch sweep")):
+        for m in ADAPTIVE:
+            items = [(f"N={n}", f"{v:.2f}x fixed", v >= 1.0)
+                     for (b, n), v in sorted(_suite(results, group, m).items(), key=lambda kv: kv[0][::-1]) if b == 1]
+            if items:
+                out.append(_line(never, f"records.jsonl {what} ({m})", items))
     for source, rows in _scaling_rows(results).items():
         for base, model in (("fixed", "mi"), ("fixed+graphs", "mi+graphs"), ("fixed+graphs", "mi+graphs-dense")):
             fixed = _by(rows, model=base, batch=1)
@@ -138,18 +143,16 @@ def batch_one(results: dict) -> list:
                      for (_, n), r in sorted(_by(rows, model=model, batch=1).items()) if (1, n) in fixed]
             if items:
                 out.append(_line(never, f"{source} ({model})", items))
-    return out or [_line(never, "summary.json, gpu_scaling.json", [])]
+    return out or [_line(never, "records.jsonl, gpu_scaling.json", [])]
 
 
 def batch_one_vs_hf(results: dict) -> list:
     """Batch 1: fixed depth within 1.1x of transformers' time."""
     hf_target, out = "batch1_vs_hf", []
-    summary = results.get("summary.json") or {}
-    sweep = summary.get("speed_vs_batch", {})
-    if "fixed" in sweep and "hf_sdpa" in sweep and 1 in summary.get("batch_values", []):
-        i = summary["batch_values"].index(1)
-        ratio = sweep["hf_sdpa"][i] / sweep["fixed"][i]
-        out.append(_line(hf_target, "summary.json (eager)", [("batch 1", f"{ratio:.2f}x HF time", ratio <= 1.1)]))
+    items = [("batch 1", f"{r:.2f}x HF time", r <= 1.1)
+             for (b, _), r in sorted(_suite(results, "speed_vs_batch", "hf_sdpa").items()) if b == 1]
+    if items:
+        out.append(_line(hf_target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         hf = _by(rows, model="hf_sdpa", batch=1)
         for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
@@ -158,7 +161,7 @@ def batch_one_vs_hf(results: dict) -> list:
                       ours[k]["seconds"] <= 1.1 * hf[k]["seconds"]) for k in sorted(ours) if k in hf]
             if items:
                 out.append(_line(hf_target, f"{source} ({mode})", items))
-    return out or [_line(hf_target, "summary.json, gpu_scaling.json", [])]
+    return out or [_line(hf_target, "records.jsonl, gpu_scaling.json", [])]
 
 
 def speedup_with_batch(results: dict) -> list:
@@ -182,7 +185,13 @@ def read(folder: str) -> dict:
     names = ["correctness.json", "summary.json", "gpu_scaling.json"] + sorted(
         os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"))
         for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
-    return {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
+    found = {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
+    try:
+        with open(os.path.join(folder, "records.jsonl")) as f:
+            found["records.jsonl"] = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 def report(folder: str) -> tuple:

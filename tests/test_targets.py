@@ -35,15 +35,19 @@ def _verdicts(rows) -> dict:
 
 def test_verdicts_on_known_numbers(targets, tmp_path):
     _write(tmp_path / "correctness.json", {"checks": {"a": {"ok": True}, "b": {"ok": False}}})
-    _write(tmp_path / "summary.json", {
-        "batch_values": [1, 8, 15], "n_values": [2, 12],
-        "speed_vs_batch": {"fixed": [100, 800, 1500], "hf_sdpa": [105, 700, 1000]},  # HF faster at 1 only
-        "speed_vs_n": {"fixed": [300, 100], "mi": [310, 99]},  # MI slower at N = 12
-        "speedup_of_ideal_by_model": {"mi": {"1": 0.5, "8": 0.9, "15": 0.86}},
-        "kernels": [{"op": "gather", "backend": "cuda", "rows": 262144, "fraction_of_copy_bw": 0.9},
-                    {"op": "scatter_", "backend": "triton", "rows": 262144, "fraction_of_copy_bw": 0.7},
-                    {"op": "gather", "backend": "cuda", "rows": 4096, "fraction_of_copy_bw": 0.1},  # too small
-                    {"op": "gather", "backend": "torch", "rows": 262144, "fraction_of_copy_bw": 0.1}]})  # not ours
+    _write(tmp_path / "summary.json", {"kernels": [
+        {"op": "gather", "backend": "cuda", "rows": 262144, "fraction_of_copy_bw": 0.9},
+        {"op": "scatter_", "backend": "triton", "rows": 262144, "fraction_of_copy_bw": 0.7},
+        {"op": "gather", "backend": "cuda", "rows": 4096, "fraction_of_copy_bw": 0.1},  # too few rows
+        {"op": "gather", "backend": "torch", "rows": 262144, "fraction_of_copy_bw": 0.1}]})  # not ours
+    # the suite's records: paired speed-ups over fixed depth (hf_sdpa's: our time over HF's)
+    records = [dict(group="speed_vs_batch", model="hf_sdpa", batch=b, N=12, measured_speedup=r)
+               for b, r in ((1, 1.05), (8, 0.9), (15, 0.7))]
+    records += [dict(group="speed_vs_batch", model="mi", batch=b, N=12, measured_speedup=s, measured_over_ideal=s / 1.7)
+                for b, s in ((1, 0.85), (8, 1.53), (15, 1.46))]  # of ideal: 0.5, 0.9, 0.86
+    records += [dict(group="speed_vs_n", model="mi", batch=1, N=n, measured_speedup=s) for n, s in ((2, 1.03), (12, 0.99))]
+    with open(tmp_path / "records.jsonl", "w") as f:
+        f.write("\n".join(json.dumps(r) for r in records) + "\n")
     rows = [_row("fixed", 1, 100), _row("hf_sdpa", 1, 95), _row("mi", 1, 90, 1.7, fixed_sps=100),
             _row("fixed", 16, 1000), _row("hf_sdpa", 16, 1200), _row("mi", 16, 1500, 1.7, fixed_sps=1000),
             _row("fixed+graphs", 1, 200), _row("mi+graphs", 1, 220, 1.7, fixed_sps=100),
@@ -55,21 +59,22 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     got, md = targets.report(str(tmp_path))
     v = _verdicts(got)
     assert v["correctness", "correctness.json"] == "MISSED"
-    assert v["full_depth_vs_hf", "summary.json (eager)"] == "met"  # batch >= 8 only
+    assert v["full_depth_vs_hf", "records.jsonl batch sweep (eager)"] == "met"  # batch >= 8 only
     assert v["full_depth_vs_hf", "gpu_scaling.json (eager)"] == "MISSED"  # 1000 < 1200 at 16
     assert v["full_depth_vs_hf", "gpu_scaling.json (graph mode)"] == "met"
     assert v["copy_bandwidth", "summary.json kernels (our backends)"] == "MISSED"
     kernel_line = next(r for r in got if r["id"] == "copy_bandwidth")
     assert "4096" not in kernel_line["numbers"] and "torch" not in kernel_line["numbers"]
-    assert v["mi_of_ideal", "summary.json (eager)"] == "met"  # 0.5 at batch 1 is not judged
+    assert v["mi_of_ideal", "records.jsonl batch sweep (eager)"] == "met"  # 0.5 at batch 1 is not judged
     assert v["mi_of_ideal", "gpu_scaling.json (eager)"] == "met"  # 1.5 / 1.7 = 0.88
     assert v["mi_of_ideal", "gpu_scaling.json (graph mode)"] == "met"  # 2.0 / 1.7 = 1.18
-    assert v["batch1_adaptive", "summary.json speed vs N (mi)"] == "MISSED"
+    assert v["batch1_adaptive", "records.jsonl N sweep (mi)"] == "MISSED"  # 0.99 at N = 12
+    assert v["batch1_adaptive", "records.jsonl batch sweep (mi)"] == "MISSED"  # 0.85
     assert v["batch1_adaptive", "gpu_scaling.json (mi)"] == "MISSED"
     assert v["batch1_adaptive", "gpu_scaling.json (mi+graphs)"] == "met"
     nsweep = os.path.join("followup", "gpu-followup", "nsweep", "gpu_scaling.json")
     assert v["batch1_adaptive", f"{nsweep} (mi+graphs-dense)"] == "MISSED"
-    assert v["batch1_vs_hf", "summary.json (eager)"] == "met"  # 1.05x HF time
+    assert v["batch1_vs_hf", "records.jsonl batch sweep (eager)"] == "met"  # 1.05x HF time
     assert v["batch1_vs_hf", "gpu_scaling.json (eager)"] == "met"  # 0.95x
     assert v["speedup_with_batch", "gpu_scaling.json (mi, N=12)"] == "met"  # 0.9 -> 1.5
     assert "| every GPU correctness check passes | correctness.json | a ok, b FAILED | MISSED |" in md
