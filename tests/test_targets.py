@@ -46,6 +46,9 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     records += [dict(group="speed_vs_batch", model="mi", batch=b, N=12, measured_speedup=s, measured_over_ideal=s / 1.7)
                 for b, s in ((1, 0.85), (8, 1.53), (15, 1.46))]  # of ideal: 0.5, 0.9, 0.86
     records += [dict(group="speed_vs_n", model="mi", batch=1, N=n, measured_speedup=s) for n, s in ((2, 1.03), (12, 0.99))]
+    kernel = dict(group="kernels", op="gather", backend="cuda", rows=262144, fraction_of_copy_bw=0.95)
+    records += [dict(kernel, hidden=768, dtype="torch.bfloat16"), dict(kernel, hidden=256, dtype="torch.bfloat16",
+                                                                      fraction_of_copy_bw=0.2)]  # another shape
     with open(tmp_path / "records.jsonl", "w") as f:
         f.write("\n".join(json.dumps(r) for r in records) + "\n")
     rows = [_row("fixed", 1, 100), _row("hf_sdpa", 1, 95), _row("mi", 1, 90, 1.7, fixed_sps=100),
@@ -62,8 +65,11 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     assert v["full_depth_vs_hf", "records.jsonl batch sweep (eager)"] == "met"  # batch >= 8 only
     assert v["full_depth_vs_hf", "gpu_scaling.json (eager)"] == "MISSED"  # 1000 < 1200 at 16
     assert v["full_depth_vs_hf", "gpu_scaling.json (graph mode)"] == "met"
-    assert v["copy_bandwidth", "summary.json kernels (our backends)"] == "MISSED"
-    kernel_line = next(r for r in got if r["id"] == "copy_bandwidth")
+    # the records' kernels of 768 bf16 rows (one, at 95 %), not summary.json's shapeless list
+    assert v["copy_bandwidth", "records.jsonl kernels, 768 bf16 (our backends)"] == "met"
+    os.remove(tmp_path / "records.jsonl")
+    kernel_line = next(r for r in targets.report(str(tmp_path))[0] if r["id"] == "copy_bandwidth")
+    assert kernel_line["verdict"] == "MISSED" and kernel_line["source"] == "summary.json kernels (our backends)"
     assert "4096" not in kernel_line["numbers"] and "torch" not in kernel_line["numbers"]
     assert v["mi_of_ideal", "records.jsonl batch sweep (eager)"] == "met"  # 0.5 at batch 1 is not judged
     assert v["mi_of_ideal", "gpu_scaling.json (eager)"] == "met"  # 1.5 / 1.7 = 0.88
