@@ -87,6 +87,15 @@ def poison():
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 
+def bench_module(name: str):
+    """bench/<name>.py loaded as a module (bench/ is scripts, not a package)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(root, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def small_bert_config(layers=4, hidden=64, heads=4, ffn=128, **kw):
     from transformers import BertConfig
 

@@ -1,19 +1,17 @@
 """bench/plot.py: pytest-benchmark JSON -> summary.json, PNGs, Markdown."""
-import importlib.util
 import json
 import os
 
 import pytest
+
+from conftest import bench_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def plot():
-    spec = importlib.util.spec_from_file_location("bench_plot", os.path.join(ROOT, "bench", "plot.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("plot")
 
 
 def _record(group, model, N, batch, sps, meas=1.0, ideal=1.0):
@@ -78,9 +76,7 @@ def test_cut_run_records_survive_and_are_plotted(plot, tmp_path, monkeypatch):
 def test_scaling_plot_merges_runs(tmp_path):
     """bench/plot_scaling.py: gpu.sh's and gpu_followup.sh's scaling JSONs, merged (the first
     file wins a (model, batch) measured twice), drawn and tabulated."""
-    spec = importlib.util.spec_from_file_location("plot_scaling", os.path.join(ROOT, "bench", "plot_scaling.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("plot_scaling")
 
     def row(model, batch, sps, ideal=1.0):
         return dict(batch=batch, model=model, samples_per_s=sps, speedup=sps / (100.0 * batch), ideal=ideal,

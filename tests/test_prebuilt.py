@@ -1,6 +1,5 @@
 """bench/prebuilt.py: a CUDA extension built on the CPU machine is used on the GPU machine only
 when its stamp fits that checkout's sources, torch and Python (else install_gpu.sh builds)."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -8,15 +7,14 @@ import sys
 
 import pytest
 
+from conftest import bench_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def prebuilt():
-    spec = importlib.util.spec_from_file_location("bench_prebuilt", os.path.join(ROOT, "bench", "prebuilt.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("prebuilt")
 
 
 @pytest.fixture

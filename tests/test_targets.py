@@ -1,20 +1,16 @@
 """bench/targets.py: issue 10's targets read from a GPU run's files, on made-up numbers whose
 verdicts are known (met, MISSED, not measured), eager and graph mode on separate lines."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def targets():
-    spec = importlib.util.spec_from_file_location("bench_targets", os.path.join(ROOT, "bench", "targets.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("targets")
 
 
 def _row(model, batch, sps, ideal=1.0, N=12, fixed_sps=None):
