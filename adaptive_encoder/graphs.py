@@ -18,7 +18,7 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
-  and copied in two transfers. A layer's graph reads them at fixed
+  and copied in two transfers (three with dense layers). A layer's graph reads them at fixed
   addresses, so it is keyed by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for
   every input that lands in those buckets. MPNet's distance table is refilled each call at a
   fixed address.
@@ -345,7 +345,7 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
         offs = buf.offsets(b_hat)
         # The integer tables, built where the plan is (on the host for a host-side plan: then
         # one pinned copy each, and the forward never waits for the GPU).
-        ints, offsets, masks = _tables(plan, T, k_hat, b_hat, a_hat, dense)
+        ints, offsets, masks = _tables(plan, T, k_hat, b_hat, n_max, dense)
         _copy(buf.ints[:ints.shape[0]], ints)
         _copy(offs[:n_max + 1], offsets)
         if dense:
@@ -392,13 +392,13 @@ def layer_sizes(counts: list, K: int, B: int, T: int, dense_rows: int = 0) -> li
             else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), whole) for c in counts]
 
 
-def _tables(plan, T: int, k_hat: int, b_hat: int, a_hat: list, dense: bool) -> tuple:
+def _tables(plan, T: int, k_hat: int, b_hat: int, n_max: int, dense: bool) -> tuple:
     """(ints, offsets, masks) for Buffers.ints, Buffers.offsets(b_hat)[:n_max+1] and, for dense
     layers, Buffers.masks()[:n_max] (else None), built on the plan's device. ints has n_max+2
     rows, or 2 for dense layers (which need no query rows). Padding entries: K (the first dummy
     row) in the query rows; empty sequences in the offsets (which end at K keys and A_n queries:
     the dummy rows and padded queries are in no sequence); False in the masks."""
-    dev, B, K, n_max = plan.rows.device, plan.batch, plan.num_real, len(a_hat)
+    dev, B, K = plan.rows.device, plan.batch, plan.num_real
     ints = torch.full((2 if dense else n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
     key_rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=dev)
     torch.remainder(key_rows, T, out=ints[0, :K])
@@ -421,13 +421,11 @@ def _layer_masks(plan, n_max: int, k_hat: int, histogram: bool) -> torch.Tensor:
     the number of layers it is in (bincount; 2-2.5x faster than the indexed fill on the host,
     11 vs 25 us at 286 tokens, 54 vs 90 us at 3970, but on a GPU it waits for the device to size
     its output); else one indexed fill, which never waits (the counts are host ints)."""
-    dev, counts = plan.rows.device, plan.layer_counts[:n_max]
-    S = sum(counts)
+    dev, S = plan.rows.device, sum(plan.layer_counts[:n_max])
     if histogram:
         depth = torch.bincount(plan.state_rows[:S], minlength=k_hat)
         return depth > torch.arange(n_max, device=dev).unsqueeze(1)
-    first = to_device(torch.tensor([n * k_hat for n in range(n_max)] + counts, dtype=torch.int64), dev)
-    where = torch.repeat_interleave(first[:n_max], first[n_max:], output_size=S) + plan.state_rows[:S]
+    where = _per_layer_row(plan, n_max, [n * k_hat for n in range(n_max)], dev) + plan.state_rows[:S]
     masks = torch.zeros(n_max, k_hat, dtype=torch.bool, device=dev)
     masks.view(-1)[where] = True
     return masks
@@ -445,11 +443,18 @@ def _fill_layer_rows(ints: torch.Tensor, plan, n_max: int, per_layer: bool) -> N
         return
     dev = ints.device
     starts = [sum(counts[:n]) for n in range(n_max)]
-    host = torch.tensor([(2 + n) * k_hat - starts[n] for n in range(n_max)] + counts, dtype=torch.int64)
-    host = to_device(host, dev)
     S = starts[-1] + counts[-1]
-    dest = torch.arange(S, device=dev) + torch.repeat_interleave(host[:n_max], host[n_max:2 * n_max], output_size=S)
+    dest = torch.arange(S, device=dev) + _per_layer_row(plan, n_max, [(2 + n) * k_hat - starts[n] for n in range(n_max)],
+                                                         dev)
     ints.view(-1).index_copy_(0, dest, plan.state_rows[:S])
+
+
+def _per_layer_row(plan, n_max: int, values: list, dev) -> torch.Tensor:
+    """(S,) int64 on dev: values[n] at each of layer n's entries of the plan's rows, for n < n_max.
+    One small transfer and no wait for a GPU (the counts are host ints, so the size is known)."""
+    counts = plan.layer_counts[:n_max]
+    host = to_device(torch.tensor(values + counts, dtype=torch.int64), dev)
+    return torch.repeat_interleave(host[:n_max], host[n_max:], output_size=sum(counts))
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
