@@ -11,6 +11,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from adaptive_encoder import AdaptiveEncoder, apply_adaptive_encoder, graphs
 from conftest import DEVICE_BACKENDS, small_bert_config
@@ -217,6 +218,75 @@ def test_a_failed_capture_runs_that_layer_eagerly():
     assert cache.captures == 0 and cache.replays == 0
     assert cache.capture_errors and "not permitted" in cache.capture_errors[0]
     assert len(cache.capture_errors) == len(cache.graphs)  # each key tried once
+
+
+# Ops that wait for the GPU (their output's size or value is read on the host) or read host
+# memory: a CUDA graph capture refuses them, and the layer would then run eagerly on every call.
+_UNCAPTURABLE = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "_unique", "_unique2",
+                 "unique_consecutive", "unique_dim", "bincount", "equal", "is_nonzero", "allclose", "lift_fresh",
+                 "lift_fresh_copy"}
+
+
+class _FlagsUncapturable(TorchDispatchMode):
+    def __init__(self, allow=()):
+        super().__init__()
+        self.allow, self.found = set(allow), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.__name__.split(".")[0]
+        bool_index = name in ("index", "index_put", "index_put_") and any(
+            t is not None and t.dtype == torch.bool for t in args[1])  # a mask index is a nonzero
+        unsized = name == "repeat_interleave" and kwargs.get("output_size") is None and (
+            len(args) < 4 or args[3] is None)
+        if (name in _UNCAPTURABLE - self.allow) or bool_index or unsized:
+            self.found.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in DEVICE_BACKENDS if d == "cpu"])
+@pytest.mark.parametrize("model", ["bert", "distilbert", "mpnet"])
+@pytest.mark.parametrize("dense", [False, True], ids=["compact", "dense"])
+def test_captured_layers_never_wait_for_the_device(device, backend, model, dense):
+    """What a graph captures issues no op that a CUDA capture refuses (found on CPU, before a
+    GPU session spends its minutes on it; on a GPU such a layer would run eagerly, its error in
+    capture_errors). The torch backend's attention reads the offsets of a one-sequence batch on
+    CPU tensors only (a shortcut it never takes on a GPU), so `item` is allowed there."""
+    _, enc = _encoder(device, backend, model=model)
+    cache = graphs.cache_for(enc, torch.device(device))
+    flags = _FlagsUncapturable(allow={"item", "_local_scalar_dense"} if backend == "torch" else ())
+
+    class Strict(graphs.EagerGraph):
+        def run_and_capture(self, fn, pool=None, stream=None):
+            def watched():
+                with flags:
+                    fn()
+            super().run_and_capture(watched)
+
+    cache.graph_cls = Strict
+    with torch.inference_mode(), graphs.dense_layers() if dense else nullcontext():
+        for seed, (B, T) in enumerate([(1, 7), (3, 9), (2, 20), (3, 9)]):
+            x, d, m = _inputs(B, T, seed, device)
+            enc(x, d, m, cuda_graphs=True)
+    assert cache.captures > 0 and cache.replays > 0 and not cache.capture_errors
+    assert not flags.found, sorted(set(flags.found))
+
+
+def test_the_uncapturable_check_finds_waits():
+    """The check above finds each way a layer could wait for the device."""
+    x, rows = torch.randn(6, 3), torch.tensor([0, 2])
+    cases = [lambda: x[x[:, 0] > 0], lambda: x.sum().item(), lambda: torch.nonzero(x),
+             lambda: torch.repeat_interleave(rows, rows), lambda: torch.tensor([1.0]),
+             lambda: torch.bincount(rows), lambda: x.masked_select(x > 0)]
+    for case in cases:
+        flags = _FlagsUncapturable()
+        with flags:
+            case()
+        assert flags.found, case
+    flags = _FlagsUncapturable()
+    with flags:  # what the layers do use
+        x[rows], x.index_put((rows,), x[:2]), torch.repeat_interleave(rows, rows, output_size=2)
+    assert not flags.found, flags.found
 
 
 def test_new_weights_recapture():
