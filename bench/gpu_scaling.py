@@ -114,7 +114,7 @@ def _batch_rows(a, N: int, batch: int) -> list:
     for m in a.models:
         run, flops, full, real, depth_sum = test_speed._pool_run(m, N, batch, 0, a.pool)
         runs[m] = run
-        stats[m] = dict(ideal=full / flops, active=depth_sum / (real * N))
+        stats[m] = dict(ideal=full / flops, active=depth_sum / (real * N), real=real)
     first, before = {}, _cache(N).captures  # the first pass over the pool, timed alone: graph mode captures there
     for m, run in runs.items():
         with torch.inference_mode():
@@ -131,7 +131,8 @@ def _batch_rows(a, N: int, batch: int) -> list:
         row = dict(batch=batch, model=m, N=N, pool=a.pool, seconds=med[m], samples_per_s=a.pool / med[m],
                    speedup=med["fixed"] / med[m] if "fixed" in med else float("nan"),
                    ideal=stats[m]["ideal"], active=stats[m]["active"], host_over_gpu=host_over_gpu,
-                   host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m])
+                   host_ms_per_forward=host_s / forwards * 1e3, first_pass_s=first[m],
+                   tokens_per_forward=stats[m]["real"] / forwards)  # K, the real tokens (graph mode's state rows)
         if test_speed._variant(m)[1]:
             row["graphs_captured"] = captures
             row["capture_errors"] = _cache(N).capture_errors[:3]  # keys that run eagerly instead

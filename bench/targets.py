@@ -7,7 +7,9 @@ summary.json (gpu.sh's benchmark suite: its records, and the kernels' bandwidth)
 followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
 numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
 numbers and nothing else: why a target is missed (launch-bound, padding, ...) is for bench/NOTES.md.
-Eager and graph mode (cuda_graphs=True) are judged on separate lines.
+Eager and graph mode (cuda_graphs=True) are judged on separate lines. A second table gives the
+settings the run's numbers decide (DENSE_ROWS, where to plan, where graph mode pays), each by
+its rule (bench/NOTES.md, "Reading a run").
 
 Ratios: "x HF time" is our time over transformers' (<= 1.0: full depth no slower than BertModel
 with SDPA); "x fixed" is samples/s over our fixed depth's in the same run (>= 1.0: adaptive no
@@ -184,6 +186,82 @@ def speedup_with_batch(results: dict) -> list:
     return out or [_line(target, "gpu_scaling.json", [])]
 
 
+# --- the settings a GPU run decides (bench/NOTES.md, "Open for a GPU session"): rule, numbers, setting
+
+WIN = 1.02  # "wins": at least 2 % more samples/s in the same interleaved run (medians move ~1-2 % between runs)
+
+
+def _ratios(results: dict, a: str, b: str) -> dict:
+    """{source: [(N, batch, samples/s of a over b, row of a)]} where a and b were timed in one run."""
+    out = {}
+    for source, rows in _scaling_rows(results).items():
+        mine, other = _by(rows, model=a), _by(rows, model=b)
+        pairs = [(n, bt, mine[bt, n]["samples_per_s"] / other[bt, n]["samples_per_s"], mine[bt, n])
+                 for bt, n in sorted(mine, key=lambda k: (k[1], k[0])) if (bt, n) in other]
+        if pairs:
+            out[source] = pairs
+    return out
+
+
+def _decision(name: str, rule: str, source: str, pairs: list, setting: str) -> dict:
+    return dict(decision=name, rule=rule, source=source, setting=setting,
+                numbers=", ".join(f"batch {bt}{'' if n == 12 else f' N={n}'} {r:.2f}x" for n, bt, r, _ in pairs))
+
+
+def dense_rows(results: dict) -> list:
+    """graphs.DENSE_ROWS: the state size (K^) below which dense layers beat compact ones."""
+    from adaptive_encoder.graphs import bucket
+
+    rule = ("mi+graphs-dense over mi+graphs; DENSE_ROWS = K^ = graphs.bucket(K + 1) of the largest batch up to which "
+            f"dense wins (>= {WIN}x) at every batch from the smallest, K its mean real tokens per forward; else 0")
+    out = []
+    for source, pairs in _ratios(results, "mi+graphs-dense", "mi+graphs").items():
+        for N in sorted({p[0] for p in pairs}):
+            seq, value = [p for p in pairs if p[0] == N], 0
+            for _, _, r, row in seq:  # ascending batch
+                if r < WIN:
+                    break
+                if "tokens_per_forward" not in row:
+                    value = None
+                    break
+                value = bucket(int(row["tokens_per_forward"]) + 1)
+            setting = "K not recorded (gpu_scaling.py before tokens_per_forward)" if value is None \
+                else f"DENSE_ROWS = {value}"
+            out.append(_decision("dense layers", rule, f"{source} (N={N})", seq, setting))
+    return out
+
+
+def plans(results: dict) -> list:
+    """Where depths given on the GPU are planned: eager (mi+host, given on the host, over mi) and
+    graph mode (mi+graphs-dev, copied to the host, over mi+graphs-devplan, planned on the GPU)."""
+    out = []
+    for a, b, name, host in (("mi+host", "mi", "eager: plan on the host", "eager copies device depths to the host"),
+                             ("mi+graphs-dev", "mi+graphs-devplan", "graph mode: plan on the host", "PLAN_ON_HOST")):
+        for source, pairs in _ratios(results, a, b).items():
+            lost = [bt for _, bt, r, _ in pairs if r < 1 / WIN]
+            setting = (f"{host}: below batch {lost[0]}, the device plan from there" if lost and lost[0] > pairs[0][1]
+                       else f"keep the device plan (the host plan loses at batch {lost[0]})" if lost
+                       else f"{host}: at every batch measured")
+            out.append(_decision(name, f"{a} over {b}; the host plan where it does not lose by > 2 %", source, pairs,
+                                 setting))
+    return out
+
+
+def graph_mode(results: dict) -> list:
+    """Where graph mode pays (it is off unless asked for): fixed+graphs over fixed, mi+graphs over mi."""
+    out = []
+    for a, b in (("fixed+graphs", "fixed"), ("mi+graphs", "mi")):
+        for source, pairs in _ratios(results, a, b).items():
+            wins = [f"{bt}" + ("" if n == 12 else f" (N={n})") for n, bt, r, _ in pairs if r >= WIN]
+            out.append(_decision("graph mode", f"{a} over {b}", source, pairs,
+                                 f"pays at batch {', '.join(wins)}" if wins else "does not pay at any batch measured"))
+    return out
+
+
+def decisions(results: dict) -> list:
+    return [d for part in (dense_rows, plans, graph_mode) for d in part(results)]
+
+
 def read(folder: str) -> dict:
     """{path relative to folder: JSON} of gpu.sh's files at its top and gpu_followup.sh's anywhere
     below it (however its archive was unpacked)."""
@@ -208,6 +286,12 @@ def report(folder: str) -> tuple:
           f"`python bench/targets.py {folder}`; files read: {', '.join(results) or 'none'}.", "",
           "| target | source | numbers | verdict |", "|---|---|---|---|"]
     md += [f"| {r['target']} | {r['source']} | {r['numbers'] or '-'} | {r['verdict']} |" for r in rows]
+    decided = decisions(results)
+    if decided:
+        md += ["", "## Settings these numbers decide", "",
+               "Samples/s ratios in one run; each rule is the one written in bench/NOTES.md before the run.", "",
+               "| decision | rule | source | numbers | setting |", "|---|---|---|---|---|"]
+        md += [f"| {d['decision']} | {d['rule']} | {d['source']} | {d['numbers']} | {d['setting']} |" for d in decided]
     return rows, "\n".join(md) + "\n"
 
 

@@ -86,3 +86,41 @@ def test_an_empty_folder_says_not_measured(targets, tmp_path):
     got, _ = targets.report(str(tmp_path))
     assert got and all(r["verdict"] == "not measured" for r in got)
     assert [r["id"] for r in got] == list(targets.TARGETS)  # every target, once, in the issue's order
+
+
+def test_settings_decided_by_known_numbers(targets, tmp_path):
+    """Each decision's rule on made-up numbers: dense layers up to the last batch of an unbroken
+    run of wins (its K^), the host plan where it does not lose, graph mode where it wins."""
+    def row(model, batch, sps, tokens=None):
+        r = _row(model, batch, sps)
+        if tokens is not None:
+            r["tokens_per_forward"] = tokens
+        return r
+
+    rows = [row("mi+graphs", 1, 100), row("mi+graphs-dense", 1, 110, 180),   # wins
+            row("mi+graphs", 2, 100), row("mi+graphs-dense", 2, 103, 365),   # wins: K^ = bucket(366) = 384
+            row("mi+graphs", 4, 100), row("mi+graphs-dense", 4, 101, 700),   # a tie ends the run
+            row("mi+graphs", 8, 100), row("mi+graphs-dense", 8, 120, 1400),  # a later win does not count
+            row("mi", 1, 100), row("mi+host", 1, 105), row("mi", 16, 100), row("mi+host", 16, 99.5),  # -0.5 %: kept
+            row("mi+graphs-devplan", 1, 100), row("mi+graphs-dev", 1, 110),
+            row("mi+graphs-devplan", 64, 100), row("mi+graphs-dev", 64, 90),  # loses at 64
+            row("fixed", 1, 100), row("fixed+graphs", 1, 150), row("fixed", 64, 100), row("fixed+graphs", 64, 95)]
+    _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
+    decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
+    assert decided["dense layers"]["setting"] == "DENSE_ROWS = 384"
+    assert "batch 1 1.10x" in decided["dense layers"]["numbers"]
+    assert decided["eager: plan on the host"]["setting"].endswith("at every batch measured")
+    assert decided["graph mode: plan on the host"]["setting"] == "PLAN_ON_HOST: below batch 64, the device plan from there"
+    assert targets.decisions(targets.read(str(tmp_path)))[-2]["setting"] == "pays at batch 1"  # fixed+graphs over fixed
+    md = targets.report(str(tmp_path))[1]
+    assert "## Settings these numbers decide" in md and "DENSE_ROWS = 384" in md
+
+    # dense never ahead at the smallest batch: 0; rows without K (older runs) say so
+    _write(tmp_path / "followup" / "followup_scaling.json", {"rows": [
+        row("mi+graphs", 1, 100), row("mi+graphs-dense", 1, 99, 180),
+        row("mi+graphs", 1, 100, None) | {"N": 4}, row("mi+graphs-dense", 1, 110) | {"N": 4}]})
+    settings = {d["source"]: d["setting"] for d in targets.decisions(targets.read(str(tmp_path)))}
+    path = os.path.join("followup", "followup_scaling.json")
+    assert settings[f"{path} (N=12)"] == "DENSE_ROWS = 0"
+    assert settings[f"{path} (N=4)"].startswith("K not recorded")
+    assert "Settings" not in targets.report(str(tmp_path / "nothing"))[1]
