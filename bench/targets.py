@@ -258,8 +258,24 @@ def graph_mode(results: dict) -> list:
     return out
 
 
+def attention(results: dict) -> list:
+    """Whether a FlashAttention-2 route (aten::_flash_attention_forward, bf16/fp16, no position
+    bias) is worth building: the kernel suite's aten_flash over our Triton kernel, same inputs."""
+    recs = {(r["batch"], r["queries"], r["backend"]): r for r in results.get("records.jsonl", [])
+            if r.get("group") == "attention_kernel"}
+    pairs = [(12, f"{b} ({q} queries)", recs[b, q, "triton"]["seconds"] / r["seconds"], r)
+             for (b, q, backend), r in sorted(recs.items()) if backend == "aten_flash" and (b, q, "triton") in recs]
+    if not pairs:
+        return []
+    wins = [p for p in pairs if p[2] >= WIN]
+    setting = (f"aten_flash ahead at batch {', '.join(p[1] for p in wins)}: worth a route, by its share of a layer's time"
+               if wins else "keep the Triton kernel")
+    return [_decision("attention kernel", f"aten_flash over triton (time ratio, >= {WIN}x)", "records.jsonl kernels",
+                      pairs, setting)]
+
+
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, plans, graph_mode) for d in part(results)]
+    return [d for part in (dense_rows, plans, graph_mode, attention) for d in part(results)]
 
 
 def read(folder: str) -> dict:

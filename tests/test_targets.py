@@ -124,3 +124,13 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     assert settings[f"{path} (N=12)"] == "DENSE_ROWS = 0"
     assert settings[f"{path} (N=4)"].startswith("K not recorded")
     assert "Settings" not in targets.report(str(tmp_path / "nothing"))[1]
+
+    # the attention kernel: FlashAttention-2 against ours on the same inputs
+    attn = [dict(group="attention_kernel", batch=b, queries=q, backend=k, seconds=s)
+            for b, q, k, s in ((8, "mi", "triton", 1.0), (8, "mi", "aten_flash", 1.01),
+                               (64, "mi", "triton", 3.0), (64, "mi", "aten_flash", 2.0))]
+    with open(tmp_path / "records.jsonl", "w") as f:
+        f.write("\n".join(json.dumps(r) for r in attn) + "\n")
+    (d,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["decision"] == "attention kernel"]
+    assert d["setting"].startswith("aten_flash ahead at batch 64 (mi queries):")
+    assert "batch 8 (mi queries) 0.99x" in d["numbers"] and "batch 64 (mi queries) 1.50x" in d["numbers"]
