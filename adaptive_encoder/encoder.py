@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils.checkpoint import checkpoint
 
-from . import graphs, ops
+from . import graphs, norm, ops
 from .attention import varlen_attention
 from .families import Closing, check_supported
 from .plan import Plan, make_plan, to_host
@@ -277,8 +277,11 @@ class AdaptiveEncoder(nn.Module):
             else:
                 queries = gather(state, lp.state_rows)
                 pos = None if bias is None else (bias, q_pos[plan.layer_slice(n)], k_pos)
-                out = _like(run(layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos), state)
-                state = scatter(state, out, lp.state_rows)
+                args = (layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos)
+                if inference:  # the output rows go straight into the state (fused into the last LayerNorm)
+                    state = run(*args, into=lp.state_rows)
+                else:
+                    state = scatter(state, _like(run(*args), state), lp.state_rows)
             if on_layer is not None:
                 on_layer(full(state))
         return full(state), given
@@ -291,9 +294,13 @@ class AdaptiveEncoder(nn.Module):
                     or torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
-    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None) -> torch.Tensor:
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None,
+               into=None) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
-        bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,))."""
+        bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,)).
+        into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only) to write the
+        output rows to, in place; xkv is returned then. The last LayerNorm writes them there
+        itself where it is fused (adaptive_encoder/norm.py), else a scatter does."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
         # The weight cache is eager-only and reads .weight/.bias: plain nn.Linear projections only
@@ -310,9 +317,11 @@ class AdaptiveEncoder(nn.Module):
                                backend=backend, bias=bias)
         ctx = ctx.reshape(-1, H * Dh)
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
-            return parts.ffn(parts.attn_output(ctx, xq))
-        h = _close(parts.attn_out, ctx, xq)
-        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h)
+            out = parts.ffn(parts.attn_output(ctx, xq))
+            return out if into is None else _scatter_into(xkv, out, into, backend)
+        h = _close(parts.attn_out, ctx, xq, backend)
+        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h, backend,
+                      None if into is None else (xkv, into))
 
 
 def _like(out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -356,19 +365,42 @@ def _linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, *_wb(lin)) if _direct(lin, nn.Linear) else lin(x)
 
 
-def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None, into=None) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
-    blocks that passed _direct_blocks (plain modules, no hooks: not checked again here)."""
+    blocks that passed _direct_blocks (plain modules, no hooks: not checked again here).
+    into: None, or (state, rows): write the rows into the state in place and return it."""
     y = F.linear(x, *_wb(block.linear))
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)
-    norm = block.norm
+    ln = block.norm
+    w, b = _wb(ln)
+    if _fusable(y, residual, w, b, backend):  # one kernel: add, LayerNorm (and the scatter)
+        if into is None:
+            return norm.add_layer_norm(y, residual, w, b, ln.eps, backend=backend)
+        return norm.add_layer_norm_into_(into[0], y, residual, w, b, ln.eps, into[1], backend=backend, check=False)
     # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
     # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
     # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).
     y = y.add_(residual) if not torch.is_grad_enabled() and y.dtype == residual.dtype else y + residual
-    return F.layer_norm(y, norm.normalized_shape, *_wb(norm), norm.eps)
+    out = F.layer_norm(y, ln.normalized_shape, w, b, ln.eps)
+    return out if into is None else _scatter_into(into[0], out, into[1], backend)
+
+
+def _fusable(y: torch.Tensor, residual: torch.Tensor, w, b, backend) -> bool:
+    """Whether the fused add + LayerNorm kernel computes this block's closing step: inference
+    (the kernels are forward only), eager (torch.compile fuses its own), no autocast (its casts
+    happen in the unfused ops), one dtype for the GEMM output, residual and norm parameters, and
+    the Triton kernel for the backend (on CPU tensors torch's ops are faster: norm._CPU_TIMES)."""
+    return (norm.FUSED and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(y.device.type) and w is not None and b is not None
+            and y.dtype == residual.dtype == w.dtype == b.dtype and w.shape == y.shape[-1:]
+            and norm.kernel_backend(y, backend) == "triton")
+
+
+def _scatter_into(state: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, backend) -> torch.Tensor:
+    """state[rows] = out in place (in the state's dtype); returns state."""
+    return ops.scatter_(state, _like(out, state), rows, backend=backend, check=False)
 
 
 def _activate(act, y: torch.Tensor) -> torch.Tensor:

@@ -485,6 +485,5 @@ def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, kind, b
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
             bias = None if table is None else (table, pos[idx], pos)
-            out = encoder._layer(layer, xq, buf.state, cu_q, cu_k, max_q, max_k, backend, bias)
-            ops.scatter_(buf.state, out, idx, backend=backend, check=False)
+            encoder._layer(layer, xq, buf.state, cu_q, cu_k, max_q, max_k, backend, bias, into=idx)
     return step

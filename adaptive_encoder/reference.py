@@ -12,6 +12,10 @@ Shapes and dtypes:
         of sequence b (rows cu_k[b]:cu_k[b+1]); no causal mask; optional relative position bias.
         Rows at or past cu_q[B] (cu_k[B]) are in no sequence (graph mode pads to fixed sizes):
         zeros here, unspecified in the kernels, never read as keys.
+    add_layer_norm(x (A,D), residual (A,D), weight (D,), bias (D,), eps) -> (A,D)
+        LayerNorm(x + residual): a post-LayerNorm block's closing step, as transformers computes it.
+    add_layer_norm_into_(base (R,D), x, residual, weight, bias, eps, rows (A,) int64) -> None
+        base[rows] = add_layer_norm(x, residual, weight, bias, eps), in place.
 """
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,16 @@ def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.
 
 def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
     base.index_copy_(0, rows, src)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float) -> torch.Tensor:
+    return F.layer_norm(x + residual, (x.shape[-1],), weight, bias, eps)
+
+
+def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
+    base.index_copy_(0, rows, add_layer_norm(x, residual, weight, bias, eps))
 
 
 def _padded_index(cu: torch.Tensor, total: int):

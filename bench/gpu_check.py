@@ -4,7 +4,8 @@
 
 On a GPU: plan / gather / scatter on the `cuda` and `triton` backends (fp32, bf16, fp16;
 hidden 768, 384, 1000, 1; empty row sets; 120k rows), Triton varlen attention (with and
-without MPNet's relative bias) against float64, the encoder against the dense masked
+without MPNet's relative bias) and the fused add + LayerNorm against float64, the encoder
+against the dense masked
 reference (fp32 tight, bf16 loose) and against transformers' BertModel at full depth, and
 gradients through gather/scatter (gradcheck, float64). `--smoke` runs the same checks on CPU
 with tiny shapes (C++ `cpu` backend, Triton through the interpreter).
@@ -173,6 +174,38 @@ def _attention():
     tol = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
     ok = all(e < tol[name.split("+")[0]] for name, e in errs.items())
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
+
+
+@check("fused add + LayerNorm vs float64")
+def _norm():
+    """adaptive_encoder/norm.py's kernel (Triton on a GPU, C++ in smoke runs) on every dtype and
+    width, functional and into a state's rows (the other rows stay NaN), and 120k rows of 768 bf16."""
+    from adaptive_encoder import norm
+
+    torch.manual_seed(4)
+    errs, cases = {}, [(dtype, D, 300 if SMOKE else 4096) for dtype in DTYPES for D in (768, 384, 1000, 1)]
+    cases.append((torch.bfloat16, 768, 3000 if SMOKE else 120_000))
+    with torch.no_grad():
+        for backend in BACKENDS:
+            for dtype, D, R in cases:
+                x, r = (torch.randn(R, D, device=DEV).to(dtype) for _ in range(2))
+                w, b = (torch.randn(D, device=DEV).to(dtype) for _ in range(2))
+                want = reference.add_layer_norm(x.double(), r.double(), w.double(), b.double(), 1e-5)
+                got = norm.add_layer_norm(x, r, w, b, 1e-5, backend=backend)
+                base = torch.full((2 * R, D), float("nan"), device=DEV, dtype=dtype)
+                rows = torch.randperm(2 * R, device=DEV)[:R]
+                norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, rows, backend=backend)
+                others = torch.ones(2 * R, dtype=torch.bool, device=DEV)
+                others[rows] = False
+                assert torch.isnan(base[others]).all(), (backend, dtype, D, "wrote outside its rows")
+                errs[f"{backend}/{str(dtype)[6:]}/{D}x{R}"] = max(rel_err(got, want), rel_err(base[rows], want))
+    tol = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
+    worst = {}
+    for name, e in errs.items():
+        key = name.split("/")[1]
+        worst[key] = max(worst.get(key, 0.0), e)
+    ok = all(e < tol[name.split("/")[1]] for name, e in errs.items())
+    return {"ok": ok, "worst_rel_err": {k: f"{v:.1e}" for k, v in worst.items()}, "cases": len(errs)}
 
 
 def _bert(dtype):

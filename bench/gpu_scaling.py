@@ -90,11 +90,15 @@ def main():
     ap.add_argument("--dense", action="store_true",
                     help="also MI in graph mode with dense layers (mi+graphs-dense: every layer with halted tokens "
                          "on the whole state, active rows written back; graphs.DENSE_ROWS)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also fixed and MI eager with torch's add and LayerNorm (fixed+unfused, mi+unfused) instead "
+                         "of the fused kernel (adaptive_encoder/norm.py)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     extra = (["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS] if a.graphs else []) \
         + (["mi" + test_speed.GRAPHS + "-dev", "mi" + test_speed.GRAPHS + "-devplan"] if a.devplan else []) \
-        + (["mi" + test_speed.GRAPHS + "-dense"] if a.dense else [])
+        + (["mi" + test_speed.GRAPHS + "-dense"] if a.dense else []) \
+        + (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED] if a.unfused else [])
     a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "

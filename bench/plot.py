@@ -106,6 +106,8 @@ def summarize(records: list, command: str, device: str | None = None) -> dict:
                     for r in records if r.get("group") == "kernels"],
         "attention_kernel": [{k: r[k] for k in ("backend", "queries", "batch", "tflops", "speedup_over_reference")}
                              for r in records if r.get("group") == "attention_kernel"],
+        "norm_kernel": [{k: r[k] for k in ("op", "backend", "rows", "gbps", "fraction_of_copy_bw", "speedup_over_unfused")}
+                        for r in records if r.get("group") == "norm_kernel"],
         "savings": [r for r in records if r.get("bench") == "savings"],
     }
 
@@ -196,6 +198,16 @@ def markdown(summary: dict, records: list) -> str:
                   "| op | backend | rows | GB/s | of copy bandwidth |", "|---|---|---|---|---|"]
         for r in kern:
             lines.append(f"| {r['op']} | {r['backend']} | {r['rows']} | {r['gbps']:.2f} | {r['fraction_of_copy_bw']:.0%} |")
+        lines.append("")
+    fused = [r for r in records if r.get("group") == "norm_kernel"]
+    if fused:
+        lines += ["Fused add + LayerNorm (adaptive_encoder/norm.py) against the add and LayerNorm it replaces "
+                  "(+ the scatter for the _into_ form), interleaved in the same run:", "",
+                  "| op | backend | rows | GB/s | of copy bandwidth | ms | unfused ms | speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in fused:
+            lines.append(f"| {r['op']} | {r['backend']} | {r['rows']} | {r['gbps']:.2f} | {r['fraction_of_copy_bw']:.0%} | "
+                         f"{r['seconds'] * 1e3:.3f} | {r['unfused_seconds'] * 1e3:.3f} | {r['speedup_over_unfused']:.2f}x |")
         lines.append("")
     attn = [r for r in records if r.get("group") == "attention_kernel"]
     if attn:

@@ -1,5 +1,6 @@
 """gather / scatter / plan per backend across sizes, in GB/s next to the device's copy bandwidth;
-varlen attention per backend in TFLOP/s next to the padded reference.
+the fused add + LayerNorm against the add and LayerNorm it replaces; varlen attention per
+backend in TFLOP/s next to the padded reference.
 
 Bytes counted (the fewest the op must move): gather reads and writes A rows (+ indices);
 scatter (out of place) copies the R-row base and writes A rows from src (+ indices); scatter_
@@ -78,6 +79,45 @@ def test_gather_scatter_bandwidth(benchmark, op, backend, R):
     with torch.inference_mode():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1)
     _record(benchmark, op, backend, R, nbytes, med)
+
+
+@pytest.mark.parametrize("R", ROWS[:2] if GPU else ROWS[:1])
+@pytest.mark.parametrize("form", ["add_layer_norm", "add_layer_norm_into_"])
+def test_add_layer_norm(benchmark, form, R):
+    """The fused closing step (adaptive_encoder/norm.py) against what it replaces, interleaved:
+    the GEMM output plus the residual in place, torch's LayerNorm (and for the _into_ form the
+    scatter of a quarter of the rows into a state). Bytes counted for the fused op: x and
+    residual read, the output written (+ indices)."""
+    from adaptive_encoder import norm
+
+    benchmark.group = "kernels_norm"
+    gen = torch.Generator().manual_seed(R)
+    x, r = (torch.randn(R, D, generator=gen).to(DEV, DTYPE) for _ in range(2))
+    w, b = torch.randn(D, generator=gen).to(DEV, DTYPE), torch.randn(D, generator=gen).to(DEV, DTYPE)
+    state = torch.randn(4 * R, D, generator=gen).to(DEV, DTYPE)
+    rows = torch.randperm(4 * R, generator=gen)[:R].to(DEV)
+    ln = functools.partial(torch.nn.functional.layer_norm, normalized_shape=(D,), weight=w, bias=b, eps=1e-12)
+    if form == "add_layer_norm":
+        fns = {"fused": functools.partial(norm.add_layer_norm, x, r, w, b, 1e-12, backend=DEV.type),
+               "unfused": lambda: ln(x.clone().add_(r))}
+        clone = lambda: x.clone()  # noqa: E731  (the unfused arm's copy of x, timed alone and taken off)
+    else:
+        fns = {"fused": functools.partial(norm.add_layer_norm_into_, state, x, r, w, b, 1e-12, rows,
+                                          backend=DEV.type, check=False),
+               "unfused": lambda: ops.scatter_(state, ln(x.clone().add_(r)), rows, check=False)}
+        clone = lambda: x.clone()  # noqa: E731
+    with torch.inference_mode():
+        med = benchlib.interleaved_medians({**fns, "clone": clone}, rounds=ROUNDS, calls=CALLS)
+        benchmark.pedantic(fns["fused"], rounds=ROUNDS, warmup_rounds=1)
+    unfused = med["unfused"] - med["clone"]  # the encoder adds into the GEMM's fresh output: no copy
+    nbytes = 3 * R * D * x.element_size() + (8 * R if form != "add_layer_norm" else 0)
+    bw = copy_bandwidth()
+    info = dict(group="norm_kernel", op=form, backend=norm.kernel_backend(x, DEV.type) or "torch", rows=R, hidden=D,
+                dtype=str(DTYPE), device=str(DEV), seconds=med["fused"], unfused_seconds=unfused,
+                speedup_over_unfused=unfused / med["fused"], gbps=nbytes / med["fused"] / 1e9, copy_gbps=bw / 1e9,
+                fraction_of_copy_bw=nbytes / med["fused"] / bw)
+    benchmark.extra_info.update(info)
+    benchlib.record(info)
 
 
 @pytest.mark.parametrize("B", [8, 64] if benchlib.QUICK else [1, 8, 64])

@@ -56,16 +56,19 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # graph mode (adaptive_encoder/graphs.py) with them on the CPU, "+graphs-dev" with them on the
 # GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
 # GPU (graphs.device_plan(): the path before 2026-11-27), "+graphs-dense" as "+graphs" with every
-# layer that has halted tokens run on the whole state (graphs.dense_layers()). E.g. "mi+host",
+# layer that has halted tokens run on the whole state (graphs.dense_layers()), "+unfused" eager
+# with torch's add and LayerNorm instead of the fused kernel (norm.unfused()). E.g. "mi+host",
 # "fixed+graphs".
-GRAPHS, HOST = "+graphs", "+host"
+GRAPHS, HOST, UNFUSED = "+graphs", "+host", "+unfused"
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"),
-             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"))
+             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
+             (UNFUSED, False, "unfused"))
 
 
 def _variant(model: str) -> tuple:
     """(depth-source name, graph mode, where depths and mask are given and planned: "host",
-    "device" or "devplan"; or "dense": on the host, dense layers)."""
+    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused": on the device,
+    unfused closing LayerNorms)."""
     for suffix, graphed, where in _VARIANTS:
         if model.endswith(suffix):
             return model.removesuffix(suffix), graphed, where
@@ -150,6 +153,13 @@ def _runner(model: str, N: int, x, depths, mask):
                 with setting():
                     return enc(x, d, m, cuda_graphs=True)
             return with_setting
+        if where == "unfused":
+            from adaptive_encoder import norm
+
+            def unfused():
+                with norm.unfused():
+                    return enc(x, d, m)
+            return unfused
         return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":
         def halting():

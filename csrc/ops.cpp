@@ -9,6 +9,7 @@
 //   scatter(base (R,D), src (A,D), rows (A,) int64) -> (R,D)
 //       out = base; out[rows[i]] = src[i]   (rows must be unique: the plan guarantees it)
 //   varlen_attention(q, k, v, cu_q, cu_k, scale, dist?, q_pos?, k_pos?): see attention.cpp
+//   add_layer_norm(x, residual, weight, bias, eps), add_layer_norm_into_(base, ..., rows): see norm.cpp
 //
 // gather/scatter copy whole rows as raw bytes, so every dtype works with one code path.
 #include <Python.h>
@@ -194,6 +195,10 @@ TORCH_LIBRARY(adaptive_encoder, m) {
   // CPU only (attention.cpp); on CUDA the Triton kernel runs (adaptive_encoder/attention.py).
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_q, Tensor cu_k, float scale, "
         "Tensor? dist, Tensor? q_pos, Tensor? k_pos) -> Tensor");
+  // CPU only (norm.cpp); on CUDA the Triton kernel runs (adaptive_encoder/norm.py).
+  m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("add_layer_norm_into_(Tensor(a!) base, Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps, "
+        "Tensor rows) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(adaptive_encoder, CPU, m) {

@@ -1,0 +1,160 @@
+"""Residual add + LayerNorm as one op: the closing step of every post-LayerNorm block.
+
+    add_layer_norm(x (A,D), residual (A,D), weight (D,), bias (D,), eps) -> (A,D)
+        LayerNorm(x + residual) * weight + bias, in x's dtype
+    add_layer_norm_into_(base (R,D) contiguous, x, residual, weight, bias, eps, rows (A,) int64) -> base
+        base[rows[i]] = that row, in place (rows unique, in [0, R))
+
+Why: a BERT layer closes twice with `LayerNorm(dropout(linear(h)) + residual)`. Unfused that
+is an add and a LayerNorm, two launches and five passes over the rows; fused one launch and
+three. The `_into_` form writes a compact layer's output rows straight into the state, so
+the scatter after it (a third launch and pass) goes too. In a launch-bound forward (small
+batches on a GPU, bench/NOTES.md) each layer issues 2-3 ops fewer of its 10-13.
+
+Three implementations, one definition (adaptive_encoder.reference): the reference, the C++
+CPU op (csrc/norm.cpp) and the Triton kernel (kernels/norm.py), which runs on CUDA tensors
+(backend "cuda" or "triton") as the attention kernel does. On CPU tensors torch's add and
+LayerNorm were faster than the C++ op (_CPU_TIMES), so they stay the default there and what
+the encoder runs; the C++ op runs when asked for by name (backend="cpu"). Both kernels are
+forward only: when a gradient is needed the reference runs. dtypes float32, bfloat16, float16 (float64 on
+the CPU op and the reference); the Triton kernel takes D up to 16384 (one row per block).
+The sum is rounded to the input dtype before the statistics, as `x + residual` stores it.
+
+FUSED (True): whether the encoder uses these ops; `unfused()` turns them off inside a block
+(benchmarks timing both in one run). Not for threads that want different settings at once.
+"""
+import os
+from contextlib import contextmanager
+
+import torch
+
+from . import ops, reference
+
+FUSED = True
+
+# Why the C++ op is not the default on CPU tensors (nor what the encoder runs there): one
+# thread, float32, best of 7 x 3 x 10 calls, torch's add in place (as the encoder adds into the
+# GEMM output) and LayerNorm, on the 2-core machine, two runs (2026-11-27; a throwaway script
+# timing torch.ops.adaptive_encoder.add_layer_norm against them): rows x hidden -> (C++, torch) us.
+_CPU_TIMES = {(4096, 256): ((1220, 1244), (772, 729)), (512, 768): ((403, 436), (266, 269)),
+              (16384, 768): ((35192, 33698), (33251, 31954))}
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TRITON_MAX_D = 16384
+_HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "add_layer_norm")
+
+
+@contextmanager
+def unfused():
+    """Inside: the encoder closes its blocks with an add and torch's LayerNorm (FUSED off)."""
+    global FUSED
+    before, FUSED = FUSED, False
+    try:
+        yield
+    finally:
+        FUSED = before
+
+
+def _out_like(x, *args):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _into_fake(base, *args):
+    return None
+
+
+if _HAS_CPP:
+    torch.library.register_fake("adaptive_encoder::add_layer_norm")(_out_like)
+    torch.library.register_fake("adaptive_encoder::add_layer_norm_into_")(_into_fake)
+
+
+@torch.library.custom_op("adaptive_encoder::triton_add_layer_norm", mutates_args=())
+def _triton_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+    from .kernels import triton_add_layer_norm  # imported late: TRITON_INTERPRET is read at import
+
+    return triton_add_layer_norm(x, residual, weight, bias, eps)
+
+
+@torch.library.custom_op("adaptive_encoder::triton_add_layer_norm_into_", mutates_args=("base",))
+def _triton_add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                                 bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
+    from .kernels import triton_add_layer_norm_into_
+
+    triton_add_layer_norm_into_(base, x, residual, weight, bias, eps, rows)
+
+
+_triton_add_layer_norm.register_fake(_out_like)
+_triton_add_layer_norm_into_.register_fake(_into_fake)
+
+
+def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str | None:
+    """The kernel that computes add_layer_norm for x (A,D) under `backend`: "cpu" (the C++ op,
+    only when asked for by name or $ADAPTIVE_ENCODER_BACKEND: on CPU tensors torch's add and
+    LayerNorm are the faster default, see _CPU_TIMES), "triton", or None (the reference)."""
+    name = ops.resolve_backend(x.device, backend)
+    asked = backend is not None or os.environ.get(ops.ENV_VAR) is not None
+    if name == "cpu" and asked and _HAS_CPP and x.device.type == "cpu" \
+            and (x.dtype in _KERNEL_DTYPES or x.dtype == torch.float64):
+        return "cpu"
+    if (name == "triton" or (name == "cuda" and x.is_cuda)) and ops.triton_available(x.device.type) \
+            and x.dtype in _KERNEL_DTYPES and x.shape[-1] <= _TRITON_MAX_D:
+        return "triton"
+    return None
+
+
+def _check(x, residual, weight, bias, eps, op: str) -> None:
+    for name, t in (("x", x), ("residual", residual), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor")
+    if x.dim() != 2 or residual.shape != x.shape:
+        raise ValueError(f"{op}: x and residual must be (A, D) alike, got {tuple(x.shape)} and {tuple(residual.shape)}")
+    if weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
+        raise ValueError(f"{op}: weight and bias must be ({x.shape[1]},), got {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
+    if not x.is_floating_point() or any(t.dtype != x.dtype for t in (residual, weight, bias)):
+        raise TypeError(f"{op}: x, residual, weight and bias must share one floating-point dtype, got "
+                        f"{[str(t.dtype) for t in (x, residual, weight, bias)]}")
+    if any(t.device != x.device for t in (residual, weight, bias)):
+        raise ValueError(f"{op}: x, residual, weight and bias must be on one device")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps}")
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   backend: str | None = None) -> torch.Tensor:
+    """LayerNorm(x + residual) * weight + bias. x, residual (A,D); weight, bias (D,); one dtype."""
+    _check(x, residual, weight, bias, eps, "add_layer_norm")
+    kernel = None if _needs_grad(x, residual, weight, bias) else kernel_backend(x, backend)
+    if kernel == "cpu":
+        return torch.ops.adaptive_encoder.add_layer_norm(x, residual, weight, bias, float(eps))
+    if kernel == "triton":
+        return _triton_add_layer_norm(x, residual, weight, bias, float(eps))
+    return reference.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor, eps: float, rows: torch.Tensor, backend: str | None = None,
+                         check: bool = True) -> torch.Tensor:
+    """In place: base[rows[i]] = LayerNorm(x[i] + residual[i]) * weight + bias; returns base.
+    base (R,D) contiguous, of x's dtype; rows (A,) int64, unique, in [0, R) (`check=False` skips
+    that check, and its host sync, for rows from a plan). For inference (no autograd)."""
+    _check(x, residual, weight, bias, eps, "add_layer_norm_into_")
+    ops._check_scatter(base, x, rows, "add_layer_norm_into_")
+    if not base.is_contiguous():
+        raise ValueError("add_layer_norm_into_: base must be contiguous")
+    if _needs_grad(base, x, residual, weight, bias):
+        raise RuntimeError("add_layer_norm_into_ is for inference: use add_layer_norm and scatter for gradients")
+    if check:
+        ops.check_rows_in_range(rows, base.shape[0], "add_layer_norm_into_", unique=True)
+    kernel = kernel_backend(x, backend)
+    if kernel == "cpu":
+        torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows)
+    elif kernel == "triton":
+        _triton_add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows)
+    else:
+        reference.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows)
+    return base
