@@ -247,6 +247,17 @@ def plans(results: dict) -> list:
     return out
 
 
+def fused_norm(results: dict) -> list:
+    """norm.FUSED: the fused add + LayerNorm kept unless an unfused arm beats it by > 2 %."""
+    out = []
+    for a, b in (("fixed", "fixed+unfused"), ("mi", "mi+unfused")):
+        for source, pairs in _ratios(results, a, b).items():
+            lost = [f"{bt}" for _, bt, r, _ in pairs if r < 1 / WIN]
+            out.append(_decision("fused add + LayerNorm", f"{a} over {b}", source, pairs,
+                                 f"norm.FUSED = False at batch {', '.join(lost)}" if lost else "norm.FUSED = True (as is)"))
+    return out
+
+
 def graph_mode(results: dict) -> list:
     """Where graph mode pays (it is off unless asked for): fixed+graphs over fixed, mi+graphs over mi."""
     out = []
@@ -275,7 +286,7 @@ def attention(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, plans, graph_mode, attention) for d in part(results)]
+    return [d for part in (dense_rows, plans, graph_mode, fused_norm, attention) for d in part(results)]
 
 
 def read(folder: str) -> dict:

@@ -104,14 +104,17 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("mi", 1, 100), row("mi+host", 1, 105), row("mi", 16, 100), row("mi+host", 16, 99.5),  # -0.5 %: kept
             row("mi+graphs-devplan", 1, 100), row("mi+graphs-dev", 1, 110),
             row("mi+graphs-devplan", 64, 100), row("mi+graphs-dev", 64, 90),  # loses at 64
-            row("fixed", 1, 100), row("fixed+graphs", 1, 150), row("fixed", 64, 100), row("fixed+graphs", 64, 95)]
+            row("fixed", 1, 100), row("fixed+graphs", 1, 150), row("fixed", 64, 100), row("fixed+graphs", 64, 95),
+            row("mi+unfused", 1, 80), row("mi+unfused", 16, 103)]  # the fused arm loses at 16
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
     assert decided["dense layers"]["setting"] == "DENSE_ROWS = 384"
     assert "batch 1 1.10x" in decided["dense layers"]["numbers"]
     assert decided["eager: plan on the host"]["setting"].endswith("at every batch measured")
     assert decided["graph mode: plan on the host"]["setting"] == "PLAN_ON_HOST: below batch 64, the device plan from there"
-    assert targets.decisions(targets.read(str(tmp_path)))[-2]["setting"] == "pays at batch 1"  # fixed+graphs over fixed
+    (graphed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"] == "fixed+graphs over fixed"]
+    assert graphed["setting"] == "pays at batch 1"
+    assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     md = targets.report(str(tmp_path))[1]
     assert "## Settings these numbers decide" in md and "DENSE_ROWS = 384" in md
 
