@@ -376,9 +376,7 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None
     ln = block.norm
     w, b = _wb(ln)
     if _fusable(y, residual, w, b, backend):  # one kernel: add, LayerNorm (and the scatter)
-        if into is None:
-            return norm.add_layer_norm(y, residual, w, b, ln.eps, backend=backend)
-        return norm.add_layer_norm_into_(into[0], y, residual, w, b, ln.eps, into[1], backend=backend, check=False)
+        return norm.triton_unchecked(y, residual, w, b, float(ln.eps), into)
     # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
     # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
     # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).

@@ -163,3 +163,34 @@ def test_triton_kernel_drops_out_of_range_rows():
                               backend="triton", check=False)
     torch.testing.assert_close(base[1], F.layer_norm(x[0] + r[0], (8,), w, b, 1e-5))
     assert torch.equal(base[[0, 2, 3]], torch.zeros(3, 8, device=TRITON_DEVICE))
+
+
+def test_encoder_closes_blocks_with_the_fused_kernel(monkeypatch):
+    """Inference with the Triton backend: both closing steps of every layer run the fused kernel,
+    the last one of a compact layer writing into the state, with the same result as unfused;
+    not with gradients, not under norm.unfused(), not with the C++ backend (slower on CPU)."""
+    from transformers import BertModel
+
+    from adaptive_encoder import AdaptiveEncoder
+    from conftest import small_bert_config
+
+    torch.manual_seed(0)
+    bert = BertModel(small_bert_config(layers=3)).eval().to(TRITON_DEVICE)
+    x = torch.randn(2, 9, 64, device=TRITON_DEVICE)
+    depths = torch.tensor([[3, 1, 2, 3, 1, 1, 3, 2, 2], [1, 1, 3, 2, 2, 3, 1, 1, 3]], device=TRITON_DEVICE)
+    mask = torch.ones(2, 9, dtype=torch.bool, device=TRITON_DEVICE)
+    calls = []
+    real = norm.triton_unchecked
+    monkeypatch.setattr(norm, "triton_unchecked", lambda *a: calls.append(a[5] is not None) or real(*a))
+    enc = AdaptiveEncoder.from_model(bert, backend="triton")
+    with torch.no_grad():
+        fused = enc(x, depths, mask).last_hidden_state
+        # layer 1 on every token (2 closing steps), layers 2 and 3 compact (the last step into the state)
+        assert calls == [False, False, False, True, False, True]
+        calls.clear()
+        with norm.unfused():
+            unfused = enc(x, depths, mask).last_hidden_state
+        AdaptiveEncoder.from_model(bert.cpu(), backend="cpu")(x.cpu(), depths.cpu(), mask.cpu())
+    enc.to(TRITON_DEVICE)(x, depths, mask)  # gradients enabled: the reference path
+    assert calls == []
+    torch.testing.assert_close(fused, unfused, atol=2e-5, rtol=2e-5)
