@@ -42,7 +42,11 @@ def _cuda_wanted() -> bool:
 def _extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    # The C++ standard is the one torch.utils.cpp_extension picks for this torch. -fopenmp: the
+    # ops' at::parallel_for is inline OpenMP; without the flag it ran on one thread (the plan at
+    # batch 128 took 203-212 us, 127-128 with it on 2 cores: bench/ab_plan_cpu.py). The GOMP
+    # symbols resolve to the libgomp torch has loaded: one OpenMP runtime, torch's thread count.
+    cxx = ["-O3", "-fopenmp"]
     if _cuda_wanted():
         sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
         # sm_90 unless the user names targets; headers of pip-installed CUDA (cusparse.h etc.).

@@ -32,12 +32,14 @@ from . import ops, reference
 
 FUSED = True
 
-# Why the C++ op is not the default on CPU tensors (nor what the encoder runs there): one
-# thread, float32, best of 7 x 3 x 10 calls, torch's add in place (as the encoder adds into the
-# GEMM output) and LayerNorm, on the 2-core machine, two runs (2026-11-27; a throwaway script
-# timing torch.ops.adaptive_encoder.add_layer_norm against them): rows x hidden -> (C++, torch) us.
-_CPU_TIMES = {(4096, 256): ((1220, 1244), (772, 729)), (512, 768): ((403, 436), (266, 269)),
-              (16384, 768): ((35192, 33698), (33251, 31954))}
+# Why the C++ op is not the default on CPU tensors (nor what the encoder runs there): float32,
+# best of 7 x 3 x 10 calls, torch's add in place (as the encoder adds into the GEMM output) and
+# LayerNorm, on the 2-core machine (2026-11-27; a throwaway script timing
+# torch.ops.adaptive_encoder.add_layer_norm against them): rows x hidden -> (C++, torch) us,
+# one thread (two runs each) and two threads (the extension built with OpenMP).
+_CPU_TIMES = {"1 thread": {(4096, 256): ((1220, 1244), (772, 729)), (512, 768): ((403, 436), (266, 269)),
+                           (16384, 768): ((35192, 33698), (33251, 31954))},
+              "2 threads": {(4096, 256): (568, 367), (512, 768): (183, 100), (16384, 768): (19233, 17390)}}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TRITON_MAX_D = 16384
 _HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "add_layer_norm")

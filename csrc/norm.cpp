@@ -8,10 +8,10 @@
 // One pass over each row's inputs instead of an add (reads 2, writes 1) and a LayerNorm
 // (reads 1, writes 1), and the _into_ form writes straight into the state rows instead of a
 // scatter after. Not faster than torch's add and LayerNorm on the 2-core CPU machine, whose
-// LayerNorm is vectorized per CPU (AVX2/AVX-512) while this file is built for baseline x86-64
-// and at::parallel_for runs serially in an extension built without OpenMP: so the encoder
-// and the op's default on CPU tensors keep torch's (adaptive_encoder/norm.py), and this is
-// the CPU implementation the Triton kernel is checked beside, used when asked for by name. Numerics as torch's: the sum rounded to the input dtype, mean and biased
+// LayerNorm is vectorized per CPU (AVX2/AVX-512) while this file is built for baseline x86-64:
+// so the encoder and the op's default on CPU tensors keep torch's (adaptive_encoder/norm.py),
+// and this is the CPU implementation the Triton kernel is checked beside, used when asked for
+// by name. Numerics as torch's: the sum rounded to the input dtype, mean and biased
 // variance in the op math type (float; double for double), over the row's sums kept in a
 // buffer, affine in that type.
 #include <ATen/ATen.h>
