@@ -1,6 +1,7 @@
 """Ops per forward and time per pool of the encoder in this checkout (CPU, inference).
 
     PYTHONPATH=<checkout> python bench/ops_per_forward.py
+    TRITON_INTERPRET=1 python bench/ops_per_forward.py --backend triton [--unfused]   (counts only)
 
 On a GPU's launch-bound regime (bench/NOTES.md: every batch below ~30 IMDB documents on the
 H200) the forward's time follows its op count, which this counts on CPU with a dispatch mode
@@ -10,6 +11,8 @@ TREC MI depths, batch 1 and 8; pool seconds the best of 3. To compare two versio
 in each checkout (with PYTHONPATH set to it), alternating, and read the spread between runs.
 Prints one JSON line.
 """
+import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,8 +42,25 @@ class CountOps(TorchDispatchMode):
 
 
 def main():
-    enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024)).eval()
-    out = {"package": os.path.dirname(adaptive_encoder.__file__)}
+    ap = argparse.ArgumentParser(allow_abbrev=False)
+    ap.add_argument("--backend", default=None,
+                    help="the encoder's backend; 'triton' counts what a GPU runs (the Triton attention and the "
+                         "fused add + LayerNorm; here through the interpreter: counts only, no times)")
+    ap.add_argument("--unfused", action="store_true", help="with torch's add and LayerNorm (norm.unfused())")
+    a = ap.parse_args()
+    if a.backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        ap.error("--backend triton on CPU: run with TRITON_INTERPRET=1 (read when triton is first imported)")
+    from adaptive_encoder import norm
+
+    enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024), backend=a.backend).eval()
+    out = {"package": os.path.dirname(adaptive_encoder.__file__), "backend": a.backend or "default",
+           "fused_norm": not a.unfused}
+    with norm.unfused() if a.unfused else contextlib.nullcontext():
+        _count(enc, out, timed=a.backend != "triton")
+    print(json.dumps(out))
+
+
+def _count(enc, out: dict, timed: bool) -> None:
     for batch in (1, 8):
         pool, _ = benchlib.cpu_pool(12, 0, batch)
         for name in ("fixed", "mi"):
@@ -50,16 +70,14 @@ def main():
                 with counter:
                     for d, m, x in items[:3]:
                         enc(x, d, m)
-                for d, m, x in items:  # warm-up
-                    enc(x, d, m)
                 times = []
-                for _ in range(3):
+                for _ in range(4 if timed else 0):  # the first round warms up
                     t0 = time.perf_counter()
                     for d, m, x in items:
                         enc(x, d, m)
                     times.append(time.perf_counter() - t0)
-            out[f"{name} batch {batch}"] = dict(ops_per_forward=round(counter.count / 3, 1), pool_s=round(min(times), 4))
-    print(json.dumps(out))
+            out[f"{name} batch {batch}"] = dict(ops_per_forward=round(counter.count / 3, 1),
+                                                pool_s=round(min(times[1:]), 4) if timed else None)
 
 
 if __name__ == "__main__":
