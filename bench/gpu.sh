@@ -104,7 +104,7 @@ stage cpp_errors 30 bash -c cpp_errors
 if [ "$SMOKE" = 1 ]; then
   stage tests 300 python -m pytest tests/test_ops.py -q --maxfail=10 -p no:cacheprovider
 else
-  stage tests 100 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_norm.py tests/test_encoder.py \
+  stage tests 130 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_norm.py tests/test_encoder.py \
     tests/test_graphs.py tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
 fi
 
