@@ -50,7 +50,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
-    base.index_copy_(0, rows, add_layer_norm(x, residual, weight, bias, eps))
+    scatter_(base, add_layer_norm(x, residual, weight, bias, eps), rows)
 
 
 def _padded_index(cu: torch.Tensor, total: int):

@@ -74,6 +74,21 @@ def _cache(N: int):
     return graphs.cache_for(test_speed._stack(N)[1], benchlib.device())
 
 
+# The optional arms: flag -> (models it adds, what they are).
+G = test_speed.GRAPHS
+ARMS = {
+    "graphs": (["mi" + test_speed.HOST, "fixed" + G, "mi" + G],
+               "MI with the plan on the host, fixed and MI in graph mode with it (adaptive_encoder/graphs.py)"),
+    "devplan": (["mi" + G + "-dev", "mi" + G + "-devplan"],
+                "MI in graph mode with depths and mask given on the GPU: copied to the host and planned there "
+                "(the default), and planned on the GPU"),
+    "dense": (["mi" + G + "-dense"], "MI in graph mode with dense layers (every layer with halted tokens on the whole "
+                                     "state, active rows written back; graphs.DENSE_ROWS)"),
+    "unfused": (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED],
+                "fixed and MI eager with torch's add and LayerNorm instead of the fused kernel (adaptive_encoder/norm.py)"),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
@@ -81,24 +96,11 @@ def main():
     ap.add_argument("--pool", type=int, default=256, help="documents per pool (the same for every batch)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--N", type=int, nargs="+", default=[12], help="encoder depths (each its own table)")
-    ap.add_argument("--graphs", action="store_true",
-                    help="also MI with the plan on the host (mi+host) and fixed and MI in graph mode with it "
-                         "(fixed+graphs, mi+graphs; adaptive_encoder/graphs.py)")
-    ap.add_argument("--devplan", action="store_true",
-                    help="also MI in graph mode with depths and mask given on the GPU: copied to the host and "
-                         "planned there (mi+graphs-dev, the default) and planned on the GPU (mi+graphs-devplan)")
-    ap.add_argument("--dense", action="store_true",
-                    help="also MI in graph mode with dense layers (mi+graphs-dense: every layer with halted tokens "
-                         "on the whole state, active rows written back; graphs.DENSE_ROWS)")
-    ap.add_argument("--unfused", action="store_true",
-                    help="also fixed and MI eager with torch's add and LayerNorm (fixed+unfused, mi+unfused) instead "
-                         "of the fused kernel (adaptive_encoder/norm.py)")
+    for flag, (models, what) in ARMS.items():
+        ap.add_argument(f"--{flag}", action="store_true", help=f"also {', '.join(models)}: {what}")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    extra = (["mi" + test_speed.HOST, "fixed" + test_speed.GRAPHS, "mi" + test_speed.GRAPHS] if a.graphs else []) \
-        + (["mi" + test_speed.GRAPHS + "-dev", "mi" + test_speed.GRAPHS + "-devplan"] if a.devplan else []) \
-        + (["mi" + test_speed.GRAPHS + "-dense"] if a.dense else []) \
-        + (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED] if a.unfused else [])
+    extra = [m for flag, (models, _) in ARMS.items() if getattr(a, flag) for m in models]
     a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "

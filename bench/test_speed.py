@@ -37,7 +37,7 @@ import pytest
 import torch
 
 import benchlib
-from adaptive_encoder import AdaptiveEncoder
+from adaptive_encoder import AdaptiveEncoder, graphs, norm
 from adaptive_encoder.dense import masked_forward
 from adaptive_encoder.flops import encoder_flops
 
@@ -145,21 +145,12 @@ def _runner(model: str, N: int, x, depths, mask):
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
         d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
-        if where in ("devplan", "dense"):
-            from adaptive_encoder import graphs
-            setting = graphs.device_plan if where == "devplan" else graphs.dense_layers
-
+        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused}.get(where)
+        if setting is not None:
             def with_setting():
                 with setting():
-                    return enc(x, d, m, cuda_graphs=True)
+                    return enc(x, d, m, cuda_graphs=graphed)
             return with_setting
-        if where == "unfused":
-            from adaptive_encoder import norm
-
-            def unfused():
-                with norm.unfused():
-                    return enc(x, d, m)
-            return unfused
         return lambda: enc(x, d, m, cuda_graphs=graphed)
     if kind == "halting":
         def halting():
