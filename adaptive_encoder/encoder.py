@@ -245,10 +245,6 @@ class AdaptiveEncoder(nn.Module):
         compact = plan.key_rows is not None
         inference = not torch.is_grad_enabled() and on_layer is None
         state = gather(flat, plan.key_rows) if compact else (flat.clone() if inference else flat)
-        if inference:
-            scatter = lambda x, y, rows: ops.scatter_(x, y, rows, backend=backend, check=False)  # noqa: E731
-        else:
-            scatter = lambda x, y, rows: ops.scatter(x, y, rows, backend=backend, check=False)  # noqa: E731
         # The whole (B*T, D) state: padding rows keep the input, as in transformers' own layers
         # they never influence a real token.
         full = (lambda s: ops.scatter(flat, s, plan.key_rows, backend=backend, check=False)) if compact \
@@ -278,10 +274,10 @@ class AdaptiveEncoder(nn.Module):
                 queries = gather(state, lp.state_rows)
                 pos = None if bias is None else (bias, q_pos[plan.layer_slice(n)], k_pos)
                 args = (layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos)
-                if inference:  # the output rows go straight into the state (fused into the last LayerNorm)
+                if inference:  # the output rows go into the state in place (fused into the last LayerNorm)
                     state = run(*args, into=lp.state_rows)
-                else:
-                    state = scatter(state, _like(run(*args), state), lp.state_rows)
+                else:  # autograd: a new state tensor
+                    state = ops.scatter(state, _like(run(*args), state), lp.state_rows, backend=backend, check=False)
             if on_layer is not None:
                 on_layer(full(state))
         return full(state), given
