@@ -40,11 +40,12 @@ sees only what is in the buffers, never a Python value of the call that captured
 import threading
 import weakref
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 
 import torch
 
+from . import settings
 from .plan import to_device
 
 
@@ -71,28 +72,15 @@ PLAN_ON_HOST = True
 DENSE_ROWS = 0
 
 
-@contextmanager
-def _setting(name: str, value):
-    """Set a module setting inside, restore the value found after. Module settings are for the
-    benchmarks and checks that compare both ways in one run, not for threads that want
-    different ones at once."""
-    before = globals()[name]
-    globals()[name] = value
-    try:
-        yield
-    finally:
-        globals()[name] = before
-
-
 def device_plan():
     """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off)."""
-    return _setting("PLAN_ON_HOST", False)
+    return settings.switched(globals(), "PLAN_ON_HOST", False)
 
 
 def dense_layers(rows: int = 1 << 62):
     """Inside: forwards whose compact state has at most `rows` rows run dense layers (DENSE_ROWS);
     by default every forward."""
-    return _setting("DENSE_ROWS", rows)
+    return settings.switched(globals(), "DENSE_ROWS", rows)
 
 
 def bucket(n: int, floor: int = 16) -> int:

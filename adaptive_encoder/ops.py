@@ -19,6 +19,11 @@ duplicate rows (ValueError), at the cost of one small reduction and one host syn
 plan and are always in range and unique. Even unchecked, every kernel masks its loads and
 stores by the row bounds, so no input reads or writes outside the tensors (an unchecked
 out-of-range gather row reads zeros, an unchecked out-of-range scatter row is dropped).
+
+Every op is registered with torch (TORCH_LIBRARY in C++, torch.library.custom_op for Triton),
+so torch.compile, opcheck and dispatch modes see it; plain eager calls skip the dispatcher's
+Python layers where nothing but the kernel would run (`direct`, `call`: ~10-25 us of host time
+a call, which a launch-bound GPU forward pays in full).
 """
 import importlib.util
 import numbers
@@ -26,7 +31,7 @@ import os
 
 import torch
 
-from . import reference
+from . import reference, settings
 
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "ADAPTIVE_ENCODER_BACKEND"
@@ -93,34 +98,101 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     return name
 
 
-# --- Triton backend as custom ops, so torch.compile / opcheck see it like the C++ ops ---
+# --- Calling a kernel without the dispatcher ---
+#
+# A Python custom op (torch.library.custom_op) costs ~10 us of host time per call under
+# inference_mode and ~17 us under no_grad, against ~1.3 us for a call of its Python function;
+# a C++ op with a Python autograd registration (ours) ~3 us under inference_mode and ~8 us under
+# no_grad, ~3.5 us below the autograd key (bench/dispatch_host_cpu.py, which times the
+# encoder's forward both ways). A GPU forward in the launch-bound regime is its host time
+# (bench/NOTES.md), so where nothing but the kernel would run, the kernel is called directly.
+# DIRECT = False calls everything through the dispatcher (via_dispatcher(): timing both).
+DIRECT = True
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
-@torch.library.custom_op("adaptive_encoder::triton_plan", mutates_args=())
+
+def via_dispatcher():
+    """Inside: every op goes through torch's dispatcher, as without the direct path (DIRECT off)."""
+    return settings.switched(globals(), "DIRECT", False)
+
+
+def direct(*tensors) -> bool:
+    """Whether calling an op's kernel as a plain function gives exactly what the dispatcher's
+    call would: eager code (no torch.compile), no mode that wants to see ops (a TorchDispatchMode
+    such as FakeTensorMode, a tracer or an op counter; a TorchFunctionMode; vmap or grad
+    transforms), plain tensors (no subclass with its own dispatch), no gradient needed."""
+    return (DIRECT and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+            and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._functorch.peek_interpreter_stack() is None
+            and all(type(t) in _PLAIN for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def call(op, kernel, *args, tensors=(), mutated=None):
+    """op(*args) for a Python custom op `op` whose implementation is `kernel`: the kernel directly
+    where direct(*tensors) holds (tensors: the tensor arguments), else through the dispatcher.
+    mutated: the argument the op writes in place; its version counter is bumped, as the
+    dispatcher's call does."""
+    if not direct(*tensors):
+        return op(*args)
+    out = kernel(*args)
+    if mutated is not None:
+        bump_version(mutated)
+    return out
+
+
+def bump_version(t: torch.Tensor) -> None:
+    """Mark t as changed in place, as the dispatcher does for an op that mutates it, so that
+    autograd refuses a tensor it saved and that changed since (rather than compute a silently
+    wrong gradient). Needed after a kernel called directly and after our C++ ops, which have no
+    ADInplaceOrView kernel of their own. Inference tensors have no version counter; under
+    torch.compile the op's schema tells functionalization."""
+    if not t.is_inference() and not torch.compiler.is_compiling():
+        torch.autograd.graph.increment_version(t)
+
+
+def _below_autograd(op, *args):
+    """A C++ op's call without its Python autograd kernel, which under no_grad only checks and
+    redispatches (~5 us); under inference_mode the autograd keys are off already."""
+    if torch.is_inference_mode_enabled():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+# --- Triton backend as custom ops, so torch.compile / opcheck see it like the C++ ops ---
+# Each custom op's implementation is a plain function as well (_TRITON_KERNELS), called
+# directly where `direct` holds.
+
 def _triton_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels import triton_plan  # imported late: TRITON_INTERPRET is read at import
 
     return triton_plan(depths, mask, num_layers)
 
 
-@torch.library.custom_op("adaptive_encoder::triton_gather", mutates_args=())
 def _triton_gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     from .kernels import triton_gather
 
     return triton_gather(x, rows)
 
 
-@torch.library.custom_op("adaptive_encoder::triton_scatter", mutates_args=())
 def _triton_scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     from .kernels import triton_scatter
 
     return triton_scatter(base, src, rows)
 
 
-@torch.library.custom_op("adaptive_encoder::triton_scatter_", mutates_args=("base",))
 def _triton_scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
     from .kernels import triton_scatter_
 
     triton_scatter_(base, src, rows)
+
+
+_TRITON_KERNELS = {"plan": _triton_plan, "gather": _triton_gather, "scatter": _triton_scatter,
+                   "scatter_": _triton_scatter_}
+for _name, _fn in _TRITON_KERNELS.items():
+    torch.library.custom_op(f"adaptive_encoder::triton_{_name}", _fn,
+                            mutates_args=("base",) if _name == "scatter_" else ())
 
 
 def _plan_fake(depths, mask, num_layers):
@@ -179,6 +251,22 @@ if _EXT_ERROR is None:
     _OPS["cpu"] = _OPS["cuda"] = _register("")
 _OPS["torch"] = {"plan": reference.plan, "gather": reference.gather, "scatter": reference.scatter,
                  "scatter_": reference.scatter_}
+
+
+def _run(backend: str, op: str, tensors: tuple, *rest):
+    """The backend's `op` on (*tensors, *rest): without the dispatcher's layers where `direct`
+    holds (the Triton kernel's function; the C++ op below its autograd kernel)."""
+    fn = _OPS[backend][op]
+    mutated = tensors[0] if op == "scatter_" else None
+    if backend == "triton":
+        return call(fn, _TRITON_KERNELS[op], *tensors, *rest, tensors=tensors, mutated=mutated)
+    if backend == "torch" or not direct(*tensors):
+        out = fn(*tensors, *rest)
+    else:
+        out = _below_autograd(fn, *tensors, *rest)
+    if backend != "torch" and mutated is not None:  # the C++ op does not bump it itself
+        bump_version(mutated)
+    return out
 
 
 # --- public entry points: argument checks, then dispatch ---
@@ -278,7 +366,7 @@ def plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int, backend: str
     name = resolve_backend(depths.device, backend)
     if check:
         check_depths(depths, mask, int(num_layers))
-    return _OPS[name]["plan"](depths, mask, int(num_layers))
+    return _run(name, "plan", (depths, mask), int(num_layers))
 
 
 def gather(x: torch.Tensor, rows: torch.Tensor, backend: str | None = None, check: bool = True) -> torch.Tensor:
@@ -287,7 +375,7 @@ def gather(x: torch.Tensor, rows: torch.Tensor, backend: str | None = None, chec
     name = resolve_backend(x.device, backend)
     if check:
         check_rows_in_range(rows, x.shape[0], "gather", unique=False)
-    return _OPS[name]["gather"](x, rows)
+    return _run(name, "gather", (x, rows))
 
 
 def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None,
@@ -298,7 +386,7 @@ def scatter(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: 
     name = resolve_backend(base.device, backend)
     if check:
         check_rows_in_range(rows, base.shape[0], "scatter", unique=True)
-    return _OPS[name]["scatter"](base, src, rows)
+    return _run(name, "scatter", (base, src, rows))
 
 
 def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend: str | None = None,
@@ -313,5 +401,5 @@ def scatter_(base: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, backend:
     name = resolve_backend(base.device, backend)
     if check:
         check_rows_in_range(rows, base.shape[0], "scatter_", unique=True)
-    _OPS[name]["scatter_"](base, src, rows)
+    _run(name, "scatter_", (base, src, rows))
     return base

@@ -7,7 +7,8 @@ hidden 768, 384, 1000, 1; empty row sets; 120k rows), Triton varlen attention (w
 without MPNet's relative bias) and the fused add + LayerNorm against float64, the encoder
 against the dense masked
 reference (fp32 tight, bf16 loose) and against transformers' BertModel at full depth, and
-gradients through gather/scatter (gradcheck, float64). `--smoke` runs the same checks on CPU
+gradients through gather/scatter (gradcheck, float64), and the encoder with its kernels called
+directly against the same through torch's dispatcher. `--smoke` runs the same checks on CPU
 with tiny shapes (C++ `cpu` backend, Triton through the interpreter).
 
 Writes DIR/correctness.json ({check: {"ok", "max_err", "seconds", ...}}), prints one line per
@@ -264,6 +265,25 @@ def _encoder():
             errs[f"mpnet/float32/{backend}/mixed"] = rel_err(out, masked_forward(mp, x, depths, mask), mask)
     ok = all(e < (3e-2 if "bfloat16" in name else 1e-4) for name, e in errs.items())
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
+
+
+@check("kernels called directly = through the dispatcher")
+def _direct():
+    """The encoder's eager forward with its kernels called directly (ops.DIRECT, the default)
+    against the same forward with every kernel behind its custom op (ops.via_dispatcher()),
+    under inference_mode and no_grad: the same kernels, so the same numbers (bitwise expected;
+    the tolerance only allows for a GEMM that is not deterministic run to run)."""
+    errs, bitwise = {}, {}
+    for tag, bert, enc, x, depths, mask in _bert_encoders():
+        for mode in (torch.inference_mode, torch.no_grad):
+            with mode():
+                got = enc(x, depths, mask).last_hidden_state
+                with ops.via_dispatcher():
+                    want = enc(x, depths, mask).last_hidden_state
+            key = f"{tag}/{mode.__name__}"
+            errs[key], bitwise[key] = rel_err(got, want, mask), bool(torch.equal(got[mask], want[mask]))
+    ok = all(e < (1e-2 if "bfloat16" in name else 1e-5) for name, e in errs.items())
+    return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}, "bitwise": bitwise}
 
 
 class _no_sync:

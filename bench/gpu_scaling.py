@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--unfused] [--dispatcher] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -28,6 +28,9 @@ and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.de
 compact state, its active rows written back (graphs.dense_layers(); a full-depth layer's
 kernels). Where it beats mi+graphs, the GEMMs cost no less on fewer rows: that batch size
 bounds graphs.DENSE_ROWS.
+--unfused and --dispatcher add fixed and MI eager without one host-time cut each: torch's add and
+LayerNorm instead of the fused kernel (norm.unfused()), and every kernel called through torch's
+dispatcher (ops.via_dispatcher(); by default eager calls reach the kernels directly).
 
 Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
 run cut short keeps the batch sizes it finished).
@@ -86,6 +89,9 @@ ARMS = {
                                      "state, active rows written back; graphs.DENSE_ROWS)"),
     "unfused": (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED],
                 "fixed and MI eager with torch's add and LayerNorm instead of the fused kernel (adaptive_encoder/norm.py)"),
+    "dispatcher": (["fixed" + test_speed.DISPATCHED, "mi" + test_speed.DISPATCHED],
+                   "fixed and MI eager with every kernel called through torch's dispatcher, as before ops.DIRECT "
+                   "(adaptive_encoder/ops.py)"),
 }
 
 

@@ -247,15 +247,27 @@ def plans(results: dict) -> list:
     return out
 
 
-def fused_norm(results: dict) -> list:
-    """norm.FUSED: the fused add + LayerNorm kept unless an unfused arm beats it by > 2 %."""
+def _kept_unless_beaten(results: dict, name: str, flag: str, suffix: str) -> list:
+    """A setting on by default (flag), kept unless the arm without it (fixed/mi + suffix) beats the
+    default arm by > 2 % somewhere."""
     out = []
-    for a, b in (("fixed", "fixed+unfused"), ("mi", "mi+unfused")):
+    for a in ("fixed", "mi"):
+        b = a + suffix
         for source, pairs in _ratios(results, a, b).items():
             lost = [f"{bt}" for _, bt, r, _ in pairs if r < 1 / WIN]
-            out.append(_decision("fused add + LayerNorm", f"{a} over {b}", source, pairs,
-                                 f"norm.FUSED = False at batch {', '.join(lost)}" if lost else "norm.FUSED = True (as is)"))
+            out.append(_decision(name, f"{a} over {b}", source, pairs,
+                                 f"{flag} = False at batch {', '.join(lost)}" if lost else f"{flag} = True (as is)"))
     return out
+
+
+def fused_norm(results: dict) -> list:
+    """norm.FUSED: the fused add + LayerNorm kept unless an unfused arm beats it by > 2 %."""
+    return _kept_unless_beaten(results, "fused add + LayerNorm", "norm.FUSED", "+unfused")
+
+
+def direct_calls(results: dict) -> list:
+    """ops.DIRECT: kernels called without the dispatcher, kept unless the dispatched arms beat it."""
+    return _kept_unless_beaten(results, "kernels called directly", "ops.DIRECT", "+dispatched")
 
 
 def graph_mode(results: dict) -> list:
@@ -286,7 +298,7 @@ def attention(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, plans, graph_mode, fused_norm, attention) for d in part(results)]
+    return [d for part in (dense_rows, plans, graph_mode, fused_norm, direct_calls, attention) for d in part(results)]
 
 
 def read(folder: str) -> dict:

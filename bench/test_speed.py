@@ -37,7 +37,7 @@ import pytest
 import torch
 
 import benchlib
-from adaptive_encoder import AdaptiveEncoder, graphs, norm
+from adaptive_encoder import AdaptiveEncoder, graphs, norm, ops
 from adaptive_encoder.dense import masked_forward
 from adaptive_encoder.flops import encoder_flops
 
@@ -57,18 +57,19 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
 # GPU (graphs.device_plan(): the path before 2026-11-27), "+graphs-dense" as "+graphs" with every
 # layer that has halted tokens run on the whole state (graphs.dense_layers()), "+unfused" eager
-# with torch's add and LayerNorm instead of the fused kernel (norm.unfused()). E.g. "mi+host",
+# with torch's add and LayerNorm instead of the fused kernel (norm.unfused()), "+dispatched" eager
+# with every kernel called through torch's dispatcher (ops.via_dispatcher()). E.g. "mi+host",
 # "fixed+graphs".
-GRAPHS, HOST, UNFUSED = "+graphs", "+host", "+unfused"
+GRAPHS, HOST, UNFUSED, DISPATCHED = "+graphs", "+host", "+unfused", "+dispatched"
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"),
              (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
-             (UNFUSED, False, "unfused"))
+             (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"))
 
 
 def _variant(model: str) -> tuple:
     """(depth-source name, graph mode, where depths and mask are given and planned: "host",
-    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused": on the device,
-    unfused closing LayerNorms)."""
+    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused" / "dispatched": on
+    the device, unfused closing LayerNorms / kernels through the dispatcher)."""
     for suffix, graphed, where in _VARIANTS:
         if model.endswith(suffix):
             return model.removesuffix(suffix), graphed, where
@@ -145,7 +146,8 @@ def _runner(model: str, N: int, x, depths, mask):
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
         d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
-        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused}.get(where)
+        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused,
+                   "dispatched": ops.via_dispatcher}.get(where)
         if setting is not None:
             def with_setting():
                 with setting():

@@ -105,7 +105,8 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("mi+graphs-devplan", 1, 100), row("mi+graphs-dev", 1, 110),
             row("mi+graphs-devplan", 64, 100), row("mi+graphs-dev", 64, 90),  # loses at 64
             row("fixed", 1, 100), row("fixed+graphs", 1, 150), row("fixed", 64, 100), row("fixed+graphs", 64, 95),
-            row("mi+unfused", 1, 80), row("mi+unfused", 16, 103)]  # the fused arm loses at 16
+            row("mi+unfused", 1, 80), row("mi+unfused", 16, 103),  # the fused arm loses at 16
+            row("fixed+dispatched", 1, 90), row("fixed+dispatched", 64, 101.5)]  # within 2 %: kept
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
     assert decided["dense layers"]["setting"] == "DENSE_ROWS = 384"
@@ -115,6 +116,8 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     (graphed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"] == "fixed+graphs over fixed"]
     assert graphed["setting"] == "pays at batch 1"
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
+    assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
+    assert "batch 1 1.11x" in decided["kernels called directly"]["numbers"]
     md = targets.report(str(tmp_path))[1]
     assert "## Settings these numbers decide" in md and "DENSE_ROWS = 384" in md
 
