@@ -255,6 +255,7 @@ class AdaptiveEncoder(nn.Module):
             bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
             q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
+        fuse = _fuse_norms(state, backend)  # the same answer for every layer: asked once (~10 us a call)
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]
@@ -268,12 +269,12 @@ class AdaptiveEncoder(nn.Module):
             # where the branch would guard on the data and recompile when it flips.)
             if not torch.compiler.is_compiling() and lp.count == plan.num_real:
                 pos = None if bias is None else (bias, k_pos, k_pos)
-                state = _like(run(layer, state, state, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos),
-                              state)
+                state = _like(run(layer, state, state, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos,
+                                  fuse), state)
             else:
                 queries = gather(state, lp.state_rows)
                 pos = None if bias is None else (bias, q_pos[plan.layer_slice(n)], k_pos)
-                args = (layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos)
+                args = (layer, queries, state, lp.cu_q, plan.cu_k, lp.max_q, plan.max_k, backend, pos, fuse)
                 if inference:  # the output rows go into the state in place (fused into the last LayerNorm)
                     state = run(*args, into=lp.state_rows)
                 else:  # autograd: a new state tensor
@@ -290,12 +291,13 @@ class AdaptiveEncoder(nn.Module):
                     or torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
-    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None,
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None, fuse=None,
                into=None) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,)).
-        into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only) to write the
-        output rows to, in place; xkv is returned then. The last LayerNorm writes them there
+        fuse: whether the closing steps may use the fused add + LayerNorm kernel (_fuse_norms; None:
+        asked here). into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only)
+        to write the output rows to, in place; xkv is returned then. The last LayerNorm writes them there
         itself where it is fused (adaptive_encoder/norm.py), else a scatter does."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
@@ -315,8 +317,9 @@ class AdaptiveEncoder(nn.Module):
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             out = parts.ffn(parts.attn_output(ctx, xq))
             return out if into is None else _scatter_into(xkv, out, into, backend)
-        h = _close(parts.attn_out, ctx, xq, backend)
-        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h, backend,
+        fuse = _fuse_norms(xq, backend) if fuse is None else fuse
+        h = _close(parts.attn_out, ctx, xq, backend, fuse)
+        return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h, backend, fuse,
                       None if into is None else (xkv, into))
 
 
@@ -361,17 +364,19 @@ def _linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, *_wb(lin)) if _direct(lin, nn.Linear) else lin(x)
 
 
-def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None, into=None) -> torch.Tensor:
+def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None, fuse: bool = False,
+           into=None) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
     blocks that passed _direct_blocks (plain modules, no hooks: not checked again here).
-    into: None, or (state, rows): write the rows into the state in place and return it."""
+    fuse: _fuse_norms' answer. into: None, or (state, rows): write the rows into the state in
+    place and return it."""
     y = F.linear(x, *_wb(block.linear))
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)
     ln = block.norm
     w, b = _wb(ln)
-    if _fusable(y, residual, w, b, backend):  # one kernel: add, LayerNorm (and the scatter)
+    if fuse and _fusable(y, residual, w, b):  # one kernel: add, LayerNorm (and the scatter)
         return norm.triton_unchecked(y, residual, w, b, float(ln.eps), into)
     # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
     # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
@@ -381,15 +386,20 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None
     return out if into is None else _scatter_into(into[0], out, into[1], backend)
 
 
-def _fusable(y: torch.Tensor, residual: torch.Tensor, w, b, backend) -> bool:
-    """Whether the fused add + LayerNorm kernel computes this block's closing step: inference
-    (the kernels are forward only), eager (torch.compile fuses its own), no autocast (its casts
-    happen in the unfused ops), one dtype for the GEMM output, residual and norm parameters, and
-    the Triton kernel for the backend (on CPU tensors torch's ops are faster: norm._CPU_TIMES)."""
+def _fuse_norms(x: torch.Tensor, backend) -> bool:
+    """Whether a forward on states like x (its dtype, device, width) closes its blocks with the
+    fused add + LayerNorm kernel: inference (the kernels are forward only), eager (torch.compile
+    fuses its own), no autocast (its casts happen in the unfused ops), and the Triton kernel for
+    the backend (on CPU tensors torch's ops are faster: norm._CPU_TIMES)."""
     return (norm.FUSED and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(y.device.type) and w is not None and b is not None
-            and y.dtype == residual.dtype == w.dtype == b.dtype and w.shape == y.shape[-1:]
-            and norm.kernel_backend(y, backend) == "triton")
+            and not torch.is_autocast_enabled(x.device.type) and norm.kernel_backend(x, backend) == "triton")
+
+
+def _fusable(y: torch.Tensor, residual: torch.Tensor, w, b) -> bool:
+    """Whether one block's closing step fits the kernel, where _fuse_norms said yes: one dtype for
+    the GEMM output, residual and norm parameters, and an affine norm over the last dimension."""
+    return (w is not None and b is not None and y.dtype == residual.dtype == w.dtype == b.dtype
+            and w.shape == y.shape[-1:])
 
 
 def _scatter_into(state: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, backend) -> torch.Tensor:

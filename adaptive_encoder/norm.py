@@ -104,7 +104,7 @@ def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str | None:
 def triton_unchecked(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                      into: tuple | None = None) -> torch.Tensor:
     """The Triton kernel without the public functions' checks (~8 us of Python a call, two calls
-    a layer), for the encoder, which checked dtypes and shapes (encoder._fusable) and whose rows
+    a layer), for the encoder, which checked dtypes and shapes (encoder._fuse_norms, _fusable) and whose rows
     come from a plan. into: None, or (base, rows) as add_layer_norm_into_; returns base then."""
     if into is None:
         return ops.call(_triton_add_layer_norm, _triton_kernel, x, residual, weight, bias, eps,

@@ -30,6 +30,7 @@ import numbers
 import os
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import reference, settings
 
@@ -119,11 +120,11 @@ def via_dispatcher():
 def direct(*tensors) -> bool:
     """Whether calling an op's kernel as a plain function gives exactly what the dispatcher's
     call would: eager code (no torch.compile), no mode that wants to see ops (a TorchDispatchMode
-    such as FakeTensorMode, a tracer or an op counter; a TorchFunctionMode; vmap or grad
-    transforms), plain tensors (no subclass with its own dispatch), no gradient needed."""
+    such as FakeTensorMode, a tracer or an op counter; a TorchFunctionMode; vmap, grad or jvp
+    transforms; forward-mode AD), plain tensors (no subclass with its own dispatch), no gradient needed."""
     return (DIRECT and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
             and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._functorch.peek_interpreter_stack() is None
+            and torch._C._functorch.peek_interpreter_stack() is None and _forward_ad._current_level < 0
             and all(type(t) in _PLAIN for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
@@ -147,7 +148,7 @@ def bump_version(t: torch.Tensor) -> None:
     wrong gradient). Needed after a kernel called directly and after our C++ ops, which have no
     ADInplaceOrView kernel of their own. Inference tensors have no version counter; under
     torch.compile the op's schema tells functionalization."""
-    if not t.is_inference() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not t.is_inference():  # (is_inference() breaks a traced graph)
         torch.autograd.graph.increment_version(t)
 
 

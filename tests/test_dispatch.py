@@ -43,7 +43,10 @@ def test_direct_holds_only_in_plain_eager_code():
         assert not ops.direct(x)
     seen = []
     torch.func.vmap(lambda row: seen.append(ops.direct(row)) or row)(x)
-    assert seen == [False]
+    torch.func.jvp(lambda t: seen.append(ops.direct(t)) or t, (x,), (x,))
+    with torch.autograd.forward_ad.dual_level():
+        seen.append(ops.direct(torch.autograd.forward_ad.make_dual(x, x)))
+    assert seen == [False, False, False]
     # Inside a traced region it is constant False (no graph break: fullgraph would raise).
     traced = torch.compile(lambda t: t + int(ops.direct(t)), backend="eager", fullgraph=True)
     torch.testing.assert_close(traced(x), x)
