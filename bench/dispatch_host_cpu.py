@@ -1,6 +1,6 @@
 """Host time the dispatcher adds to an eager forward on the GPU's code path, measured on CPU.
 
-    TRITON_INTERPRET=1 python bench/dispatch_host_cpu.py [--rounds 5]
+    TRITON_INTERPRET=1 python bench/dispatch_host_cpu.py [--rounds 5] [--backends triton cpu]
 
 The encoder on backend "triton" (on a GPU: the Triton attention and fused add + LayerNorm;
 here the Triton gather and scatter too) with every Triton kernel replaced by its
@@ -62,6 +62,7 @@ def main():
     ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--number", type=int, default=200, help="forwards per timing")
+    ap.add_argument("--backends", nargs="+", default=["triton", "cpu"], choices=["triton", "cpu"])
     a = ap.parse_args()
     torch.set_num_threads(1)  # host work is one thread; tiny ops on two only add wake-up jitter
     for name, fn in STAND_INS.items():
@@ -72,7 +73,7 @@ def main():
     batch8 = benchlib.make_batch("mi", 12, 8, seed=0, scale=0.1)
     batches = {"1 x 8 tokens, full depth": (None, one), "1 x 8 tokens, mixed depths": (mixed, one),
                f"8 documents ({int(batch8[1].sum())} tokens), TREC MI": batch8}
-    cases = {(backend, name): b for backend in ("triton", "cpu") for name, b in batches.items()}
+    cases = {(backend, name): b for backend in a.backends for name, b in batches.items()}
     out = {"rounds": a.rounds, "number": a.number, "torch": torch.__version__, "cases": {}}
     for (backend, name), (depths, mask) in cases.items():
         enc = AdaptiveEncoder.from_model(bert, backend=backend).eval()
