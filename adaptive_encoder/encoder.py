@@ -297,8 +297,8 @@ class AdaptiveEncoder(nn.Module):
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,)).
         fuse: whether the closing steps may use the fused add + LayerNorm kernel (_fuse_norms; None:
         asked here). into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only)
-        to write the output rows to, in place; xkv is returned then. The last LayerNorm writes them there
-        itself where it is fused (adaptive_encoder/norm.py), else a scatter does."""
+        to write the output rows to, in place; xkv is returned then. The last LayerNorm writes
+        them there itself where it is fused (adaptive_encoder/norm.py), else a scatter does."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
         # The weight cache is eager-only and reads .weight/.bias: plain nn.Linear projections only

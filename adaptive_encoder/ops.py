@@ -22,7 +22,7 @@ out-of-range gather row reads zeros, an unchecked out-of-range scatter row is dr
 
 Every op is registered with torch (TORCH_LIBRARY in C++, torch.library.custom_op for Triton),
 so torch.compile, opcheck and dispatch modes see it; plain eager calls skip the dispatcher's
-Python layers where nothing but the kernel would run (`direct`, `call`: ~10-25 us of host time
+Python layers where nothing but the kernel would run (`direct`, `call`: ~10-40 us of host time
 a call, which a launch-bound GPU forward pays in full).
 """
 import importlib.util
@@ -102,12 +102,13 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
 # --- Calling a kernel without the dispatcher ---
 #
 # A Python custom op (torch.library.custom_op) costs ~10 us of host time per call under
-# inference_mode and ~17 us under no_grad, against ~1.3 us for a call of its Python function;
-# a C++ op with a Python autograd registration (ours) ~3 us under inference_mode and ~8 us under
-# no_grad, ~3.5 us below the autograd key (bench/dispatch_host_cpu.py, which times the
-# encoder's forward both ways). A GPU forward in the launch-bound regime is its host time
-# (bench/NOTES.md), so where nothing but the kernel would run, the kernel is called directly.
-# DIRECT = False calls everything through the dispatcher (via_dispatcher(): timing both).
+# inference_mode and ~17 us under no_grad in a loop, against ~1.3 us for a call of its Python
+# function, and 12-44 us a call in the encoder's forward (bench/dispatch_host_cpu.py, both ways;
+# bench/NOTES.md); a C++ op with a Python autograd registration (ours) ~3 us under
+# inference_mode and ~8 us under no_grad, ~3.5 us below the autograd key. A GPU forward in the
+# launch-bound regime is its host time, so where nothing but the kernel would run, the kernel
+# is called directly. DIRECT = False calls everything through the dispatcher (via_dispatcher():
+# timing both).
 DIRECT = True
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -121,7 +122,8 @@ def direct(*tensors) -> bool:
     """Whether calling an op's kernel as a plain function gives exactly what the dispatcher's
     call would: eager code (no torch.compile), no mode that wants to see ops (a TorchDispatchMode
     such as FakeTensorMode, a tracer or an op counter; a TorchFunctionMode; vmap, grad or jvp
-    transforms; forward-mode AD), plain tensors (no subclass with its own dispatch), no gradient needed."""
+    transforms; forward-mode AD), plain tensors (no subclass with its own dispatch), no gradient
+    needed."""
     return (DIRECT and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
             and not torch._C._is_torch_function_mode_enabled()
             and torch._C._functorch.peek_interpreter_stack() is None and _forward_ad._current_level < 0
