@@ -98,14 +98,15 @@ cpp_errors() { python -X faulthandler bench/cpp_errors.py > "$RES/cpp_errors.txt
 export -f cpp_errors
 stage cpp_errors 30 bash -c cpp_errors
 
-# The op, attention, fused-norm, encoder and graph tests on this device (conftest adds cuda when visible).
+# The op, attention, fused-norm, direct-call, encoder and graph tests on this device (conftest adds
+# cuda when visible).
 # Not -x: a machine whose C++ errors crash fails the few tests that provoke one (conftest's
 # cpp_errors_raise) and the others still run; --maxfail bounds a cascade.
 if [ "$SMOKE" = 1 ]; then
   stage tests 300 python -m pytest tests/test_ops.py -q --maxfail=10 -p no:cacheprovider
 else
-  stage tests 130 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_norm.py tests/test_encoder.py \
-    tests/test_graphs.py tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
+  stage tests 130 python -m pytest tests/test_ops.py tests/test_attention.py tests/test_norm.py tests/test_dispatch.py \
+    tests/test_encoder.py tests/test_graphs.py tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
 fi
 
 # Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
