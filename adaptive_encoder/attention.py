@@ -56,8 +56,9 @@ _triton_op = torch.library.custom_op("adaptive_encoder::triton_varlen_attention"
 _triton_op.register_fake(_like_q)
 
 
-def _triton_applies(q, k, v, dropout_p: float) -> bool:
-    if dropout_p > 0 or not ops.triton_available(q.device.type) or not _no_grad_needed(q, k, v, None):
+def _triton_applies(q, dropout_p: float) -> bool:
+    """Whether the Triton kernel computes this case (the caller checks that no gradient is needed)."""
+    if dropout_p > 0 or not ops.triton_available(q.device.type):
         return False
     Dh = q.shape[-1]
     return Dh & (Dh - 1) == 0 and 16 <= Dh <= 256
@@ -84,11 +85,12 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale_or_default = q.shape[-1] ** -0.5 if scale is None else scale
     dist, q_pos, k_pos = bias if bias is not None else (None, None, None)
     backend = backend or ops.resolve_backend(q.device)  # argument, else $ADAPTIVE_ENCODER_BACKEND, else default
-    if _HAS_CPP and backend == "cpu" and dropout_p == 0 and _no_grad_needed(q, k, v, bias):
-        return torch.ops.adaptive_encoder.varlen_attention(q, k, v, cu_q, cu_k, scale_or_default, dist, q_pos, k_pos)
-    wants_triton = backend == "triton" or (backend == "cuda" and q.is_cuda)
-    if wants_triton and _triton_applies(q, k, v, dropout_p) and _no_grad_needed(q, k, v, bias):
-        return ops.call(_triton_op, _triton_kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default, dist, q_pos,
-                        k_pos, tensors=(q, k, v))
+    if _no_grad_needed(q, k, v, bias):
+        if _HAS_CPP and backend == "cpu" and dropout_p == 0:
+            return torch.ops.adaptive_encoder.varlen_attention(q, k, v, cu_q, cu_k, scale_or_default, dist, q_pos,
+                                                               k_pos)
+        if (backend == "triton" or (backend == "cuda" and q.is_cuda)) and _triton_applies(q, dropout_p):
+            return ops.call(_triton_op, _triton_kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default, dist,
+                            q_pos, k_pos, tensors=(q, k, v))
     return reference.varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, dropout_p=dropout_p,
                                       bias=bias)

@@ -45,7 +45,7 @@ def test_triton_and_reference_match_per_sequence_sdpa(device, dtype, tol, B, max
     assert "torch" in backends and ("triton" in backends or device != TRITON_DEVICE)
     if "triton" in backends:
         with torch.no_grad():
-            assert attention._triton_applies(q, k, v, 0.0)  # the kernel itself runs below, no fallback
+            assert attention._triton_applies(q, 0.0)  # the kernel itself runs below, no fallback
     for backend in backends:
         with torch.no_grad():
             out = varlen_attention(q, k, v, cu_q, cu_k, mq, mk, backend=backend)
