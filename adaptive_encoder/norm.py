@@ -104,8 +104,9 @@ def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str | None:
 def triton_unchecked(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                      into: tuple | None = None) -> torch.Tensor:
     """The Triton kernel without the public functions' checks (~8 us of Python a call, two calls
-    a layer), for the encoder, which checked dtypes and shapes (encoder._fuse_norms, _fusable)
-    and whose rows come from a plan. into: None, or (base, rows) as add_layer_norm_into_; returns base then."""
+    a layer): what they call after checking, and what the encoder calls, which checked dtypes and
+    shapes (encoder._fuse_norms, _fusable) and whose rows come from a plan. into: None, or
+    (base, rows) as add_layer_norm_into_; returns base then."""
     if into is None:
         return ops.call(_triton_add_layer_norm, _triton_kernel, x, residual, weight, bias, eps,
                         tensors=(x, residual, weight, bias))
@@ -145,8 +146,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     if kernel == "cpu":
         return torch.ops.adaptive_encoder.add_layer_norm(x, residual, weight, bias, float(eps))
     if kernel == "triton":
-        return ops.call(_triton_add_layer_norm, _triton_kernel, x, residual, weight, bias, float(eps),
-                        tensors=(x, residual, weight, bias))
+        return triton_unchecked(x, residual, weight, bias, float(eps))
     return reference.add_layer_norm(x, residual, weight, bias, eps)
 
 
@@ -169,8 +169,7 @@ def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Te
         torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows)
         ops.bump_version(base)  # the C++ op does not
     elif kernel == "triton":
-        ops.call(_triton_add_layer_norm_into_, _triton_kernel_into_, base, x, residual, weight, bias, float(eps), rows,
-                 tensors=(base, x, residual, weight, bias), mutated=base)
+        triton_unchecked(x, residual, weight, bias, float(eps), (base, rows))
     else:
         reference.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows)
     return base
