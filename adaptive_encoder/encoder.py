@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils.checkpoint import checkpoint
 
-from . import graphs, norm, ops
+from . import graphs, norm, ops, settings
 from .attention import varlen_attention
 from .families import Closing, check_supported
 from .plan import Plan, make_plan, to_host
@@ -58,6 +58,24 @@ def encoder_and_config(model) -> tuple:
 # next one) with the same storage and version counters (an optimizer step or load_state_dict
 # bumps the version). Derived data only, no per-call state; pruned of dead entries.
 _FUSED: dict = {}
+
+
+# Dense layers in eager inference. While the host is the limit (a GPU below ~30 IMDB documents
+# a batch, bench/NOTES.md) a forward costs what it launches, and a compact layer launches more
+# than a full-depth one: a gather, a separate query GEMM and the k/v GEMM where one q/k/v GEMM
+# does (10 kernels against 8). A forward with at most DENSE_ROWS real tokens runs each layer
+# that has halted tokens on every row instead, and its last LayerNorm writes back only the
+# active rows (the fused kernel's at_rows form: no gather, no scatter): full depth's kernels,
+# the halted rows' work wasted, the layers above the deepest token still skipped. 0 (never)
+# until a GPU run measures where it pays (gpu_scaling's mi+dense against mi); graph mode has
+# its own threshold (graphs.DENSE_ROWS).
+DENSE_ROWS = 0
+
+
+def dense_layers(rows: int = 1 << 62):
+    """Inside: eager inference forwards with at most `rows` real tokens run dense layers
+    (DENSE_ROWS); by default every forward."""
+    return settings.switched(globals(), "DENSE_ROWS", rows)
 
 
 _WHERE = " (depths and attention_mask: on hidden_states' device, or both on the CPU)"
@@ -256,6 +274,8 @@ class AdaptiveEncoder(nn.Module):
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
             q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
         fuse = _fuse_norms(state, backend)  # the same answer for every layer: asked once (~10 us a call)
+        # Dense layers (DENSE_ROWS): not under torch.compile, where the row count is data.
+        dense = inference and plan.num_real <= DENSE_ROWS and not torch.compiler.is_compiling()
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]
@@ -271,6 +291,10 @@ class AdaptiveEncoder(nn.Module):
                 pos = None if bias is None else (bias, k_pos, k_pos)
                 state = _like(run(layer, state, state, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos,
                                   fuse), state)
+            elif dense:  # every row computed, the active ones written back in place
+                pos = None if bias is None else (bias, k_pos, k_pos)
+                state = run(layer, state, state, plan.cu_k, plan.cu_k, plan.max_k, plan.max_k, backend, pos, fuse,
+                            into=lp.state_rows, at_rows=True)
             else:
                 queries = gather(state, lp.state_rows)
                 pos = None if bias is None else (bias, q_pos[plan.layer_slice(n)], k_pos)
@@ -292,13 +316,15 @@ class AdaptiveEncoder(nn.Module):
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
     def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None, fuse=None,
-               into=None) -> torch.Tensor:
+               into=None, at_rows: bool = False) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,)).
         fuse: whether the closing steps may use the fused add + LayerNorm kernel (_fuse_norms; None:
         asked here). into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only)
         to write the output rows to, in place; xkv is returned then. The last LayerNorm writes
-        them there itself where it is fused (adaptive_encoder/norm.py), else a scatter does."""
+        them there itself where it is fused (adaptive_encoder/norm.py), else a scatter does.
+        at_rows (with into, xq is xkv: a dense layer): only output rows `into` are written, each
+        to its own row."""
         parts = self.family.parts(layer)
         H, Dh = self.num_heads, self.head_dim
         # The weight cache is eager-only and reads .weight/.bias: plain nn.Linear projections only
@@ -316,11 +342,11 @@ class AdaptiveEncoder(nn.Module):
         ctx = ctx.reshape(-1, H * Dh)
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             out = parts.ffn(parts.attn_output(ctx, xq))
-            return out if into is None else _scatter_into(xkv, out, into, backend)
+            return out if into is None else _scatter_into(xkv, out, into, backend, at_rows)
         fuse = _fuse_norms(xq, backend) if fuse is None else fuse
         h = _close(parts.attn_out, ctx, xq, backend, fuse)
         return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h, backend, fuse,
-                      None if into is None else (xkv, into))
+                      None if into is None else (xkv, into, at_rows))
 
 
 def _like(out: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -368,8 +394,8 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None
            into=None) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
     blocks that passed _direct_blocks (plain modules, no hooks: not checked again here).
-    fuse: _fuse_norms' answer. into: None, or (state, rows): write the rows into the state in
-    place and return it."""
+    fuse: _fuse_norms' answer. into: None, or (state, rows, at_rows): write the rows into the
+    state in place (at_rows: only x's rows `rows`, each to its own row) and return it."""
     y = F.linear(x, *_wb(block.linear))
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
@@ -383,7 +409,7 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None
     # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).
     y = y.add_(residual) if not torch.is_grad_enabled() and y.dtype == residual.dtype else y + residual
     out = F.layer_norm(y, ln.normalized_shape, w, b, ln.eps)
-    return out if into is None else _scatter_into(into[0], out, into[1], backend)
+    return out if into is None else _scatter_into(into[0], out, into[1], backend, into[2])
 
 
 def _fuse_norms(x: torch.Tensor, backend) -> bool:
@@ -402,8 +428,11 @@ def _fusable(y: torch.Tensor, residual: torch.Tensor, w, b) -> bool:
             and w.shape == y.shape[-1:])
 
 
-def _scatter_into(state: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, backend) -> torch.Tensor:
-    """state[rows] = out in place (in the state's dtype); returns state."""
+def _scatter_into(state: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, backend,
+                  at_rows: bool = False) -> torch.Tensor:
+    """state[rows] = out (at_rows: out[rows]) in place, in the state's dtype; returns state."""
+    if at_rows:
+        out = ops.gather(out, rows, backend=backend, check=False)
     return ops.scatter_(state, _like(out, state), rows, backend=backend, check=False)
 
 

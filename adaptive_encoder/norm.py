@@ -2,8 +2,10 @@
 
     add_layer_norm(x (A,D), residual (A,D), weight (D,), bias (D,), eps) -> (A,D)
         LayerNorm(x + residual) * weight + bias, in x's dtype
-    add_layer_norm_into_(base (R,D) contiguous, x, residual, weight, bias, eps, rows (A,) int64) -> base
-        base[rows[i]] = that row, in place (rows unique, in [0, R))
+    add_layer_norm_into_(base (R,D) contiguous, x, residual, weight, bias, eps, rows (A,) int64,
+                         at_rows=False) -> base
+        base[rows[i]] = that row, in place (rows unique, in [0, R)); at_rows: x and residual are
+        (R,D) like base and read at rows[i] too (a dense layer writing back its active rows)
 
 Why: a BERT layer closes twice with `LayerNorm(dropout(linear(h)) + residual)`. Unfused that
 is an add and a LayerNorm, two launches and five passes over the rows; fused one launch and
@@ -70,10 +72,10 @@ def _triton_kernel(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 
 def _triton_kernel_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
+                         bias: torch.Tensor, eps: float, rows: torch.Tensor, at_rows: bool = False) -> None:
     from .kernels import triton_add_layer_norm_into_
 
-    triton_add_layer_norm_into_(base, x, residual, weight, bias, eps, rows)
+    triton_add_layer_norm_into_(base, x, residual, weight, bias, eps, rows, at_rows)
 
 
 # The custom ops, for torch.compile and anything else that looks at ops; eager calls reach the
@@ -106,12 +108,12 @@ def triton_unchecked(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tens
     """The Triton kernel without the public functions' checks (~8 us of Python a call, two calls
     a layer): what they call after checking, and what the encoder calls, which checked dtypes and
     shapes (encoder._fuse_norms, _fusable) and whose rows come from a plan. into: None, or
-    (base, rows) as add_layer_norm_into_; returns base then."""
+    (base, rows, at_rows) as add_layer_norm_into_; returns base then."""
     if into is None:
         return ops.call(_triton_add_layer_norm, _triton_kernel, x, residual, weight, bias, eps,
                         tensors=(x, residual, weight, bias))
-    base = into[0]
-    ops.call(_triton_add_layer_norm_into_, _triton_kernel_into_, base, x, residual, weight, bias, eps, into[1],
+    base, rows, at_rows = into
+    ops.call(_triton_add_layer_norm_into_, _triton_kernel_into_, base, x, residual, weight, bias, eps, rows, at_rows,
              tensors=(base, x, residual, weight, bias), mutated=base)
     return base
 
@@ -151,13 +153,21 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 
 def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor, eps: float, rows: torch.Tensor, backend: str | None = None,
-                         check: bool = True) -> torch.Tensor:
-    """In place: base[rows[i]] = LayerNorm(x[i] + residual[i]) * weight + bias; returns base.
-    base (R,D) contiguous, of x's dtype; rows (A,) int64, unique, in [0, R) (`check=False` skips
-    that check, and its host sync, for rows from a plan). For inference (no autograd)."""
+                         bias: torch.Tensor, eps: float, rows: torch.Tensor, at_rows: bool = False,
+                         backend: str | None = None, check: bool = True) -> torch.Tensor:
+    """In place: base[rows[i]] = LayerNorm(x[j] + residual[j]) * weight + bias with j = i, or
+    j = rows[i] with at_rows (x and residual then (R,D) like base); returns base. base (R,D)
+    contiguous, of x's dtype; rows (A,) int64, unique, in [0, R) (`check=False` skips that check,
+    and its host sync, for rows from a plan). For inference (no autograd)."""
     _check(x, residual, weight, bias, eps, "add_layer_norm_into_")
-    ops._check_scatter(base, x, rows, "add_layer_norm_into_")
+    if at_rows:
+        ops._check_rows(base, rows, "add_layer_norm_into_", "base")
+        if x.shape != base.shape or x.dtype != base.dtype or x.device != base.device:
+            raise ValueError(f"add_layer_norm_into_: with at_rows, x and residual must be like base "
+                             f"{tuple(base.shape)} {base.dtype} on {base.device}, got {tuple(x.shape)} {x.dtype} "
+                             f"on {x.device}")
+    else:
+        ops._check_scatter(base, x, rows, "add_layer_norm_into_")
     if not base.is_contiguous():
         raise ValueError("add_layer_norm_into_: base must be contiguous")
     if _needs_grad(base, x, residual, weight, bias):
@@ -166,10 +176,10 @@ def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Te
         ops.check_rows_in_range(rows, base.shape[0], "add_layer_norm_into_", unique=True)
     kernel = kernel_backend(x, backend)
     if kernel == "cpu":
-        torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows)
+        torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows, at_rows)
         ops.bump_version(base)  # the C++ op does not
     elif kernel == "triton":
-        triton_unchecked(x, residual, weight, bias, float(eps), (base, rows))
+        triton_unchecked(x, residual, weight, bias, float(eps), (base, rows, at_rows))
     else:
-        reference.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows)
+        reference.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows, at_rows)
     return base

@@ -14,8 +14,9 @@ Shapes and dtypes:
         zeros here, unspecified in the kernels, never read as keys.
     add_layer_norm(x (A,D), residual (A,D), weight (D,), bias (D,), eps) -> (A,D)
         LayerNorm(x + residual): a post-LayerNorm block's closing step, as transformers computes it.
-    add_layer_norm_into_(base (R,D), x, residual, weight, bias, eps, rows (A,) int64) -> None
-        base[rows] = add_layer_norm(x, residual, weight, bias, eps), in place.
+    add_layer_norm_into_(base (R,D), x, residual, weight, bias, eps, rows (A,) int64, at_rows=False) -> None
+        base[rows] = add_layer_norm(x, residual, weight, bias, eps), in place; with at_rows x and
+        residual are (R,D) like base and read at rows too: base[rows] = add_layer_norm(x[rows], ...).
 """
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,9 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 
 def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
+                         bias: torch.Tensor, eps: float, rows: torch.Tensor, at_rows: bool = False) -> None:
+    if at_rows:
+        x, residual = gather(x, rows), gather(residual, rows)
     scatter_(base, add_layer_norm(x, residual, weight, bias, eps), rows)
 
 

@@ -2,8 +2,11 @@
 //
 //   add_layer_norm(x (A,D), residual (A,D), weight (D,), bias (D,), eps) -> (A,D)
 //       LayerNorm(x + residual) * weight + bias
-//   add_layer_norm_into_(base (R,D) contiguous, x, residual, weight, bias, eps, rows (A,) int64) -> ()
-//       base[rows[i]] = that row, in place (a row outside [0, R) is refused)
+//   add_layer_norm_into_(base (R,D) contiguous, x, residual, weight, bias, eps, rows (A,) int64,
+//                        at_rows=False) -> ()
+//       base[rows[i]] = that row, in place (a row outside [0, R) is refused); with at_rows,
+//       x and residual are (R,D) like base and read at rows[i] too (a layer run on every row
+//       that writes back only its active ones)
 //
 // One pass over each row's inputs instead of an add (reads 2, writes 1) and a LayerNorm
 // (reads 1, writes 1), and the _into_ form writes straight into the state rows instead of a
@@ -75,11 +78,11 @@ void check_args(const at::Tensor& x, const at::Tensor& residual, const at::Tenso
   }
 }
 
-// out row dst[i] (or i) = LayerNorm(x[i] + r[i]) for i in [0, A).
+// out row dst[i] (or i) = LayerNorm(x[j] + r[j]) for i in [0, A), j = dst[i] if at_rows else i.
 void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
-         const at::Tensor& bias, double eps, const int64_t* dst) {
+         const at::Tensor& bias, double eps, const int64_t* dst, int64_t A, bool at_rows) {
   const at::Tensor xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous(), bc = bias.contiguous();
-  const int64_t A = xc.size(0), D = xc.size(1);
+  const int64_t D = xc.size(1);
   if (A == 0 || D == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "add_layer_norm", [&] {
     const scalar_t* px = xc.data_ptr<scalar_t>();
@@ -91,8 +94,9 @@ void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const
     at::parallel_for(0, A, std::max<int64_t>(1, 32768 / D), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(D);
       for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* xi = px + i * D;
-        const scalar_t* ri = pr + i * D;
+        const int64_t j = at_rows ? dst[i] : i;
+        const scalar_t* xi = px + j * D;
+        const scalar_t* ri = pr + j * D;
         // The sum as torch stores it (scalar_t), then in the op math type.
         for (int64_t d = 0; d < D; ++d) buf[d] = static_cast<acc_t>(static_cast<scalar_t>(xi[d] + ri[d]));
         acc_t mean, var;
@@ -111,27 +115,31 @@ at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual, c
                               const at::Tensor& bias, double eps) {
   check_args(x, residual, weight, bias, "add_layer_norm");
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  run(out, x, residual, weight, bias, eps, nullptr);
+  run(out, x, residual, weight, bias, eps, nullptr, x.size(0), false);
   return out;
 }
 
 void add_layer_norm_into_cpu(at::Tensor base, const at::Tensor& x, const at::Tensor& residual,
-                             const at::Tensor& weight, const at::Tensor& bias, double eps, const at::Tensor& rows) {
+                             const at::Tensor& weight, const at::Tensor& bias, double eps, const at::Tensor& rows,
+                             bool at_rows) {
   check_args(x, residual, weight, bias, "add_layer_norm_into_");
   TORCH_CHECK(base.dim() == 2 && base.size(1) == x.size(1) && base.scalar_type() == x.scalar_type() &&
                   base.device() == x.device(),
               "add_layer_norm_into_: base must be (R, D) of x's dtype and device, got ", base.sizes());
   TORCH_CHECK(base.is_contiguous(), "add_layer_norm_into_: base must be contiguous");
-  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == x.size(0) && rows.scalar_type() == at::kLong &&
+  TORCH_CHECK(!at_rows || x.size(0) == base.size(0),
+              "add_layer_norm_into_: with at_rows, x and residual must have base's rows, got ", x.sizes(), " and ",
+              base.sizes());
+  TORCH_CHECK(rows.dim() == 1 && (at_rows || rows.size(0) == x.size(0)) && rows.scalar_type() == at::kLong &&
                   rows.device() == x.device(),
-              "add_layer_norm_into_: rows must be (A,) int64 on x's device, A = ", x.size(0));
+              "add_layer_norm_into_: rows must be (A,) int64 on x's device", at_rows ? "" : ", A = x's rows");
   const at::Tensor rc = rows.contiguous();
   const int64_t* pr = rc.data_ptr<int64_t>();
   for (int64_t i = 0; i < rc.size(0); ++i) {
     TORCH_CHECK(pr[i] >= 0 && pr[i] < base.size(0), "add_layer_norm_into_: row index ", pr[i], " out of range [0, ",
                 base.size(0), ")");
   }
-  run(base, x, residual, weight, bias, eps, pr);
+  run(base, x, residual, weight, bias, eps, pr, rc.size(0), at_rows);
 }
 
 }  // namespace

@@ -198,7 +198,7 @@ TORCH_LIBRARY(adaptive_encoder, m) {
   // CPU only (norm.cpp); on CUDA the Triton kernel runs (adaptive_encoder/norm.py).
   m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def("add_layer_norm_into_(Tensor(a!) base, Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps, "
-        "Tensor rows) -> ()");
+        "Tensor rows, bool at_rows=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(adaptive_encoder, CPU, m) {

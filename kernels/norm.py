@@ -2,6 +2,8 @@
 
 add_layer_norm:   out = LayerNorm(x + residual) * weight + bias             x, residual (A, D) -> (A, D)
 add_layer_norm_into_: base[rows[i]] = LayerNorm(x[i] + residual[i]) * ...  in place, rows (A,) int64
+    at_rows=True: x, residual (R, D) like base, read at rows[i] too (a layer run on every row
+    that writes back only its active ones: no gather before, no scatter after)
 
 Unfused this is an add (reads 2 rows, writes 1) and a LayerNorm (reads 1, writes 1), two
 launches; fused, 2 reads and 1 write in one launch, and the `_into_` form also replaces the
@@ -36,14 +38,23 @@ def _round_bf16(v):
 
 @triton.jit
 def _add_layer_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, rows_ptr, n, D, n_out, eps,
-                           HAS_ROWS: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_R: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           HAS_ROWS: tl.constexpr, AT_ROWS: tl.constexpr, ROUND_BF16: tl.constexpr,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.arange(0, BLOCK_D)
     row_ok = i < n
     col_ok = c < D
-    m = row_ok[:, None] & col_ok[None, :]
-    src = i.to(tl.int64)[:, None] * D + c[None, :]
+    if HAS_ROWS:
+        d = tl.load(rows_ptr + i, mask=row_ok, other=-1)
+    else:
+        d = i.to(tl.int64)
+    d_ok = (d >= 0) & (d < n_out)
+    if AT_ROWS:  # x and residual have base's rows: read where the row is written
+        m = (row_ok & d_ok)[:, None] & col_ok[None, :]
+        src = d[:, None] * D + c[None, :]
+    else:
+        m = row_ok[:, None] & col_ok[None, :]
+        src = i.to(tl.int64)[:, None] * D + c[None, :]
     x = tl.load(x_ptr + src, mask=m, other=0.0)
     s = x.to(tl.float32) + tl.load(r_ptr + src, mask=m, other=0.0).to(tl.float32)
     if ROUND_BF16:
@@ -56,18 +67,14 @@ def _add_layer_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, rows_ptr, n, D, 
     w = tl.load(w_ptr + c, mask=col_ok, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + c, mask=col_ok, other=0.0).to(tl.float32)
     y = diff * rstd[:, None] * w[None, :] + b[None, :]
-    if HAS_ROWS:
-        d = tl.load(rows_ptr + i, mask=row_ok, other=-1)
-    else:
-        d = i.to(tl.int64)
-    ok = m & ((d >= 0) & (d < n_out))[:, None]
+    ok = m & d_ok[:, None]
     if ROUND_BF16:
         y = _round_bf16(y)
     tl.store(out_ptr + d[:, None] * D + c[None, :], y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _launch(out, x, residual, weight, bias, eps: float, rows) -> None:
-    n, D = x.shape
+def _launch(out, x, residual, weight, bias, eps: float, rows, at_rows: bool = False) -> None:
+    n, D = (rows.shape[0], x.shape[1]) if at_rows else x.shape
     if n == 0 or D == 0:
         return
     block_d = triton.next_power_of_2(D)
@@ -78,7 +85,7 @@ def _launch(out, x, residual, weight, bias, eps: float, rows) -> None:
     block_r = max(1, min(triton.next_power_of_2(n), per_program // block_d))
     _add_layer_norm_kernel[(triton.cdiv(n, block_r),)](
         x, residual, weight, bias, out, rows if rows is not None else x, n, D, out.shape[0], eps,
-        HAS_ROWS=rows is not None, ROUND_BF16=interpret and x.dtype == torch.bfloat16, BLOCK_R=block_r,
+        HAS_ROWS=rows is not None, AT_ROWS=at_rows, ROUND_BF16=interpret and x.dtype == torch.bfloat16, BLOCK_R=block_r,
         BLOCK_D=block_d)
 
 
@@ -91,7 +98,7 @@ def triton_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch
 
 
 def triton_add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                                bias: torch.Tensor, eps: float, rows: torch.Tensor) -> None:
+                                bias: torch.Tensor, eps: float, rows: torch.Tensor, at_rows: bool = False) -> None:
     """In place into a contiguous base."""
     _launch(base, x.contiguous(), residual.contiguous(), weight.contiguous(), bias.contiguous(), eps,
-            rows.contiguous())
+            rows.contiguous(), at_rows)

@@ -351,3 +351,73 @@ def test_autocast_matches_transformers(device):
         assert full.dtype == hf.dtype == x.dtype
         assert _rel(full, hf, mask) < 1e-2 and _rel(mixed, ref, mask) < 1e-2
         assert torch.equal(graphed, mixed)
+
+
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("model", ["bert", "distilbert", "mpnet"])
+def test_eager_dense_layers_match_compact_ones(device, backend, model, poison):
+    """encoder.dense_layers(): each layer with halted tokens runs on every row and writes back
+    only its active rows. The states are the compact layers' (up to GEMM rounding on other row
+    counts); halted, depth-0 and padding tokens are left as they were."""
+    from adaptive_encoder import encoder as enc_mod
+    from test_graphs import _encoder, _inputs
+
+    _, enc = _encoder(device, backend, model=model)
+    for seed, (B, T) in enumerate([(1, 1), (1, 7), (3, 9), (2, 20), (4, 5)]):
+        x, depths, mask = _inputs(B, T, seed, device)
+        if seed == 4:
+            mask[:] = True  # no padding: the state is the input's rows
+        for grad_mode in (torch.inference_mode, torch.no_grad):
+            with grad_mode():
+                want = enc(x, depths, mask).last_hidden_state
+                with enc_mod.dense_layers():
+                    got = enc(x, depths, mask).last_hidden_state
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+            untouched = ~mask | (depths == 0)
+            assert torch.equal(got[untouched], x[untouched])
+    assert enc_mod.DENSE_ROWS == 0  # restored
+
+
+def test_eager_dense_layers_launch_what_full_depth_launches():
+    """On the Triton backend (a GPU's eager path) a dense forward issues exactly the ops of a
+    full-depth forward, layer for layer; a compact one a gather and a second GEMM more per layer
+    with halted tokens. Only forwards with at most DENSE_ROWS real tokens run dense, only in
+    inference."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adaptive_encoder import encoder as enc_mod
+    from conftest import TRITON_DEVICE
+    from test_graphs import _encoder, _inputs
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops_of(depths, rows, grad=False):
+        mode = Count()
+        mode.ops = collections.Counter()
+        with torch.enable_grad() if grad else torch.inference_mode(), enc_mod.dense_layers(rows), mode:
+            enc(x, depths, mask)
+        return mode.ops
+
+    _, enc = _encoder(TRITON_DEVICE, "triton")
+    x, depths, mask = _inputs(2, 9, 0, TRITON_DEVICE)
+    mask[:] = True
+    depths[0, 0] = 4  # every layer runs (n_max = N), each with halted tokens
+    assert (depths < 4).any()
+    K = int(mask.sum())
+    for rows in (K, 0):  # fill the fused-weight cache (q/k/v and k/v): no weight copies counted below
+        ops_of(depths, rows)
+    full, dense, compact = ops_of(None, K), ops_of(depths, K), ops_of(depths, K - 1)
+    layers = enc.num_layers
+    # full depth's ops, with the last LayerNorm of each layer in its writing-back form
+    into, plain = "adaptive_encoder.triton_add_layer_norm_into_", "adaptive_encoder.triton_add_layer_norm"
+    assert dense - full == collections.Counter({into: layers})
+    assert full - dense == collections.Counter({plain: layers, "aten.full": 1})  # aten.full: full depth's depths
+    assert compact - dense == collections.Counter({"adaptive_encoder.triton_gather": layers, "aten.linear": layers})
+    trained = ops_of(depths, K, grad=True)  # autograd: compact layers, q/k/v apart
+    assert trained["adaptive_encoder.triton_gather"] == layers and trained[into] == 0
+    assert sum(trained[op] for op in ("aten.linear", "aten.addmm", "aten.mm")) == 6 * layers

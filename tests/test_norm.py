@@ -57,18 +57,22 @@ def test_half_precision_rounds_as_torch(device, backend, dtype):
 
 @pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("R,D,A", [(1, 1, 1), (7, 5, 0), (40, 100, 17), (300, 64, 150), (12, 768, 5)])
-def test_add_layer_norm_into_writes_only_its_rows(device, backend, R, D, A, poison):
+@pytest.mark.parametrize("at_rows", [False, True])
+def test_add_layer_norm_into_writes_only_its_rows(device, backend, R, D, A, at_rows, poison):
     for dtype in (torch.float32, torch.bfloat16):
         gen = torch.Generator().manual_seed(R + D + A)
-        x, r, w, b = _case(A, D, dtype, device, seed=R * 7 + A)
+        x, r, w, b = _case(R if at_rows else A, D, dtype, device, seed=R * 7 + A)
         base = torch.randn(R, D, generator=gen).to(device, dtype)
         rows = torch.randperm(R, generator=gen)[:A].to(device)  # unsorted
         before = base.clone()
-        out = norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, rows, backend=backend)
+        out = norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, rows, at_rows=at_rows, backend=backend)
         assert out is base
         want = before.clone()
-        reference.add_layer_norm_into_(want, x, r, w, b, 1e-5, rows)
+        reference.add_layer_norm_into_(want, x, r, w, b, 1e-5, rows, at_rows)
         torch.testing.assert_close(base, want, **TOL[dtype])
+        if at_rows and A:  # the definition: the rows of x and residual where each is written
+            torch.testing.assert_close(base[rows], reference.add_layer_norm(x[rows], r[rows], w, b, 1e-5),
+                                       **TOL[dtype])
         kept = torch.ones(R, dtype=torch.bool, device=device)
         kept[rows] = False
         assert torch.equal(base[kept], before[kept])  # the other rows untouched, bitwise
@@ -107,6 +111,12 @@ def test_bad_input_is_refused_with_a_message(backend):
         norm.add_layer_norm_into_(torch.zeros(8, 5).t(), x, r, w, b, 1e-5, torch.arange(4), backend=backend)
     with pytest.raises(ValueError, match=r"src must be \(3, 8\)"):
         norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, torch.arange(3), backend=backend)
+    with pytest.raises(ValueError, match=r"with at_rows, x and residual must be like base \(5, 8\)"):
+        norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, torch.arange(3), at_rows=True, backend=backend)
+    with pytest.raises(ValueError, match="out of range"):
+        norm.add_layer_norm_into_(base, *_case(5, 8, torch.float32, "cpu", seed=0), 1e-5, torch.tensor([5]),
+                                  at_rows=True, backend=backend)
+    assert torch.equal(base, torch.zeros(5, 8))
 
 
 def test_gradients_take_the_reference():
@@ -141,6 +151,12 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(ns.add_layer_norm.default, (x, r, w, b, 1e-5), test_utils=utils)
     torch.library.opcheck(ns.add_layer_norm_into_.default, (torch.zeros(7, 16), x, r, w, b, 1e-5, rows),
                           test_utils=utils)
+    x7, r7 = (torch.randn(7, 16) for _ in range(2))
+    torch.library.opcheck(ns.add_layer_norm_into_.default, (torch.zeros(7, 16), x7, r7, w, b, 1e-5, rows, True),
+                          test_utils=utils)
+    torch.library.opcheck(ns.triton_add_layer_norm_into_.default,
+                          tuple(a.to(TRITON_DEVICE) for a in (torch.zeros(7, 16), x7, r7, w, b))
+                          + (1e-5, rows.to(TRITON_DEVICE), True), test_utils=utils)
     t = tuple(a.to(TRITON_DEVICE) for a in (x, r, w, b))
     torch.library.opcheck(ns.triton_add_layer_norm.default, (*t, 1e-5), test_utils=utils)
     torch.library.opcheck(ns.triton_add_layer_norm_into_.default,
@@ -153,6 +169,11 @@ def test_cpp_op_refuses_out_of_range_rows(cpp_errors_raise):
     x, r, w, b = _case(2, 4, torch.float32, "cpu", seed=2)
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.adaptive_encoder.add_layer_norm_into_(torch.zeros(3, 4), x, r, w, b, 1e-5, torch.tensor([0, 3]))
+    with pytest.raises(RuntimeError, match="with at_rows, x and residual must have base's rows"):
+        torch.ops.adaptive_encoder.add_layer_norm_into_(torch.zeros(3, 4), x, r, w, b, 1e-5, torch.tensor([0]), True)
+    x3, r3 = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.adaptive_encoder.add_layer_norm_into_(torch.zeros(3, 4), x3, r3, w, b, 1e-5, torch.tensor([3]), True)
 
 
 def test_triton_kernel_drops_out_of_range_rows():
@@ -163,6 +184,13 @@ def test_triton_kernel_drops_out_of_range_rows():
                               backend="triton", check=False)
     torch.testing.assert_close(base[1], F.layer_norm(x[0] + r[0], (8,), w, b, 1e-5))
     assert torch.equal(base[[0, 2, 3]], torch.zeros(3, 8, device=TRITON_DEVICE))
+    # at_rows: an out-of-range row is neither read (x has base's rows) nor written
+    x4, r4 = (t.to(TRITON_DEVICE) for t in _case(4, 8, torch.float32, "cpu", seed=7)[:2])
+    base.zero_()
+    norm.add_layer_norm_into_(base, x4, r4, w, b, 1e-5, torch.tensor([2, 4, -1], device=TRITON_DEVICE),
+                              at_rows=True, backend="triton", check=False)
+    torch.testing.assert_close(base[2], F.layer_norm(x4[2] + r4[2], (8,), w, b, 1e-5))
+    assert torch.equal(base[[0, 1, 3]], torch.zeros(3, 8, device=TRITON_DEVICE))
 
 
 def test_encoder_closes_blocks_with_the_fused_kernel(monkeypatch):
