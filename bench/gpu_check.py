@@ -28,7 +28,7 @@ SMOKE = "--smoke" in sys.argv or not torch.cuda.is_available()
 if SMOKE:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports a @triton.jit kernel
 
-from adaptive_encoder import AdaptiveEncoder, ops, reference  # noqa: E402
+from adaptive_encoder import AdaptiveEncoder, encoder, ops, reference  # noqa: E402
 from adaptive_encoder.attention import varlen_attention  # noqa: E402
 from adaptive_encoder.dense import masked_forward  # noqa: E402
 
@@ -180,7 +180,8 @@ def _attention():
 @check("fused add + LayerNorm vs float64")
 def _norm():
     """adaptive_encoder/norm.py's kernel (Triton on a GPU, C++ in smoke runs) on every dtype and
-    width, functional and into a state's rows (the other rows stay NaN), and 120k rows of 768 bf16."""
+    width, functional, into a state's rows and read at those rows too (at_rows; the other rows
+    stay NaN either way), and 120k rows of 768 bf16."""
     from adaptive_encoder import norm
 
     torch.manual_seed(4)
@@ -199,7 +200,12 @@ def _norm():
                 others = torch.ones(2 * R, dtype=torch.bool, device=DEV)
                 others[rows] = False
                 assert torch.isnan(base[others]).all(), (backend, dtype, D, "wrote outside its rows")
-                errs[f"{backend}/{str(dtype)[6:]}/{D}x{R}"] = max(rel_err(got, want), rel_err(base[rows], want))
+                at = torch.full_like(base, float("nan"))
+                x2, r2 = (torch.zeros_like(base).index_copy_(0, rows, t) for t in (x, r))  # x, r at rows
+                norm.add_layer_norm_into_(at, x2, r2, w, b, 1e-5, rows, at_rows=True, backend=backend)
+                assert torch.isnan(at[others]).all(), (backend, dtype, D, "at_rows wrote outside its rows")
+                errs[f"{backend}/{str(dtype)[6:]}/{D}x{R}"] = max(rel_err(got, want), rel_err(base[rows], want),
+                                                                  rel_err(at[rows], want))
     tol = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
     worst = {}
     for name, e in errs.items():
@@ -248,11 +254,15 @@ def _bert_encoders():
 
 @check("encoder vs dense reference, BertModel, MPNet")
 def _encoder():
+    """Mixed depths with compact layers and with dense ones (encoder.dense_layers()), and full
+    depth against transformers."""
     errs = {}
     with torch.no_grad():
         for tag, bert, enc, x, depths, mask in _bert_encoders():
-            out = enc(x, depths, mask).last_hidden_state
-            errs[f"{tag}/mixed"] = rel_err(out, masked_forward(bert, x, depths, mask), mask)
+            ref = masked_forward(bert, x, depths, mask)
+            errs[f"{tag}/mixed"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+            with encoder.dense_layers():
+                errs[f"{tag}/mixed-dense"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
             full = enc(x, None, mask).last_hidden_state
             additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=x.dtype)
             additive.masked_fill_(~mask[:, None, None, :], torch.finfo(x.dtype).min)

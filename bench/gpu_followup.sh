@@ -10,12 +10,14 @@
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
 #    1/16/64/128), with depths given on the GPU, planned on the host (the default) or on
 #    the GPU, and with dense layers (graphs.DENSE_ROWS: where they beat compact ones), and
+#    eager MI with dense layers (encoder.DENSE_ROWS), and
 #    eager with torch's add and LayerNorm instead of the fused kernel (norm.FUSED), and
 #    eager with every kernel called through the dispatcher (ops.DIRECT):
-#    gpu_scaling.py --graphs --devplan --dense --unfused --dispatcher, pool 64 -> followup_scaling.json;
+#    gpu_scaling.py --graphs --devplan --dense --eager-dense --unfused --dispatcher, pool 64 -> followup_scaling.json;
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
-# 3b. batch 1 at N = 2, 4, 8 in graph mode (fixed, MI compact, MI dense): the batch-1 target
+# 3b. batch 1 at N = 2, 4, 8 (fixed, MI eager with dense layers; graph mode: fixed, MI compact,
+#    MI dense): the batch-1 target
 #    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json;
 # 4. the C++ error probe with --inline (a load_inline extension: is it our build or the
 #    toolchain?) -> cpp_errors_inline.txt; ~40 s, so after the measurements;
@@ -65,11 +67,11 @@ step() {  # step NAME LIMIT_S LOG COMMAND...
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 BENCH_QUICK=1
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
-    --models fixed mi --graphs --devplan --dense --unfused --dispatcher --out "$DEST"
+    --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
   step nsweep 300 nsweep.txt python bench/gpu_scaling.py --pool 4 --batches 1 --N 2 --rounds 1 \
-    --models fixed fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
+    --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
   step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
 else
@@ -77,10 +79,10 @@ else
     step build 150 build.txt bash bench/install_gpu.sh  # the prebuilt extension if one fits, else a build
   fi
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --devplan --dense --unfused --dispatcher --out "$DEST"
+    --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
-    --models fixed fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
+    --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
   step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi

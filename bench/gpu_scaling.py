@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--unfused] [--dispatcher] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--eager-dense] [--unfused] [--dispatcher] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -28,6 +28,9 @@ and mi+graphs-devplan (planned on the GPU, ~45 launches and two waits: graphs.de
 compact state, its active rows written back (graphs.dense_layers(); a full-depth layer's
 kernels). Where it beats mi+graphs, the GEMMs cost no less on fewer rows: that batch size
 bounds graphs.DENSE_ROWS.
+--eager-dense adds mi+dense: eager MI with the same dense layers (encoder.dense_layers(): full
+depth's kernels, no gather, one q/k/v GEMM). Where it beats mi, the launches saved are worth more
+than the rows computed for nothing: that batch size bounds encoder.DENSE_ROWS.
 --unfused and --dispatcher add fixed and MI eager without one host-time cut each: torch's add and
 LayerNorm instead of the fused kernel (norm.unfused()), and every kernel called through torch's
 dispatcher (ops.via_dispatcher(); by default eager calls reach the kernels directly).
@@ -87,6 +90,7 @@ ARMS = {
                 "(the default), and planned on the GPU"),
     "dense": (["mi" + G + "-dense"], "MI in graph mode with dense layers (every layer with halted tokens on the whole "
                                      "state, active rows written back; graphs.DENSE_ROWS)"),
+    "eager-dense": (["mi" + test_speed.DENSE], "MI eager with dense layers (encoder.DENSE_ROWS)"),
     "unfused": (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED],
                 "fixed and MI eager with torch's add and LayerNorm instead of the fused kernel (adaptive_encoder/norm.py)"),
     "dispatcher": (["fixed" + test_speed.DISPATCHED, "mi" + test_speed.DISPATCHED],
@@ -106,7 +110,7 @@ def main():
         ap.add_argument(f"--{flag}", action="store_true", help=f"also {', '.join(models)}: {what}")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    extra = [m for flag, (models, _) in ARMS.items() if getattr(a, flag) for m in models]
+    extra = [m for flag, (models, _) in ARMS.items() if getattr(a, flag.replace("-", "_")) for m in models]
     a.models += [m for m in extra if m not in a.models]
     rows = []
     print(f"device {benchlib.device()}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "

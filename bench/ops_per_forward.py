@@ -1,7 +1,7 @@
 """Ops per forward and time per pool of the encoder in this checkout (CPU, inference).
 
     PYTHONPATH=<checkout> python bench/ops_per_forward.py
-    TRITON_INTERPRET=1 python bench/ops_per_forward.py --backend triton [--unfused]   (counts only)
+    TRITON_INTERPRET=1 python bench/ops_per_forward.py --backend triton [--unfused] [--dense]   (counts only)
 
 On a GPU's launch-bound regime (bench/NOTES.md: every batch below ~30 IMDB documents on the
 H200) the forward's time follows its op count, which this counts on CPU with a dispatch mode
@@ -47,15 +47,17 @@ def main():
                     help="the encoder's backend; 'triton' counts what a GPU runs (the Triton attention and the "
                          "fused add + LayerNorm; here through the interpreter: counts only, no times)")
     ap.add_argument("--unfused", action="store_true", help="with torch's add and LayerNorm (norm.unfused())")
+    ap.add_argument("--dense", action="store_true", help="with dense layers (encoder.dense_layers())")
     a = ap.parse_args()
     if a.backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("--backend triton on CPU: run with TRITON_INTERPRET=1 (read when triton is first imported)")
-    from adaptive_encoder import norm
+    from adaptive_encoder import encoder, norm
 
     enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024), backend=a.backend).eval()
     out = {"package": os.path.dirname(adaptive_encoder.__file__), "backend": a.backend or "default",
-           "fused_norm": not a.unfused}
-    with norm.unfused() if a.unfused else contextlib.nullcontext():
+           "fused_norm": not a.unfused, "dense_layers": a.dense}
+    with norm.unfused() if a.unfused else contextlib.nullcontext(), \
+            encoder.dense_layers() if a.dense else contextlib.nullcontext():
         _count(enc, out, timed=a.backend != "triton")
     print(json.dumps(out))
 

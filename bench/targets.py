@@ -124,7 +124,8 @@ def mi_of_ideal(results: dict) -> list:
     if items:
         out.append(_line(target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
-        for model, mode in (("mi", "eager"), ("mi+graphs", "graph mode"), ("mi+graphs-dense", "graph mode, dense")):
+        for model, mode in (("mi", "eager"), ("mi+dense", "eager, dense"), ("mi+graphs", "graph mode"),
+                            ("mi+graphs-dense", "graph mode, dense")):
             ours = _by(rows, model=model)
             items = [(f"batch {b}", f"{ours[b, n]['measured_over_ideal']:.2f} of ideal",
                       ours[b, n]["measured_over_ideal"] >= 0.85) for b, n in sorted(ours) if b >= 8]
@@ -143,7 +144,8 @@ def batch_one(results: dict) -> list:
             if items:
                 out.append(_line(never, f"records.jsonl {what} ({m})", items))
     for source, rows in _scaling_rows(results).items():
-        for base, model in (("fixed", "mi"), ("fixed+graphs", "mi+graphs"), ("fixed+graphs", "mi+graphs-dense")):
+        for base, model in (("fixed", "mi"), ("fixed", "mi+dense"), ("fixed+graphs", "mi+graphs"),
+                            ("fixed+graphs", "mi+graphs-dense")):
             fixed = _by(rows, model=base, batch=1)
             items = [(f"N={n}", f"{r['samples_per_s'] / fixed[1, n]['samples_per_s']:.2f}x {base}",
                       r["samples_per_s"] >= fixed[1, n]["samples_per_s"])
@@ -208,14 +210,11 @@ def _decision(name: str, rule: str, source: str, pairs: list, setting: str) -> d
                 numbers=", ".join(f"batch {bt}{'' if n == 12 else f' N={n}'} {r:.2f}x" for n, bt, r, _ in pairs))
 
 
-def dense_rows(results: dict) -> list:
-    """graphs.DENSE_ROWS: the state size (K^) below which dense layers beat compact ones."""
-    from adaptive_encoder.graphs import bucket
-
-    rule = ("mi+graphs-dense over mi+graphs; DENSE_ROWS = K^ = graphs.bucket(K + 1) of the largest batch up to which "
-            f"dense wins (>= {WIN}x) at every batch from the smallest, K its mean real tokens per forward; else 0")
+def _rows_threshold(results: dict, a: str, b: str, name: str, rule: str, setting: str, value_of) -> list:
+    """Per source and N: value_of(K) for the largest batch up to which a beats b (>= WIN) at every
+    batch from the smallest, K that batch's mean real tokens per forward; else 0."""
     out = []
-    for source, pairs in _ratios(results, "mi+graphs-dense", "mi+graphs").items():
+    for source, pairs in _ratios(results, a, b).items():
         for N in sorted({p[0] for p in pairs}):
             seq, value = [p for p in pairs if p[0] == N], 0
             for _, _, r, row in seq:  # ascending batch
@@ -224,11 +223,28 @@ def dense_rows(results: dict) -> list:
                 if "tokens_per_forward" not in row:
                     value = None
                     break
-                value = bucket(int(row["tokens_per_forward"]) + 1)
-            setting = "K not recorded (gpu_scaling.py before tokens_per_forward)" if value is None \
-                else f"DENSE_ROWS = {value}"
-            out.append(_decision("dense layers", rule, f"{source} (N={N})", seq, setting))
+                value = value_of(int(row["tokens_per_forward"]))
+            chosen = "K not recorded (gpu_scaling.py before tokens_per_forward)" if value is None \
+                else f"{setting} = {value}"
+            out.append(_decision(name, rule, f"{source} (N={N})", seq, chosen))
     return out
+
+
+def dense_rows(results: dict) -> list:
+    """graphs.DENSE_ROWS: the state size (K^) below which dense layers beat compact ones."""
+    from adaptive_encoder.graphs import bucket
+
+    rule = ("mi+graphs-dense over mi+graphs; DENSE_ROWS = K^ = graphs.bucket(K + 1) of the largest batch up to which "
+            f"dense wins (>= {WIN}x) at every batch from the smallest, K its mean real tokens per forward; else 0")
+    return _rows_threshold(results, "mi+graphs-dense", "mi+graphs", "dense layers", rule, "DENSE_ROWS",
+                           lambda k: bucket(k + 1))
+
+
+def eager_dense_rows(results: dict) -> list:
+    """encoder.DENSE_ROWS: the real tokens per forward up to which eager dense layers beat compact ones."""
+    rule = ("mi+dense over mi (eager); encoder.DENSE_ROWS = K of the largest batch up to which dense wins "
+            f"(>= {WIN}x) at every batch from the smallest, K its mean real tokens per forward; else 0")
+    return _rows_threshold(results, "mi+dense", "mi", "eager dense layers", rule, "encoder.DENSE_ROWS", lambda k: k)
 
 
 def plans(results: dict) -> list:
@@ -298,7 +314,8 @@ def attention(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, plans, graph_mode, fused_norm, direct_calls, attention) for d in part(results)]
+    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, fused_norm, direct_calls, attention)
+            for d in part(results)]
 
 
 def read(folder: str) -> dict:

@@ -37,7 +37,7 @@ import pytest
 import torch
 
 import benchlib
-from adaptive_encoder import AdaptiveEncoder, graphs, norm, ops
+from adaptive_encoder import AdaptiveEncoder, encoder, graphs, norm, ops
 from adaptive_encoder.dense import masked_forward
 from adaptive_encoder.flops import encoder_flops
 
@@ -58,18 +58,19 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # GPU (graphs.device_plan(): the path before 2026-11-27), "+graphs-dense" as "+graphs" with every
 # layer that has halted tokens run on the whole state (graphs.dense_layers()), "+unfused" eager
 # with torch's add and LayerNorm instead of the fused kernel (norm.unfused()), "+dispatched" eager
-# with every kernel called through torch's dispatcher (ops.via_dispatcher()). E.g. "mi+host",
-# "fixed+graphs".
-GRAPHS, HOST, UNFUSED, DISPATCHED = "+graphs", "+host", "+unfused", "+dispatched"
+# with every kernel called through torch's dispatcher (ops.via_dispatcher()), "+dense" eager with
+# dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
+GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE = "+graphs", "+host", "+unfused", "+dispatched", "+dense"
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"),
              (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
-             (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"))
+             (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
 
 
 def _variant(model: str) -> tuple:
     """(depth-source name, graph mode, where depths and mask are given and planned: "host",
-    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused" / "dispatched": on
-    the device, unfused closing LayerNorms / kernels through the dispatcher)."""
+    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused" / "dispatched" /
+    "eager-dense": on the device, unfused closing LayerNorms / kernels through the dispatcher /
+    dense layers)."""
     for suffix, graphed, where in _VARIANTS:
         if model.endswith(suffix):
             return model.removesuffix(suffix), graphed, where
@@ -147,7 +148,7 @@ def _runner(model: str, N: int, x, depths, mask):
     if kind in ("fixed", "mi", "reconstruction"):
         d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
         setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused,
-                   "dispatched": ops.via_dispatcher}.get(where)
+                   "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:
             def with_setting():
                 with setting():

@@ -106,10 +106,13 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("mi+graphs-devplan", 64, 100), row("mi+graphs-dev", 64, 90),  # loses at 64
             row("fixed", 1, 100), row("fixed+graphs", 1, 150), row("fixed", 64, 100), row("fixed+graphs", 64, 95),
             row("mi+unfused", 1, 80), row("mi+unfused", 16, 103),  # the fused arm loses at 16
-            row("fixed+dispatched", 1, 90), row("fixed+dispatched", 64, 101.5)]  # within 2 %: kept
+            row("fixed+dispatched", 1, 90), row("fixed+dispatched", 64, 101.5),  # within 2 %: kept
+            row("mi+dense", 1, 104, 180), row("mi+dense", 16, 102, 2900), row("mi+dense", 64, 90, 11000),  # eager
+            row("mi", 64, 100)]
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
     assert decided["dense layers"]["setting"] == "DENSE_ROWS = 384"
+    assert decided["eager dense layers"]["setting"] == "encoder.DENSE_ROWS = 2900"  # K, not bucketed
     assert "batch 1 1.10x" in decided["dense layers"]["numbers"]
     assert decided["eager: plan on the host"]["setting"].endswith("at every batch measured")
     assert decided["graph mode: plan on the host"]["setting"] == "PLAN_ON_HOST: below batch 64, the device plan from there"
