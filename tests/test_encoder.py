@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from adaptive_encoder import AdaptiveEncoder, apply_adaptive_encoder
+from adaptive_encoder import encoder as encoder_module
 from adaptive_encoder.dense import masked_forward
 from conftest import DEVICE_BACKENDS, small_bert_config
 
@@ -348,8 +349,10 @@ def test_autocast_matches_transformers(device):
             mixed = enc(x, depths, mask).last_hidden_state
             ref = masked_forward(bert, x, depths, mask)
             graphed = enc(x, depths, mask, cuda_graphs=True).last_hidden_state
-        assert full.dtype == hf.dtype == x.dtype
-        assert _rel(full, hf, mask) < 1e-2 and _rel(mixed, ref, mask) < 1e-2
+            with encoder_module.dense_layers():  # eager dense layers (inference only)
+                dense = enc(x, depths, mask).last_hidden_state
+        assert full.dtype == hf.dtype == x.dtype == dense.dtype
+        assert _rel(full, hf, mask) < 1e-2 and _rel(mixed, ref, mask) < 1e-2 and _rel(dense, ref, mask) < 1e-2
         assert torch.equal(graphed, mixed)
 
 
@@ -359,7 +362,6 @@ def test_eager_dense_layers_match_compact_ones(device, backend, model, poison):
     """encoder.dense_layers(): each layer with halted tokens runs on every row and writes back
     only its active rows. The states are the compact layers' (up to GEMM rounding on other row
     counts); halted, depth-0 and padding tokens are left as they were."""
-    from adaptive_encoder import encoder as enc_mod
     from test_graphs import _encoder, _inputs
 
     _, enc = _encoder(device, backend, model=model)
@@ -370,12 +372,12 @@ def test_eager_dense_layers_match_compact_ones(device, backend, model, poison):
         for grad_mode in (torch.inference_mode, torch.no_grad):
             with grad_mode():
                 want = enc(x, depths, mask).last_hidden_state
-                with enc_mod.dense_layers():
+                with encoder_module.dense_layers():
                     got = enc(x, depths, mask).last_hidden_state
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
             untouched = ~mask | (depths == 0)
             assert torch.equal(got[untouched], x[untouched])
-    assert enc_mod.DENSE_ROWS == 0  # restored
+    assert encoder_module.DENSE_ROWS == 0  # restored
 
 
 def test_eager_dense_layers_launch_what_full_depth_launches():
@@ -387,7 +389,6 @@ def test_eager_dense_layers_launch_what_full_depth_launches():
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from adaptive_encoder import encoder as enc_mod
     from conftest import TRITON_DEVICE
     from test_graphs import _encoder, _inputs
 
@@ -399,7 +400,7 @@ def test_eager_dense_layers_launch_what_full_depth_launches():
     def ops_of(depths, rows, grad=False):
         mode = Count()
         mode.ops = collections.Counter()
-        with torch.enable_grad() if grad else torch.inference_mode(), enc_mod.dense_layers(rows), mode:
+        with torch.enable_grad() if grad else torch.inference_mode(), encoder_module.dense_layers(rows), mode:
             enc(x, depths, mask)
         return mode.ops
 
