@@ -274,8 +274,9 @@ class AdaptiveEncoder(nn.Module):
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
             q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
         fuse = _fuse_norms(state, backend)  # the same answer for every layer: asked once (~10 us a call)
-        # Dense layers (DENSE_ROWS): not under torch.compile, where the row count is data.
-        dense = inference and plan.num_real <= DENSE_ROWS and not torch.compiler.is_compiling()
+        # Dense layers (DENSE_ROWS): not under torch.compile, where the row count is data (asked
+        # before the count is read: reading it there would guard on the data).
+        dense = inference and DENSE_ROWS > 0 and not torch.compiler.is_compiling() and plan.num_real <= DENSE_ROWS
         for n in range(plan.n_max):
             lp = plan.layer(n)
             layer = self.layer[n]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from adaptive_encoder import apply_adaptive_encoder
+from adaptive_encoder import apply_adaptive_encoder, encoder
 from adaptive_encoder.dense import masked_forward
 from adaptive_encoder.depth.mi import TokenDepthLookup
 from adaptive_encoder.families import SUPPORTED
@@ -350,7 +350,8 @@ _TRACED_PLAN = dict(capture_scalar_outputs=True, capture_dynamic_output_shape_op
 def test_torch_compile_fullgraph_with_the_traced_plan(B):
     """With Dynamo's scalar and dynamic-shape capture on, the plan is traced (unbacked sizes):
     one graph for the whole forward (fullgraph=True), compiled once for every depth pattern,
-    a different deepest layer included; outputs equal eager; bad depths fail the graph's asserts."""
+    a different deepest layer included, with eager dense layers switched on too (not traced);
+    outputs equal eager; bad depths fail the graph's asserts."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
@@ -358,7 +359,7 @@ def test_torch_compile_fullgraph_with_the_traced_plan(B):
     ids, mask, _ = _inputs(B=B, T=12)
     counter = CompileCounter()
     f = lambda i, m, d: model.bert(i, attention_mask=m, depths=d).last_hidden_state  # noqa: E731
-    with torch._dynamo.config.patch(**_TRACED_PLAN), torch.no_grad():
+    with torch._dynamo.config.patch(**_TRACED_PLAN), torch.no_grad(), encoder.dense_layers():
         compiled = torch.compile(f, backend=counter, fullgraph=True)
         for seed in range(6):
             d = torch.randint(1, 4, ids.shape, generator=torch.Generator().manual_seed(seed))
