@@ -54,13 +54,14 @@ out["copy_rows_aligned"] = ptx(_copy_rows_kernel,
 sig = {"depths_ptr": "*i64", "mask_ptr": "*u8", "B": "i32", "T": "i32", "L": "i32"}
 out["plan_count"] = ptx(_plan_count_kernel, {**sig, "counts_ptr": "*i64"}, {"BLOCK_T": 512})
 out["plan_fill"] = ptx(_plan_fill_kernel, {**sig, "offsets_ptr": "*i64", "rows_ptr": "*i64"}, {"BLOCK_T": 512})
-# The fused add + LayerNorm, as the JIT sees 768 bf16 rows (16-byte aligned, D a multiple of 16).
+# The fused add + LayerNorm, as the JIT sees 768 bf16 rows (16-byte aligned, D a multiple of 16):
+# out of place, into rows, and read at the rows it writes (at_rows: a dense layer's last one).
 for dt in ("bf16", "fp16", "fp32"):
-    for has_rows in (False, True):
-        out["add_layer_norm_%s_rows%d" % (dt, has_rows)] = ptx(_add_layer_norm_kernel,
+    for form, has_rows, at_rows in (("rows0", False, False), ("rows1", True, False), ("atrows", True, True)):
+        out["add_layer_norm_%s_%s" % (dt, form)] = ptx(_add_layer_norm_kernel,
             {"x_ptr": "*" + dt, "r_ptr": "*" + dt, "w_ptr": "*" + dt, "b_ptr": "*" + dt, "out_ptr": "*" + dt,
              "rows_ptr": "*i64", "n": "i32", "D": "i32", "n_out": "i32", "eps": "fp32"},
-            {"HAS_ROWS": has_rows, "ROUND_BF16": False, "BLOCK_R": 4, "BLOCK_D": 1024},
+            {"HAS_ROWS": has_rows, "AT_ROWS": at_rows, "ROUND_BF16": False, "BLOCK_R": 4, "BLOCK_D": 1024},
             attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 7)})
 print(json.dumps(out))
 '''
@@ -74,7 +75,8 @@ def test_kernels_compile_for_sm90():
     assert set(ptx) == {"attention_bf16", "attention_fp16", "attention_bf16_bias", "attention_fp16_bias",
                         "attention_fp32_ieee", "attention_fp32_tf32",
                         "copy_rows_dst0", "copy_rows_dst1", "copy_rows_aligned", "plan_count", "plan_fill"} | {
-                           f"add_layer_norm_{dt}_rows{r}" for dt in ("bf16", "fp16", "fp32") for r in (0, 1)}
+                           f"add_layer_norm_{dt}_{form}" for dt in ("bf16", "fp16", "fp32")
+                           for form in ("rows0", "rows1", "atrows")}
     # The H200 run (2026-11-26) measured 1.3e-3 error from TF32 dots on float32 inputs: the
     # default float32 kernel must have no TF32 tensor-core instruction, the opt-in one must.
     assert "tf32" not in ptx["attention_fp32_ieee"]
@@ -88,5 +90,5 @@ def test_kernels_compile_for_sm90():
     # vectorized copy the bandwidth target needs (without the hints it moves 2 bytes at a time).
     assert "ld.global.v4.b32" in ptx["copy_rows_aligned"] and "st.global.v4.b32" in ptx["copy_rows_aligned"]
     # The fused add + LayerNorm reads and writes 768 bf16 rows 16 bytes at a time as well.
-    for name in ("add_layer_norm_bf16_rows0", "add_layer_norm_bf16_rows1"):
+    for name in ("add_layer_norm_bf16_rows0", "add_layer_norm_bf16_rows1", "add_layer_norm_bf16_atrows"):
         assert "ld.global.v4.b32" in ptx[name] and "st.global.v4.b32" in ptx[name], name
