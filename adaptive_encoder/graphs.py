@@ -18,14 +18,17 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
-  and copied in two transfers (three with dense layers). A layer's graph reads them at fixed
+  and copied in two transfers. A layer's graph reads them at fixed
   addresses, so it is keyed by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for
   every input that lands in those buckets. MPNet's distance table is refilled each call at a
   fixed address.
+- A layer on every row of the state (all its tokens active, or a dense layer) ends with its last
+  LayerNorm writing only the layer's rows into the state (add_layer_norm_into_'s at_rows form;
+  a copy or a masked copy of the whole state before: one kernel and pass fewer per layer).
 - Dense layers (DENSE_ROWS, off by default): when the state is small, a layer with halted tokens
-  may run on every row of the state and write back only its active rows (a (N, K^) bool mask
-  per forward), which is a full-depth layer's kernels; on a GPU below some size a GEMM costs
-  the same on fewer rows, and the compact layer's gather, scatter and split projection do not.
+  may run on every row of the state and write back only its active rows, which is a full-depth
+  layer's kernels; on a GPU below some size a GEMM costs the same on fewer rows, and the compact
+  layer's gather and split projection do not.
 
 Buckets are four sizes per octave (at most 25 % padded rows). The first time a key is seen,
 the layer runs eagerly (that is this call's result) and is then captured, so the capture never
@@ -150,9 +153,8 @@ class Buffers:
 
     state (K^, D): the compact state. ints (N+2, K^) int64: row 0 each state row's position in
     its sequence (for a relative position bias), row 1 the real tokens' flattened rows (first
-    K entries), row 2+n layer n's query rows into the state (first A^_n entries). masks()
-    (N, K^) bool, dense layers only (DENSE_ROWS): row n marks layer n's active state rows.
-    tables {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
+    K entries), row 2+n layer n's query rows into the state (first A_n entries, then K: the
+    first dummy row). tables {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
     offsets(B^) (N+1, B^+1) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
 
     def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
@@ -161,12 +163,6 @@ class Buffers:
         self.ints = torch.zeros(num_layers + 2, k_hat, dtype=torch.int64, device=device)
         self.tables: dict = {}
         self._offsets: dict = {}
-        self._masks = None
-
-    def masks(self) -> torch.Tensor:
-        if self._masks is None:
-            self._masks = torch.zeros(self.num_layers, self.ints.shape[1], dtype=torch.bool, device=self.device)
-        return self._masks
 
     def offsets(self, b_hat: int) -> torch.Tensor:
         if b_hat not in self._offsets:
@@ -321,7 +317,6 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
     sizes = layer_sizes(counts, K, B, T, DENSE_ROWS)
     k_hat, b_hat = sizes[0][1], sizes[0][2]
     a_hat = [k_hat if s[0] in ("all", "dense") else s[0] for s in sizes]
-    dense = any(s[0] == "dense" for s in sizes)
     cache = cache_for(encoder, x.device)
     with cache.lock, (torch.cuda.device(x.device) if x.is_cuda else nullcontext()):  # replays use its streams
         sealed = [cache.layer_seal(encoder, n, eligible) for n in range(n_max)]
@@ -333,11 +328,9 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
         offs = buf.offsets(b_hat)
         # The integer tables, built where the plan is (on the host for a host-side plan: then
         # one pinned copy each, and the forward never waits for the GPU).
-        ints, offsets, masks = _tables(plan, T, k_hat, b_hat, n_max, dense)
+        ints, offsets = _tables(plan, T, k_hat, b_hat, n_max)
         _copy(buf.ints[:ints.shape[0]], ints)
         _copy(offs[:n_max + 1], offsets)
-        if dense:
-            _copy(buf.masks()[:n_max], masks)
         key_rows = buf.ints[1, :K]
         # The compact state: the real tokens in order. The dummy rows after them are in no
         # sequence and hold whatever the last forward left there (never read by a real row).
@@ -380,43 +373,24 @@ def layer_sizes(counts: list, K: int, B: int, T: int, dense_rows: int = 0) -> li
             else (bucket(c), k_hat, b_hat, min(t_hat, bucket(c)), whole) for c in counts]
 
 
-def _tables(plan, T: int, k_hat: int, b_hat: int, n_max: int, dense: bool) -> tuple:
-    """(ints, offsets, masks) for Buffers.ints, Buffers.offsets(b_hat)[:n_max+1] and, for dense
-    layers, Buffers.masks()[:n_max] (else None), built on the plan's device. ints has n_max+2
-    rows, or 2 for dense layers (which need no query rows). Padding entries: K (the first dummy
-    row) in the query rows; empty sequences in the offsets (which end at K keys and A_n queries:
-    the dummy rows and padded queries are in no sequence); False in the masks."""
+def _tables(plan, T: int, k_hat: int, b_hat: int, n_max: int) -> tuple:
+    """(ints, offsets) for Buffers.ints[:n_max+2] and Buffers.offsets(b_hat)[:n_max+1], built on
+    the plan's device. Padding entries: K (the first dummy row) in the layers' rows; empty
+    sequences in the offsets (which end at K keys and A_n queries: the dummy rows and padded
+    queries are in no sequence)."""
     dev, B, K = plan.rows.device, plan.batch, plan.num_real
-    ints = torch.full((2 if dense else n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
+    ints = torch.full((n_max + 2, k_hat), K, dtype=torch.int64, device=dev)
     key_rows = plan.key_rows if plan.key_rows is not None else torch.arange(K, device=dev)
     torch.remainder(key_rows, T, out=ints[0, :K])
     ints[0, K:] = 0
     ints[1, :K] = key_rows
-    masks = None
-    if dense:
-        masks = _layer_masks(plan, n_max, k_hat, histogram=dev.type == "cpu")
-    else:  # each layer's active rows as indices into the compact state, at row 2+n from column 0
-        _fill_layer_rows(ints, plan, n_max, per_layer=dev.type == "cpu" and sum(plan.layer_counts) >= 4096)
+    # each layer's active rows as indices into the compact state, at row 2+n from column 0
+    _fill_layer_rows(ints, plan, n_max, per_layer=dev.type == "cpu" and sum(plan.layer_counts) >= 4096)
     offsets = torch.empty((n_max + 1, b_hat + 1), dtype=torch.int64, device=dev)
     offsets[0, :B + 1] = plan.cu_k
     offsets[1:, :B + 1] = plan.cu_q_table[:n_max]
     offsets[:, B + 1:] = offsets[:, B:B + 1]
-    return ints, offsets, masks
-
-
-def _layer_masks(plan, n_max: int, k_hat: int, histogram: bool) -> torch.Tensor:
-    """(n_max, k_hat) bool: row n True at layer n's state rows. histogram: from each row's depth,
-    the number of layers it is in (bincount; 2-2.5x faster than the indexed fill on the host,
-    11 vs 25 us at 286 tokens, 54 vs 90 us at 3970, but on a GPU it waits for the device to size
-    its output); else one indexed fill, which never waits (the counts are host ints)."""
-    dev, S = plan.rows.device, sum(plan.layer_counts[:n_max])
-    if histogram:
-        depth = torch.bincount(plan.state_rows[:S], minlength=k_hat)
-        return depth > torch.arange(n_max, device=dev).unsqueeze(1)
-    where = _per_layer_row(plan, n_max, [n * k_hat for n in range(n_max)], dev) + plan.state_rows[:S]
-    masks = torch.zeros(n_max, k_hat, dtype=torch.bool, device=dev)
-    masks.view(-1)[where] = True
-    return masks
+    return ints, offsets
 
 
 def _fill_layer_rows(ints: torch.Tensor, plan, n_max: int, per_layer: bool) -> None:
@@ -457,18 +431,16 @@ def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, kind, b
     bounds: (max_q, max_k) of any sequence in these buckets."""
     max_q, max_k = bounds
     pos, cu_k, cu_q = buf.ints[0], offs[0], offs[1 + n]
+    idx = buf.ints[2 + n, :a_hat]
     if kind in ("all", "dense"):  # the whole state: one fused q/k/v GEMM, no gather
-        active = buf.masks()[n].unsqueeze(1) if kind == "dense" else None
-
         def step():
+            # Only the layer's rows are written back (its last LayerNorm writes them into the
+            # state): halted rows keep their state; the padding entries all write the first
+            # dummy row, with the same values.
             bias = None if table is None else (table, pos, pos)
-            out = encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, max_k, max_k, backend, bias)
-            if active is None:
-                buf.state.copy_(out)
-            else:  # halted rows keep their state (and dummy rows, whose outputs attention left unwritten)
-                torch.where(active, out, buf.state, out=buf.state)
+            encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, max_k, max_k, backend, bias, into=idx,
+                           at_rows=True)
     else:
-        idx = buf.ints[2 + n, :a_hat]
 
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)

@@ -332,7 +332,7 @@ def _graphs():
             with graphs.device_plan():
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
             errs[f"{tag}/device-plan+graphs"] = rel_err(got, want, mask)
-            with graphs.device_plan(), graphs.dense_layers():  # dense layers' masks built on the GPU
+            with graphs.device_plan(), graphs.dense_layers():  # dense layers' tables built on the GPU
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
             errs[f"{tag}/device-plan+dense+graphs"] = rel_err(got, want, mask)
             cache = graphs.cache_for(enc, DEV)

@@ -119,7 +119,7 @@ def test_replays_read_only_the_buffers(device, backend):
 def test_where_graph_mode_plans_depths_given_on_the_device(device, backend, plan_on_host, dense):
     """Depths and mask on the states' device: graph mode copies them to the host and plans
     there (graphs.PLAN_ON_HOST), or plans on the device inside graphs.device_plan(); the same
-    states either way, with compact or dense layers (whose masks are then built on the device),
+    states either way, with compact or dense layers (whose rows are then written on the device),
     and the settings are back after. On CPU tensors both are the host."""
     from adaptive_encoder.plan import to_host
 
@@ -162,23 +162,25 @@ def test_both_ways_of_filling_the_layer_rows_agree(B, T, seed):
 
 
 @pytest.mark.parametrize("B,T,seed", [(1, 9, 0), (6, 40, 1)])
-def test_dense_layer_masks_mark_each_layers_rows(B, T, seed):
-    """graphs._layer_masks (from a histogram of depths, or an indexed fill): row n is True
-    exactly at layer n's state rows, False on the dummy rows; and layer_sizes makes every layer with halted tokens "dense" once K^ <= dense_rows."""
+def test_layers_on_the_whole_state_write_back_only_their_rows(B, T, seed):
+    """graphs._tables: row 2+n holds layer n's state rows, then the first dummy row K up to K^
+    (what a layer on every row writes back: the at_rows form of its last LayerNorm); and
+    layer_sizes makes every layer with halted tokens "dense" once K^ <= dense_rows."""
     from adaptive_encoder.plan import make_plan
 
     _, depths, mask = _inputs(B, T, seed, "cpu", layers=6)
+    depths = depths.clamp(min=1)  # layer 1 on every token: an "all" layer
+    depths[0, 0], mask[0, 0] = 6, True  # every layer runs
     plan = make_plan(depths, mask, 6)
-    k_hat = graphs.bucket(plan.num_real + 1)
-    masks = graphs._layer_masks(plan, plan.n_max, k_hat, histogram=True)
-    assert torch.equal(masks, graphs._layer_masks(plan, plan.n_max, k_hat, histogram=False))  # both ways
-    assert masks.shape == (plan.n_max, k_hat) and masks.dtype == torch.bool
+    K, k_hat = plan.num_real, graphs.bucket(plan.num_real + 1)
+    ints, offsets = graphs._tables(plan, T, k_hat, graphs.batch_bucket(B), plan.n_max)
+    assert ints.shape == (plan.n_max + 2, k_hat) and offsets.shape == (plan.n_max + 1, graphs.batch_bucket(B) + 1)
     for n in range(plan.n_max):
-        want = torch.zeros(k_hat, dtype=torch.bool)
-        want[plan.state_rows[plan.layer_slice(n)]] = True
-        assert torch.equal(masks[n], want)
-    assert not masks[:, plan.num_real:].any()
-    counts, K = plan.layer_counts[:plan.n_max], plan.num_real
+        c = plan.layer_counts[n]
+        assert torch.equal(ints[2 + n, :c], plan.state_rows[plan.layer_slice(n)])
+        assert (ints[2 + n, c:] == K).all()
+    counts = plan.layer_counts[:plan.n_max]
+    assert counts[0] == K and min(counts) < K  # an "all" layer and layers with halted tokens
     for rows, dense in ((k_hat - 1, False), (k_hat, True)):
         kinds = [s[0] for s in graphs.layer_sizes(counts, K, B, T, rows)]
         assert kinds == ["all" if c == K else "dense" if dense else graphs.bucket(c) for c in counts]
