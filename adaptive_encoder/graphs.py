@@ -18,10 +18,9 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
 - Buffers (compact state and integer tables per K^, offset tables per B^) are allocated once
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
-  and copied in two transfers. A layer's graph reads them at fixed
-  addresses, so it is keyed by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for
-  every input that lands in those buckets. MPNet's distance table is refilled each call at a
-  fixed address.
+  and copied in two transfers. A layer's graph reads them at fixed addresses, so it is keyed
+  by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for every input that
+  lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
 - A layer on every row of the state (all its tokens active, or a dense layer) ends with its last
   LayerNorm writing only the layer's rows into the state (add_layer_norm_into_'s at_rows form;
   a copy or a masked copy of the whole state before: one kernel and pass fewer per layer).
@@ -154,8 +153,8 @@ class Buffers:
     state (K^, D): the compact state. ints (N+2, K^) int64: row 0 each state row's position in
     its sequence (for a relative position bias), row 1 the real tokens' flattened rows (first
     K entries), row 2+n layer n's query rows into the state (first A_n entries, then K: the
-    first dummy row). tables {T^: (2T^-1, H)}: a relative position bias's distance table per padded length.
-    offsets(B^) (N+1, B^+1) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
+    first dummy row). tables {T^: (2T^-1, H)}: a relative position bias's distance table per
+    padded length. offsets(B^) (N+1, B^+1) int64: row 0 the key offsets, row 1+n layer n's query offsets."""
 
     def __init__(self, num_layers: int, k_hat: int, dim: int, dtype, device):
         self.num_layers, self.device = num_layers, device
@@ -441,7 +440,6 @@ def _step(encoder, layer, buf: Buffers, n: int, offs, table, a_hat: int, kind, b
             encoder._layer(layer, buf.state, buf.state, cu_k, cu_k, max_k, max_k, backend, bias, into=idx,
                            at_rows=True)
     else:
-
         def step():
             xq = ops.gather(buf.state, idx, backend=backend, check=False)
             bias = None if table is None else (table, pos[idx], pos)
