@@ -202,7 +202,8 @@ def markdown(summary: dict, records: list) -> str:
     fused = [r for r in records if r.get("group") == "norm_kernel"]
     if fused:
         lines += ["Fused add + LayerNorm (adaptive_encoder/norm.py) against the add and LayerNorm it replaces "
-                  "(+ the scatter for the _into_ form), interleaved in the same run:", "",
+                  "(+ the scatter for the _into_ form, + the masked copy of half the rows for at_rows), "
+                  "interleaved in the same run:", "",
                   "| op | backend | rows | GB/s | of copy bandwidth | ms | unfused ms | speed-up |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in fused:

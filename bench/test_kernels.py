@@ -82,12 +82,14 @@ def test_gather_scatter_bandwidth(benchmark, op, backend, R):
 
 
 @pytest.mark.parametrize("R", ROWS[:2] if GPU else ROWS[:1])
-@pytest.mark.parametrize("form", ["add_layer_norm", "add_layer_norm_into_"])
+@pytest.mark.parametrize("form", ["add_layer_norm", "add_layer_norm_into_", "at_rows"])
 def test_add_layer_norm(benchmark, form, R):
     """The fused closing step (adaptive_encoder/norm.py) against what it replaces, interleaved:
     the GEMM output plus the residual in place, torch's LayerNorm (and for the _into_ form the
-    scatter of a quarter of the rows into a state). Bytes counted for the fused op: x and
-    residual read, the output written (+ indices)."""
+    scatter of a quarter of the rows into a state; for at_rows, a dense layer's last step, the
+    masked copy of half the rows back into a state of R rows, as graph mode did before).
+    Bytes counted for the fused op: x and residual read, the output written, at the rows it
+    writes (+ indices)."""
     from adaptive_encoder import norm
 
     benchmark.group = "kernels_norm"
@@ -100,16 +102,24 @@ def test_add_layer_norm(benchmark, form, R):
     if form == "add_layer_norm":
         fns = {"fused": functools.partial(norm.add_layer_norm, x, r, w, b, 1e-12, backend=DEV.type),
                "unfused": lambda: ln(x.clone().add_(r))}
-    else:
+    elif form == "add_layer_norm_into_":
         fns = {"fused": functools.partial(norm.add_layer_norm_into_, state, x, r, w, b, 1e-12, rows,
                                           backend=DEV.type, check=False),
                "unfused": lambda: ops.scatter_(state, ln(x.clone().add_(r)), rows, check=False)}
+    else:
+        state, rows = state[:R], torch.randperm(R, generator=gen)[:R // 2].to(DEV)
+        active = torch.zeros(R, 1, dtype=torch.bool, device=DEV)
+        active[rows] = True
+        fns = {"fused": functools.partial(norm.add_layer_norm_into_, state, x, r, w, b, 1e-12, rows, at_rows=True,
+                                          backend=DEV.type, check=False),
+               "unfused": lambda: torch.where(active, ln(x.clone().add_(r)), state, out=state)}
     fns["clone"] = x.clone  # the unfused arm's copy of x (x itself must stay), timed alone and taken off
     with torch.inference_mode():
         med = benchlib.interleaved_medians(fns, rounds=ROUNDS, calls=CALLS)
         benchmark.pedantic(fns["fused"], rounds=ROUNDS, warmup_rounds=1)
     unfused = med["unfused"] - med["clone"]  # the encoder adds into the GEMM's fresh output: no copy
-    nbytes = 3 * R * D * x.element_size() + (8 * R if form != "add_layer_norm" else 0)
+    A = rows.numel() if form == "at_rows" else R
+    nbytes = 3 * A * D * x.element_size() + (8 * A if form != "add_layer_norm" else 0)
     bw = copy_bandwidth()
     info = dict(group="norm_kernel", op=form, backend=norm.kernel_backend(x, DEV.type) or "torch", rows=R, hidden=D,
                 dtype=str(DTYPE), device=str(DEV), seconds=med["fused"], unfused_seconds=unfused,
