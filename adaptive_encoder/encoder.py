@@ -189,17 +189,16 @@ class AdaptiveEncoder(nn.Module):
         host = torch.device("cpu")
         given = [t.device for t in (depths, attention_mask) if isinstance(t, torch.Tensor)]
         plan_device = host if given and all(d == host for d in given) else hidden_states.device
-        if depths is None:
-            depths = torch.full((B, T), self.num_layers, dtype=torch.int64, device=plan_device)
-        if not isinstance(depths, torch.Tensor) or depths.is_floating_point() or depths.is_complex() \
-                or depths.dtype == torch.bool:
-            raise TypeError(f"depths must be an integer tensor, got {getattr(depths, 'dtype', type(depths))}")
-        if depths.shape != (B, T):
-            raise ValueError(f"depths must have shape {(B, T)} (batch, seq), got {tuple(depths.shape)}")
-        if depths.device != plan_device:
-            raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}"
-                             + ("" if attention_mask is None else f", attention_mask on {attention_mask.device}")
-                             + _WHERE)
+        if depths is not None:  # None: full depth, planned from the mask alone (plan.make_plan)
+            if not isinstance(depths, torch.Tensor) or depths.is_floating_point() or depths.is_complex() \
+                    or depths.dtype == torch.bool:
+                raise TypeError(f"depths must be an integer tensor, got {getattr(depths, 'dtype', type(depths))}")
+            if depths.shape != (B, T):
+                raise ValueError(f"depths must have shape {(B, T)} (batch, seq), got {tuple(depths.shape)}")
+            if depths.device != plan_device:
+                raise ValueError(f"depths is on {depths.device}, hidden_states on {hidden_states.device}"
+                                 + ("" if attention_mask is None else f", attention_mask on {attention_mask.device}")
+                                 + _WHERE)
         if attention_mask is None:
             mask = torch.ones((B, T), dtype=torch.bool, device=plan_device)
         else:
@@ -209,9 +208,9 @@ class AdaptiveEncoder(nn.Module):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
             if attention_mask.device != plan_device:
                 raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on "
-                                 f"{hidden_states.device}, depths on {depths.device}" + _WHERE)
+                                 f"{hidden_states.device}, depths on {getattr(depths, 'device', None)}" + _WHERE)
             mask = attention_mask != 0
-        return depths.to(torch.int64), mask
+        return None if depths is None else depths.to(torch.int64), mask
 
     def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, backend: str | None = None,
@@ -239,11 +238,11 @@ class AdaptiveEncoder(nn.Module):
         # host-side plan) it is copied over without a sync. The plan returned stays there.
         # Graph mode brings depths given on the GPU to the host first (graphs.PLAN_ON_HOST).
         graphed = graphed and on_layer is None and self._graphable()
-        if graphed and depths.is_cuda and graphs.PLAN_ON_HOST:  # graph mode plans on the host
+        if graphed and mask.is_cuda and graphs.PLAN_ON_HOST:  # graph mode plans on the host
             depths, mask = to_host(depths, mask)
-        host_plan = depths.device != hidden_states.device
+        host_plan = mask.device != hidden_states.device
         plan = make_plan(depths, mask, self.num_layers,
-                         backend=ops.resolve_backend(depths.device) if host_plan else backend)
+                         backend=ops.resolve_backend(mask.device) if host_plan else backend)
         if graphed:
             state = graphs.run(self, hidden_states, plan, backend, _graph_eligible)
             if state is not None:

@@ -66,7 +66,7 @@ def _count(enc, out: dict, timed: bool) -> None:
     for batch in (1, 8):
         pool, _ = benchlib.cpu_pool(12, 0, batch)
         for name in ("fixed", "mi"):
-            items = [(torch.full_like(d, 12) * m if name == "fixed" else d, m, x) for d, m, x in pool]
+            items = [(None if name == "fixed" else d, m, x) for d, m, x in pool]  # fixed: no depths
             with torch.inference_mode():
                 counter = CountOps()
                 with counter:

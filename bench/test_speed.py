@@ -147,6 +147,7 @@ def _runner(model: str, N: int, x, depths, mask):
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
         d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
+        d = None if kind == "fixed" else d  # full depth as a user asks for it: planned from the mask
         setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused,
                    "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:

@@ -412,13 +412,47 @@ def test_eager_dense_layers_launch_what_full_depth_launches():
     K = int(mask.sum())
     for rows in (K, 0):  # fill the fused-weight cache (q/k/v and k/v): no weight copies counted below
         ops_of(depths, rows)
-    full, dense, compact = ops_of(None, K), ops_of(depths, K), ops_of(depths, K - 1)
+    full, dense, compact = ops_of(torch.full_like(depths, 4), K), ops_of(depths, K), ops_of(depths, K - 1)
     layers = enc.num_layers
     # full depth's ops, with the last LayerNorm of each layer in its writing-back form
     into, plain = "adaptive_encoder.triton_add_layer_norm_into_", "adaptive_encoder.triton_add_layer_norm"
     assert dense - full == collections.Counter({into: layers})
-    assert full - dense == collections.Counter({plain: layers, "aten.full": 1})  # aten.full: full depth's depths
+    assert full - dense == collections.Counter({plain: layers})
     assert compact - dense == collections.Counter({"adaptive_encoder.triton_gather": layers, "aten.linear": layers})
     trained = ops_of(depths, K, grad=True)  # autograd: compact layers, q/k/v apart
     assert trained["adaptive_encoder.triton_gather"] == layers and trained[into] == 0
     assert sum(trained[op] for op in ("aten.linear", "aten.addmm", "aten.mm")) == 6 * layers
+
+
+def test_full_depth_is_planned_from_the_mask_without_the_plan_op():
+    """depths None (full depth, the drop-in's default): no plan op and no depth statistics, the
+    same states as depths N on every real token; an all-padding sequence is still refused."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    def run(depths, x, mask):
+        mode = Count()
+        mode.ops = collections.Counter()
+        with torch.inference_mode(), mode:
+            out = enc(x, depths, mask).last_hidden_state
+        return out, mode.ops
+
+    bert = _bert(layers=3)
+    enc = AdaptiveEncoder.from_bert(bert, backend="cpu")
+    ids, mask, _ = _ragged(3, 9, seed=1)
+    x = bert.embeddings(input_ids=ids).detach()
+    run(None, x, mask)  # fills the fused-weight cache: no weight copies counted below
+    fast, fast_ops = run(None, x, mask)
+    general, general_ops = run(torch.where(mask.bool(), 3, 0), x, mask)
+    assert torch.equal(fast, general)
+    assert general_ops["adaptive_encoder.plan"] == 1 and fast_ops["adaptive_encoder.plan"] == 0
+    assert sum(fast_ops.values()) < sum(general_ops.values())
+    mask[1] = 0
+    with pytest.raises(ValueError, match="every sequence needs at least one real token"):
+        enc(x, None, mask)

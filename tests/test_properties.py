@@ -75,6 +75,27 @@ def test_plan_state_rows_index_the_compact_state(device, backend, inp):
         assert torch.equal(key_rows[lp.state_rows], lp.rows)
 
 
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@SETTINGS
+@given(inp=plan_inputs())
+def test_full_depth_plan_from_the_mask_equals_the_plan_op(device, backend, inp):
+    """depths None: the plan made from the mask alone (no plan op, no depth statistics) is the
+    one the plan op makes for depth N on every real token, field for field."""
+    from adaptive_encoder.plan import make_plan
+
+    _, mask, L = inp
+    if (mask.sum(1) == 0).any():
+        mask[:, 0] = True
+    mask = mask.to(device)
+    fast, general = make_plan(None, mask, L), make_plan(torch.where(mask, L, 0), mask, L, backend=backend)
+    for name in ("rows", "offsets", "cu_k", "key_rows", "state_rows", "cu_q_table"):
+        a, b = getattr(fast, name), getattr(general, name)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+    for name in ("layer_counts", "layer_max_q", "max_k", "num_real", "n_max", "num_layers", "batch"):
+        assert getattr(fast, name) == getattr(general, name), name
+    assert (fast.state_rows is fast.rows) == (general.state_rows is general.rows)
+
+
 @SETTINGS
 @given(inp=plan_inputs())
 def test_plan_moves_in_one_buffer(inp):
