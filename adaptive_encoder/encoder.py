@@ -207,8 +207,8 @@ class AdaptiveEncoder(nn.Module):
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
             if attention_mask.device != plan_device:
-                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on "
-                                 f"{hidden_states.device}, depths on {getattr(depths, 'device', None)}" + _WHERE)
+                raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}"
+                                 + ("" if depths is None else f", depths on {depths.device}") + _WHERE)
             mask = attention_mask != 0
         return None if depths is None else depths.to(torch.int64), mask
 
