@@ -186,15 +186,22 @@ def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     max_k, min_k, num_real, dmin, dmax = rest
     if dmin < 0 or dmax > num_layers:
         ops.check_depths(depths, mask, num_layers, op="depths")  # raises, naming where
-    if min_k == 0:
-        raise ValueError("attention_mask: every sequence needs at least one real token")
-    all_real = num_real == B * T
-    # nonzero_static: the count is known (num_real), so no second wait for the GPU as nonzero's.
-    key_rows = None if all_real else torch.nonzero_static(mask.reshape(-1), size=num_real).squeeze(1)
+    key_rows = _key_rows(mask, min_k, num_real)
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
-                num_layers=num_layers, batch=B, state_rows=None if all_real else _state_rows(rows, mask))
+                num_layers=num_layers, batch=B, state_rows=None if key_rows is None else _state_rows(rows, mask))
+
+
+def _key_rows(mask: torch.Tensor, min_k: int, num_real: int) -> torch.Tensor | None:
+    """(K,) flattened rows of the real tokens, or None when every token is real; ValueError when
+    a sequence has none (min_k, num_real: the host numbers the plan read)."""
+    if min_k == 0:
+        raise ValueError("attention_mask: every sequence needs at least one real token")
+    if num_real == mask.numel():
+        return None
+    # nonzero_static: the count is known (num_real), so no second wait for the GPU as nonzero's.
+    return torch.nonzero_static(mask.reshape(-1), size=num_real).squeeze(1)
 
 
 @torch.compiler.disable
@@ -208,17 +215,14 @@ def _full_plan(mask, num_layers: int) -> Plan:
     lengths = mask.sum(1)
     min_k, max_k = torch.aminmax(lengths)
     max_k, min_k, num_real = torch.cat([max_k.view(1), min_k.view(1), lengths.sum().view(1)]).tolist()  # one sync
-    if min_k == 0:
-        raise ValueError("attention_mask: every sequence needs at least one real token")
-    all_real = num_real == B * T
-    key_rows = None if all_real else torch.nonzero_static(mask.reshape(-1), size=num_real).squeeze(1)
+    key_rows = _key_rows(mask, min_k, num_real)
     cu_k = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     layer_starts = torch.arange(0, L * num_real, num_real, device=dev).unsqueeze(1)
     offsets = torch.cat([(layer_starts + cu_k[:-1]).reshape(-1), cu_k[-1:] * L])
     rows = (key_rows if key_rows is not None else torch.arange(B * T, device=dev)).repeat(L)
     return Plan(rows=rows, offsets=offsets, layer_counts=[num_real] * L, layer_max_q=[max_k] * L,
-                key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=L if num_real else 0,
-                num_layers=L, batch=B, state_rows=None if all_real else torch.arange(num_real, device=dev).repeat(L))
+                key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=L,
+                num_layers=L, batch=B, state_rows=None if key_rows is None else torch.arange(num_real, device=dev).repeat(L))
 
 
 def _state_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
