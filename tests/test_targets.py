@@ -68,8 +68,10 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     assert kernel_line["verdict"] == "MISSED" and kernel_line["source"] == "summary.json kernels (our backends)"
     assert "4096" not in kernel_line["numbers"] and "torch" not in kernel_line["numbers"]
     assert v["mi_of_ideal", "records.jsonl batch sweep (eager)"] == "met"  # 0.5 at batch 1 is not judged
-    assert v["mi_of_ideal", "gpu_scaling.json (eager)"] == "met"  # 1.5 / 1.7 = 0.88
-    assert v["mi_of_ideal", "gpu_scaling.json (graph mode)"] == "met"  # 2.0 / 1.7 = 1.18
+    assert v["mi_of_ideal", "gpu_scaling.json (eager, over fixed)"] == "met"  # 1.5 / 1.7 = 0.88
+    # graph mode over its own full depth: 2000 / 1300 / 1.7 = 0.90, not 2000 / 1000 / 1.7 (eager fixed)
+    assert v["mi_of_ideal", "gpu_scaling.json (graph mode, over fixed+graphs)"] == "met"
+    assert "batch 16 0.90 of ideal" in next(r["numbers"] for r in got if r["source"] == "gpu_scaling.json (graph mode, over fixed+graphs)")
     assert v["batch1_adaptive", "records.jsonl N sweep (mi)"] == "MISSED"  # 0.99 at N = 12
     assert v["batch1_adaptive", "records.jsonl batch sweep (mi)"] == "MISSED"  # 0.85
     assert v["batch1_adaptive", "gpu_scaling.json (mi)"] == "MISSED"
@@ -78,7 +80,9 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     assert v["batch1_adaptive", f"{nsweep} (mi+graphs-dense)"] == "MISSED"
     assert v["batch1_vs_hf", "records.jsonl batch sweep (eager)"] == "met"  # 1.05x HF time
     assert v["batch1_vs_hf", "gpu_scaling.json (eager)"] == "met"  # 0.95x
-    assert v["speedup_with_batch", "gpu_scaling.json (mi, N=12)"] == "met"  # 0.9 -> 1.5
+    assert v["speedup_with_batch", "gpu_scaling.json (mi over fixed, N=12)"] == "met"  # 0.9 -> 1.5
+    # 220 / 200 = 1.10 -> 2000 / 1300 = 1.54: met (over eager fixed it would read 2.20 -> 2.00, shrinking)
+    assert v["speedup_with_batch", "gpu_scaling.json (mi+graphs over fixed+graphs, N=12)"] == "met"
     assert "| every GPU correctness check passes | correctness.json | a ok, b FAILED | MISSED |" in md
 
 
