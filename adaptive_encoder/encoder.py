@@ -130,8 +130,9 @@ class AdaptiveEncoder(nn.Module):
     """
 
     def __init__(self, layers: nn.ModuleList, config, backend: str | None = None, modules: dict | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool | str = False):
         super().__init__()
+        graphs.check_mode(cuda_graphs)
         family = check_supported(config, layers)
         self.layer = layers
         # Encoder-level modules the layers use (MPNet's relative_attention_bias), same names.
@@ -152,7 +153,7 @@ class AdaptiveEncoder(nn.Module):
 
     @classmethod
     def from_model(cls, model, backend: str | None = None, first_layer: int = 0,
-                   cuda_graphs: bool = False) -> "AdaptiveEncoder":
+                   cuda_graphs: bool | str = False) -> "AdaptiveEncoder":
         """Share the layers of a transformers model (BertModel, RobertaForMaskedLM, MPNetModel, ...)
         or its encoder; `first_layer` > 0 keeps only the layers from there up (a partial stack)."""
         enc, config = encoder_and_config(model)
@@ -214,13 +215,15 @@ class AdaptiveEncoder(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, depths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, backend: str | None = None,
-                cuda_graphs: bool | None = None) -> AdaptiveEncoderOutput:
-        """cuda_graphs: None = the encoder's setting. Graphs apply to inference in eval mode,
+                cuda_graphs: bool | str | None = None) -> AdaptiveEncoderOutput:
+        """cuda_graphs: None = the encoder's setting; True, False, or "auto" (graph mode on a GPU
+        for forwards of at most graphs.AUTO_ROWS active rows per layer, where it was measured to
+        pay; eager above). Graphs apply to inference in eval mode,
         without autocast, on layers of plain modules without hooks (every supported family);
         any other call runs eagerly, with the same results. On CPU tensors the same bucketed
         path runs without graphs (what the tests check)."""
         depths, mask = self._check(hidden_states, depths, attention_mask)
-        graphed = self.cuda_graphs if cuda_graphs is None else cuda_graphs
+        graphed = self.cuda_graphs if cuda_graphs is None else graphs.check_mode(cuda_graphs)
         state, plan = self._run(hidden_states, depths, mask, backend or self.backend, graphed=graphed)
         return AdaptiveEncoderOutput(last_hidden_state=state.view(hidden_states.shape), plan=plan)
 
@@ -237,7 +240,10 @@ class AdaptiveEncoder(nn.Module):
         # The plan is made where depths and mask are: on the CPU with states on a GPU (a
         # host-side plan) it is copied over without a sync. The plan returned stays there.
         # Graph mode brings depths given on the GPU to the host first (graphs.PLAN_ON_HOST).
-        graphed = graphed and on_layer is None and self._graphable()
+        if graphed and (on_layer is not None or not self._graphable()):
+            graphed = False
+        if graphed == "auto":  # graph mode for small forwards on a GPU (graphs.AUTO_ROWS)
+            depths, mask, graphed = self._auto_graphs(hidden_states.device, depths, mask)
         if graphed and mask.is_cuda and graphs.PLAN_ON_HOST:  # graph mode plans on the host
             depths, mask = to_host(depths, mask)
         host_plan = mask.device != hidden_states.device
@@ -306,6 +312,17 @@ class AdaptiveEncoder(nn.Module):
             if on_layer is not None:
                 on_layer(full(state))
         return full(state), given
+
+    def _auto_graphs(self, device, depths, mask) -> tuple:
+        """cuda_graphs="auto": (depths, mask, whether graph mode runs this forward), from its
+        token-layers, counted on the host: from a GPU that is one transfer, which waits for the
+        GPU once (as the device plan's own read would). Graph mode then plans from those copies
+        (graphs.PLAN_ON_HOST), the eager path from the tensors given."""
+        host = to_host(depths, mask) if mask.is_cuda else (depths, mask)
+        real = host[1] if host[0] is None else torch.where(host[1], host[0].clamp(0, self.num_layers), 0)
+        total = int(real.sum()) * (self.num_layers if host[0] is None else 1)
+        graphed = graphs.auto(total, self.num_layers, device)
+        return (*(host if graphed and graphs.PLAN_ON_HOST else (depths, mask)), graphed)
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run

@@ -74,6 +74,28 @@ PLAN_ON_HOST = True
 DENSE_ROWS = 0
 
 
+# cuda_graphs="auto": graph mode for a forward of at most AUTO_ROWS active rows per layer on
+# average (its token-layers over the encoder's layers), eager above. H200 run 5 (bench/results/h200,
+# bf16 BERT-base, IMDB lengths): graph mode won at 1.8k-7.2k rows per layer (fixed and MI at
+# batch 1 and 16, MI at batch 64: 1.19x-6.1x) and lost at 14.3k (fixed at batch 64, 0.89x;
+# fixed and MI at batch 128, 0.80x / 0.76x), where the GPU is the limit and graph mode's own
+# GPU time is higher (not its padding: 0.3 % of rows at batch 128). 10240 lies between.
+AUTO_ROWS = 10240
+
+
+def auto(token_layers: int, num_layers: int, device) -> bool:
+    """cuda_graphs="auto"'s choice for a forward on `device` of `token_layers` active (token,
+    layer) pairs through `num_layers` layers: graph mode on a GPU, up to AUTO_ROWS per layer."""
+    return torch.device(device).type == "cuda" and token_layers <= AUTO_ROWS * num_layers
+
+
+def check_mode(value):
+    """value, if it is a cuda_graphs setting (True, False or "auto"); else ValueError."""
+    if value is not True and value is not False and value != "auto":
+        raise ValueError(f'cuda_graphs must be True, False or "auto", got {value!r}')
+    return value
+
+
 def device_plan():
     """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off)."""
     return settings.switched(globals(), "PLAN_ON_HOST", False)

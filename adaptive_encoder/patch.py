@@ -31,6 +31,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from . import graphs
 from .encoder import AdaptiveEncoder, _base_and_encoder
 from .families import check_supported
 
@@ -67,7 +68,7 @@ class PatchedEncoder(AdaptiveEncoder):
     """
 
     def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None,
-                 modules: dict | None = None, cuda_graphs: bool = False):
+                 modules: dict | None = None, cuda_graphs: bool | str = False):
         super().__init__(encoder.layer, config, backend=backend, modules=modules, cuda_graphs=cuda_graphs)
         self.train(encoder.training)
         # Kept out of the module registry: a depth table is not a weight of the model, and
@@ -209,13 +210,14 @@ def _context_post_hook(module, args, kwargs, output):
 
 
 def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None = None,
-                           cuda_graphs: bool = False) -> nn.Module:
+                           cuda_graphs: bool | str = False) -> nn.Module:
     """Swap the encoder inside `model` for AdaptiveEncoder (in place; returns `model`).
 
     model: a transformers model of a supported type (BertModel, BertForSequenceClassification,
     RobertaModel, DistilBertForMaskedLM, MPNetModel, ...). depth_fn(input_ids (B,T),
     attention_mask (B,T) or None) -> depths (B,T) int: used when a call gives no `depths=`.
-    cuda_graphs: replay each layer as a CUDA graph in inference (AdaptiveEncoder.forward).
+    cuda_graphs: replay each layer as a CUDA graph in inference: True, False or "auto" (where
+    it pays; AdaptiveEncoder.forward).
     Raises ValueError / TypeError, leaving `model` unchanged, when the model cannot be run
     exactly.
     """
@@ -224,6 +226,7 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
     if int(transformers.__version__.split(".")[0]) < 5:
         raise RuntimeError(f"apply_adaptive_encoder needs transformers >= 5 (it passes depths through the "
                            f"model's **kwargs), found {transformers.__version__}")
+    graphs.check_mode(cuda_graphs)
     base, enc = _base_and_encoder(model)
     if base is None:
         raise TypeError(f"apply_adaptive_encoder expects a transformers model, got the encoder "

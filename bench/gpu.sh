@@ -114,9 +114,9 @@ fi
 # against eager in the same rounds; a tiny pool in smoke runs.
 SCALING_MODELS="fixed mi hf_sdpa"  # --graphs adds mi+host, fixed+graphs, mi+graphs
 if [ "$SMOKE" = 1 ]; then
-  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --out "$RES"
+  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --out "$RES"
 else
-  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --out "$RES"
+  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --auto --out "$RES"
 fi
 
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).

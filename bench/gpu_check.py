@@ -314,7 +314,7 @@ def _graphs():
     next ones (other data and depths, the same buckets) replay; each against eager. Then the
     last batch with depths and mask on the CPU (a host-side plan), eager and graphed, with no
     device sync allowed."""
-    from adaptive_encoder import graphs
+    from adaptive_encoder import graphs, settings
 
     errs, replays, capture_errors = {}, {}, []
     with torch.inference_mode():
@@ -336,6 +336,16 @@ def _graphs():
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
             errs[f"{tag}/device-plan+dense+graphs"] = rel_err(got, want, mask)
             cache = graphs.cache_for(enc, DEV)
+            # cuda_graphs="auto": graph mode at this size on a GPU (it replays; eager on CPU, the
+            # smoke run), eager with AUTO_ROWS at 0
+            before = cache.replays
+            got = enc(xi, di, mask, cuda_graphs="auto").last_hidden_state
+            routed = (cache.replays > before) == (DEV.type == "cuda")
+            errs[f"{tag}/auto"] = rel_err(got, want, mask) + (0.0 if routed else float("inf"))
+            with settings.switched(vars(graphs), "AUTO_ROWS", 0):
+                before = cache.replays
+                got = enc(xi, di, mask, cuda_graphs="auto").last_hidden_state
+            errs[f"{tag}/auto-eager"] = rel_err(got, want, mask) + (0.0 if cache.replays == before else float("inf"))
             replays[tag] = (cache.captures, cache.replays)
             capture_errors += cache.capture_errors
             # Depths and mask on the CPU: the plan is made on the host and, once the graphs

@@ -85,6 +85,9 @@ G = test_speed.GRAPHS
 ARMS = {
     "graphs": (["mi" + test_speed.HOST, "fixed" + G, "mi" + G],
                "MI with the plan on the host, fixed and MI in graph mode with it (adaptive_encoder/graphs.py)"),
+    "auto": (["fixed" + test_speed.AUTO, "mi" + test_speed.AUTO],
+             "fixed and MI with cuda_graphs=\"auto\" (graph mode up to graphs.AUTO_ROWS active rows per layer, "
+             "eager above), depths and mask given on the GPU"),
     "devplan": (["mi" + G + "-dev", "mi" + G + "-devplan"],
                 "MI in graph mode with depths and mask given on the GPU: copied to the host and planned there "
                 "(the default), and planned on the GPU"),

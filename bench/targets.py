@@ -7,7 +7,7 @@ summary.json (gpu.sh's benchmark suite: its records, and the kernels' bandwidth)
 followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
 numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
 numbers and nothing else: why a target is missed (launch-bound, padding, ...) is for bench/NOTES.md.
-Eager and graph mode (cuda_graphs=True) are judged on separate lines. A second table gives the
+Eager, graph mode (cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines. A second table gives the
 settings the run's numbers decide (DENSE_ROWS, where to plan, where graph mode pays), each by
 its rule (bench/NOTES.md, "Reading a run").
 
@@ -75,9 +75,9 @@ def _by(rows: list, **match) -> dict:
 
 def _base(model: str) -> str:
     """The full-depth arm a model's speed-up is read against: graph mode's own for graph-mode
-    arms (gpu_scaling's `speedup` column is over eager `fixed` for every arm, which credits a
+    arms, cuda_graphs="auto"'s for "+auto" arms (gpu_scaling's `speedup` column is over eager `fixed` for every arm, which credits a
     graph-mode MI with graph mode's gain as well as depth's: 5.65x at batch 1 in H200 run 5)."""
-    return "fixed+graphs" if "+graphs" in model else "fixed"
+    return "fixed+graphs" if "+graphs" in model else "fixed+auto" if model.endswith("+auto") else "fixed"
 
 
 def _speedups(rows: list, model: str) -> dict:
@@ -105,7 +105,7 @@ def full_depth_vs_hf(results: dict) -> list:
         out.append(_line(target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         hf = _by(rows, model="hf_sdpa")
-        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
+        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode"), ("fixed+auto", "auto")):
             ours = _by(rows, model=model)
             items = [(f"batch {b}", f"{ours[b, n]['seconds'] / hf[b, n]['seconds']:.2f}x HF time",
                       ours[b, n]["seconds"] <= hf[b, n]["seconds"]) for b, n in sorted(ours) if b >= 8 and (b, n) in hf]
@@ -139,7 +139,7 @@ def mi_of_ideal(results: dict) -> list:
         out.append(_line(target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         for model, mode in (("mi", "eager"), ("mi+dense", "eager, dense"), ("mi+graphs", "graph mode"),
-                            ("mi+graphs-dense", "graph mode, dense")):
+                            ("mi+graphs-dense", "graph mode, dense"), ("mi+auto", "auto")):
             ours = _speedups(rows, model)
             items = [(f"batch {b}", f"{ours[b, n][1]:.2f} of ideal", ours[b, n][1] >= 0.85)
                      for b, n in sorted(ours) if b >= 8]
@@ -159,7 +159,7 @@ def batch_one(results: dict) -> list:
                 out.append(_line(never, f"records.jsonl {what} ({m})", items))
     for source, rows in _scaling_rows(results).items():
         for base, model in (("fixed", "mi"), ("fixed", "mi+dense"), ("fixed+graphs", "mi+graphs"),
-                            ("fixed+graphs", "mi+graphs-dense")):
+                            ("fixed+graphs", "mi+graphs-dense"), ("fixed+auto", "mi+auto")):
             fixed = _by(rows, model=base, batch=1)
             items = [(f"N={n}", f"{r['samples_per_s'] / fixed[1, n]['samples_per_s']:.2f}x {base}",
                       r["samples_per_s"] >= fixed[1, n]["samples_per_s"])
@@ -178,7 +178,7 @@ def batch_one_vs_hf(results: dict) -> list:
         out.append(_line(hf_target, "records.jsonl batch sweep (eager)", items))
     for source, rows in _scaling_rows(results).items():
         hf = _by(rows, model="hf_sdpa", batch=1)
-        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode")):
+        for model, mode in (("fixed", "eager"), ("fixed+graphs", "graph mode"), ("fixed+auto", "auto")):
             ours = _by(rows, model=model, batch=1)
             items = [(f"N={k[1]}", f"{ours[k]['seconds'] / hf[k]['seconds']:.2f}x HF time",
                       ours[k]["seconds"] <= 1.1 * hf[k]["seconds"]) for k in sorted(ours) if k in hf]
@@ -191,7 +191,7 @@ def speedup_with_batch(results: dict) -> list:
     """The speed-up over full depth must not shrink as the batch grows (the paper's does)."""
     target, out = "speedup_with_batch", []
     for source, rows in _scaling_rows(results).items():
-        for model in ("mi", "mi+graphs"):
+        for model in ("mi", "mi+graphs", "mi+auto"):
             ours = _speedups(rows, model)
             for N in sorted({n for _, n in ours}):
                 seq = [(b, ours[b, n][0]) for b, n in sorted(ours) if n == N]
@@ -311,6 +311,33 @@ def graph_mode(results: dict) -> list:
     return out
 
 
+def auto_rows(results: dict) -> list:
+    """graphs.AUTO_ROWS: cuda_graphs="auto" should run each forward the faster way. Per batch,
+    fixed+auto / mi+auto over the better of its eager and graph-mode arms; where it loses by
+    > 2 %, the active rows per layer there (K x active share) say which way the limit moves."""
+    out = []
+    for source, rows in _scaling_rows(results).items():
+        for base in ("fixed", "mi"):
+            auto, eager, graphed = (_by(rows, model=m) for m in (base + "+auto", base, base + "+graphs"))
+            pairs, up, down = [], [], []
+            for k in sorted(auto):
+                if k not in eager or k not in graphed:
+                    continue
+                best = max(eager[k], graphed[k], key=lambda r: r["samples_per_s"])
+                r = auto[k]["samples_per_s"] / best["samples_per_s"]
+                pairs.append((k[1], k[0], r, auto[k]))
+                if r < 1 / WIN:
+                    per_layer = auto[k].get("tokens_per_forward", 0) * auto[k].get("active", 1)
+                    (up if best is graphed[k] else down).append(f"{per_layer:.0f}")
+            if pairs:
+                setting = "keep AUTO_ROWS" if not (up or down) else "; ".join(
+                    part for part in (up and f"raise AUTO_ROWS above {max(up, key=float)} (graph mode won there)",
+                                      down and f"lower AUTO_ROWS below {min(down, key=float)} (eager won there)") if part)
+                out.append(_decision("cuda_graphs=\"auto\"", f"{base}+auto over the better of {base} and {base}+graphs",
+                                     source, pairs, setting))
+    return out
+
+
 def attention(results: dict) -> list:
     """Whether a FlashAttention-2 route (aten::_flash_attention_forward, bf16/fp16, no position
     bias) is worth building: the kernel suite's aten_flash over our Triton kernel, same inputs."""
@@ -328,7 +355,8 @@ def attention(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, fused_norm, direct_calls, attention)
+    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, auto_rows, fused_norm, direct_calls,
+                           attention)
             for d in part(results)]
 
 

@@ -60,14 +60,14 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # with torch's add and LayerNorm instead of the fused kernel (norm.unfused()), "+dispatched" eager
 # with every kernel called through torch's dispatcher (ops.via_dispatcher()), "+dense" eager with
 # dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
-GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE = "+graphs", "+host", "+unfused", "+dispatched", "+dense"
-_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"),
+GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO = "+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto"
+_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (AUTO, "auto", "device"),
              (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
              (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
 
 
 def _variant(model: str) -> tuple:
-    """(depth-source name, graph mode, where depths and mask are given and planned: "host",
+    """(depth-source name, graph mode (True, False or "auto"), where depths and mask are given and planned: "host",
     "device" or "devplan"; or "dense": on the host, dense layers; or "unfused" / "dispatched" /
     "eager-dense": on the device, unfused closing LayerNorms / kernels through the dispatcher /
     dense layers)."""

@@ -443,3 +443,56 @@ def test_model_built_in_inference_mode():
         hf = net.encoder(x, attention_mask=additive).last_hidden_state
     torch.testing.assert_close(graphed, eager, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(full[m], hf[m], atol=2e-5, rtol=1e-5)
+
+
+def test_auto_rule():
+    """graphs.auto: graph mode on a GPU up to AUTO_ROWS active rows per layer on average, never on CPU."""
+    N, rows = 12, graphs.AUTO_ROWS
+    assert graphs.auto(rows * N, N, "cuda") and not graphs.auto(rows * N + 1, N, "cuda")
+    assert graphs.auto(1, N, torch.device("cuda", 0)) and not graphs.auto(1, N, "cpu")
+    # H200 run 5's points (tokens per forward x active share): graph mode won on every one below, lost above
+    for won in (3574 * N, 1790 * N, 7160 * N):
+        assert graphs.auto(won, N, "cuda")
+    for lost in (14295 * N, 28590 * N, 14320 * N):
+        assert not graphs.auto(lost, N, "cuda")
+
+
+@pytest.mark.parametrize("full_depth", [False, True])
+def test_auto_chooses_by_token_layers(monkeypatch, full_depth):
+    """cuda_graphs="auto" counts the forward's active token-layers (padding and depth 0 count
+    nothing, depths None is N per real token) and runs graph mode at or below the rule's limit,
+    eagerly above, with the eager results either way. The CPU never pays (graphs.auto), so the
+    rule is replaced here by one that allows the CPU: what is checked is the count and the route."""
+    net, enc = _encoder("cpu", "cpu")
+    x, d, m = _inputs(3, 9, 0, "cpu")
+    d[0, 0] = 0  # a depth-0 real token: no layer
+    token_layers = int((m.sum() * enc.num_layers) if full_depth else torch.where(m, d, 0).sum())
+    depths = None if full_depth else d
+    seen = []
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    with torch.inference_mode():
+        eager = enc(x, depths, m).last_hidden_state
+        for limit, graphed in ((token_layers, True), (token_layers - 1, False)):
+            monkeypatch.setattr(graphs, "auto", lambda t, n, dev, limit=limit: seen.append((t, n, str(dev))) or t <= limit)
+            before = cache.captures + cache.replays
+            got = enc(x, depths, m, cuda_graphs="auto").last_hidden_state
+            assert seen[-1] == (token_layers, enc.num_layers, "cpu")
+            assert (cache.captures + cache.replays > before) == graphed
+            torch.testing.assert_close(got, eager, atol=2e-5, rtol=1e-5)
+    # the encoder's own setting, and the real rule: on CPU always eager
+    monkeypatch.undo()
+    enc.cuda_graphs = "auto"
+    before = cache.captures + cache.replays
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(x, depths, m).last_hidden_state, eager, atol=0, rtol=0)
+    assert cache.captures + cache.replays == before
+
+
+def test_cuda_graphs_setting_is_checked():
+    net, enc = _encoder("cpu", "cpu")
+    x, d, m = _inputs(2, 5, 0, "cpu")
+    for bad in ("yes", 1, "Auto"):
+        with pytest.raises(ValueError, match="cuda_graphs must be True, False or \"auto\""):
+            enc(x, d, m, cuda_graphs=bad)
+        with pytest.raises(ValueError, match="cuda_graphs"):
+            AdaptiveEncoder.from_model(net, cuda_graphs=bad)

@@ -147,3 +147,27 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     (d,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["decision"] == "attention kernel"]
     assert d["setting"].startswith("aten_flash ahead at batch 64 (mi queries):")
     assert "batch 8 (mi queries) 0.99x" in d["numbers"] and "batch 64 (mi queries) 1.50x" in d["numbers"]
+
+
+def test_auto_judged_against_the_better_mode(targets, tmp_path):
+    """cuda_graphs="auto" arms: the targets read them over fixed+auto, and the AUTO_ROWS decision
+    compares them with the better of eager and graph mode at each batch, saying which way to move."""
+    def row(model, batch, sps, tokens, active=1.0):
+        return dict(_row(model, batch, sps, ideal=1.7 if model.startswith("mi") else 1.0), tokens_per_forward=tokens,
+                    active=active)
+
+    rows = []
+    for batch, tokens, (e, g, a) in ((1, 200, (100, 500, 495)),      # auto = graph mode: kept
+                                     (16, 3000, (1000, 2000, 1000)),  # auto ran eager where graphs won by 2x
+                                     (128, 28000, (900, 700, 700))):  # auto ran graphs where eager won
+        rows += [row("fixed", batch, e, tokens), row("fixed+graphs", batch, g, tokens), row("fixed+auto", batch, a, tokens)]
+    rows += [row("hf_sdpa", 16, 1500, 3000), row("mi+auto", 16, 1700, 3000, 0.5), row("mi+auto", 1, 480, 200, 0.5)]
+    _write(tmp_path / "gpu_scaling.json", {"rows": rows})
+    got, _ = targets.report(str(tmp_path))
+    v = _verdicts(got)
+    assert v["full_depth_vs_hf", "gpu_scaling.json (auto)"] == "MISSED"  # 1000 < 1500 samples/s at 16
+    assert v["batch1_adaptive", "gpu_scaling.json (mi+auto)"] == "MISSED"  # 480 < 495
+    assert v["mi_of_ideal", "gpu_scaling.json (auto, over fixed+auto)"] == "met"  # 1700 / 1000 / 1.7 = 1.0
+    (fixed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"].startswith("fixed+auto")]
+    assert fixed["numbers"] == "batch 1 0.99x, batch 16 0.50x, batch 128 0.78x"
+    assert fixed["setting"] == "raise AUTO_ROWS above 3000 (graph mode won there); lower AUTO_ROWS below 28000 (eager won there)"
