@@ -496,3 +496,35 @@ def test_cuda_graphs_setting_is_checked():
             enc(x, d, m, cuda_graphs=bad)
         with pytest.raises(ValueError, match="cuda_graphs"):
             AdaptiveEncoder.from_model(net, cuda_graphs=bad)
+
+
+@pytest.mark.parametrize("change", ["none", "other layer", "swapped child", "train mode", "forward hook", "pre-hook",
+                                    "new parameter", "data swapped", "in place", "parameter removed"])
+def test_seal_breaks_on_every_change(change):
+    """graphs.Seal.holds: True for the layer as sealed, False after any change a graph could not see."""
+    net, enc = _encoder("cpu", "cpu")
+    layer = net.encoder.layer[1]
+    layer.eval()
+    seal = graphs.Seal(layer)
+    dense = layer.intermediate.dense
+    target = layer
+    if change == "other layer":
+        target = net.encoder.layer[2]
+    elif change == "swapped child":
+        layer.intermediate.dense = torch.nn.Linear(dense.in_features, dense.out_features).eval()
+    elif change == "train mode":
+        layer.output.dropout.train()
+    elif change == "forward hook":
+        layer.attention.self.register_forward_hook(lambda *a: None)
+    elif change == "pre-hook":
+        layer.output.LayerNorm.register_forward_pre_hook(lambda *a: None)
+    elif change == "new parameter":
+        dense.bias = torch.nn.Parameter(dense.bias.detach().clone())
+    elif change == "data swapped":
+        dense.weight.data = dense.weight.detach().clone()
+    elif change == "in place":
+        with torch.no_grad():
+            dense.weight.add_(1.0)
+    elif change == "parameter removed":
+        dense.bias = None
+    assert seal.holds(target) == (change == "none")
