@@ -49,12 +49,14 @@ class AdaptiveClassifier(nn.Module):
         self.bert = bert
         self.num_layers = bert.config.num_hidden_layers
         D = bert.config.hidden_size
-        self.encoder = AdaptiveEncoder.from_bert(bert)
+        # Inference on a GPU takes graph mode where it pays (graphs.AUTO_ROWS); training, the
+        # CPU and larger batches run eagerly.
+        self.encoder = AdaptiveEncoder.from_bert(bert, cuda_graphs="auto")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * D, num_labels)
         self.halting = nn.Linear(D, self.num_layers) if halting else None
         if halting:  # layers 2..N, driven by the halting unit's depths (minus one)
-            self.upper = AdaptiveEncoder.from_model(bert, first_layer=1)
+            self.upper = AdaptiveEncoder.from_model(bert, first_layer=1, cuda_graphs="auto")
 
     def classify(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pool(states, mask)))

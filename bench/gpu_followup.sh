@@ -16,12 +16,14 @@
 #    gpu_scaling.py --graphs --devplan --dense --eager-dense --unfused --dispatcher, pool 64 -> followup_scaling.json;
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
+# 3a. one forward's GPU kernels at batch 128, eager and graph mode (run 5: graph mode 0.80x
+#    eager there with 0.3 % padded rows; which kernels take longer?) -> kernels_128/host_profile.txt;
 # 3b. batch 1 at N = 2, 4, 8 (fixed, MI eager with dense layers; graph mode: fixed, MI compact,
 #    MI dense): the batch-1 target
 #    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json;
-# 4. the C++ error probe with --inline (a load_inline extension: is it our build or the
-#    toolchain?) -> cpp_errors_inline.txt; ~40 s, so after the measurements;
-# 5. torch.compile's traced route on CUDA (never run there) -> compile.txt.
+# 4. torch.compile's traced route on CUDA (never run there) -> compile.txt.
+# (The C++ error probe with --inline is no longer a step: run 5's prebuilt gcc-12 extension
+# raised where run 4's own gcc-13.3 build crashed, which answered it.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0
@@ -70,9 +72,10 @@ if [ "$SMOKE" = 1 ]; then
     --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
+  step kernels 300 kernels_log.txt python bench/gpu_host_profile.py --batches 4 --forwards 2 --top 3 --kernels 5 \
+    --models fixed fixed+graphs --out "$DEST/kernels_128"
   step nsweep 300 nsweep.txt python bench/gpu_scaling.py --pool 4 --batches 1 --N 2 --rounds 1 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
-  step cpp_errors 120 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
 else
   if ! python -c "import adaptive_encoder._C" 2>/dev/null; then
@@ -80,10 +83,11 @@ else
   fi
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
+  step kernels 45 kernels_log.txt python bench/gpu_host_profile.py --batches 128 --forwards 3 --top 5 --kernels 15 \
+    --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels_128"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
-  step cpp_errors 60 cpp_errors_inline.txt python -X faulthandler bench/cpp_errors.py --inline
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi
 if [ -f "$DEST/gpu_scaling.json" ]; then
