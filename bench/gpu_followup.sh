@@ -7,6 +7,9 @@
 # Steps, each under its own time limit, results in runs/gpu-followup (packed into $OUT):
 # 1. build, only if the machine was handed back since gpu.sh (a fresh one has no package): the
 #    extension prebuilt on the CPU machine if it fits (bench/install_gpu.sh), else compiled;
+# 1b. the kernel benchmarks (bench/test_kernels.py: gather/scatter GB/s against copy, the fused
+#    add + LayerNorm, varlen attention) -> records.jsonl; gpu.sh's suite stage may not reach
+#    past them (run 5 spent its 117 s there);
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
 #    1/16/64/128), with depths given on the GPU, planned on the host (the default) or on
 #    the GPU, and with dense layers (graphs.DENSE_ROWS: where they beat compact ones), and
@@ -68,6 +71,8 @@ step() {  # step NAME LIMIT_S LOG COMMAND...
 
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1 BENCH_QUICK=1
+  step suite 300 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
+    --benchmark-only -q -p no:cacheprovider
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
     --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
@@ -81,10 +86,12 @@ else
   if ! python -c "import adaptive_encoder._C" 2>/dev/null; then
     step build 150 build.txt bash bench/install_gpu.sh  # the prebuilt extension if one fits, else a build
   fi
-  step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
+  step suite 75 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
+    --benchmark-only -q -p no:cacheprovider
   step kernels 45 kernels_log.txt python bench/gpu_host_profile.py --batches 128 --forwards 3 --top 5 --kernels 15 \
     --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels_128"
+  step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
+    --models fixed mi --graphs --devplan --dense --eager-dense --unfused --dispatcher --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"

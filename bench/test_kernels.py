@@ -50,6 +50,12 @@ def copy_bandwidth() -> float:
     return 2 * n / med
 
 
+def _randn(*shape, seed: int) -> torch.Tensor:
+    """Random DTYPE values made on DEV (a 1M x 768 tensor made on the host and copied over took
+    seconds of a GPU run's few minutes)."""
+    return torch.randn(*shape, device=DEV, generator=torch.Generator(DEV).manual_seed(seed)).to(DTYPE)
+
+
 def _record(benchmark, op, backend, R, nbytes, seconds):
     bw = copy_bandwidth()
     info = dict(group="kernels", op=op, backend=backend, rows=R, hidden=D, dtype=str(DTYPE), device=str(DEV),
@@ -65,18 +71,18 @@ def _record(benchmark, op, backend, R, nbytes, seconds):
 def test_gather_scatter_bandwidth(benchmark, op, backend, R):
     benchmark.group = f"kernels_{op}"
     gen = torch.Generator().manual_seed(R)
-    x = torch.randn(R, D, generator=gen).to(DEV, DTYPE)
+    x = _randn(R, D, seed=R)
     rows = torch.randperm(R, generator=gen)[: R // 4].sort().values.to(DEV)
     A, e = rows.numel(), x.element_size()
     if op == "gather":
         fn = functools.partial(ops.gather, x, rows, backend=backend, check=False)
         nbytes = 2 * A * D * e + 8 * A
     elif op == "scatter":
-        src = torch.randn(A, D, generator=gen).to(DEV, DTYPE)
+        src = _randn(A, D, seed=R + 1)
         fn = functools.partial(ops.scatter, x, src, rows, backend=backend, check=False)
         nbytes = 2 * R * D * e + 2 * A * D * e + 8 * A
     else:  # in place: the same rows rewritten each call
-        src = torch.randn(A, D, generator=gen).to(DEV, DTYPE)
+        src = _randn(A, D, seed=R + 1)
         fn = functools.partial(ops.scatter_, x, src, rows, backend=backend, check=False)
         nbytes = 2 * A * D * e + 8 * A
     med = benchlib.interleaved_medians({op: fn}, rounds=ROUNDS, calls=CALLS)[op]
@@ -98,9 +104,9 @@ def test_add_layer_norm(benchmark, form, R):
 
     benchmark.group = "kernels_norm"
     gen = torch.Generator().manual_seed(R)
-    x, r = (torch.randn(R, D, generator=gen).to(DEV, DTYPE) for _ in range(2))
+    x, r = _randn(R, D, seed=R), _randn(R, D, seed=R + 1)
     w, b = torch.randn(D, generator=gen).to(DEV, DTYPE), torch.randn(D, generator=gen).to(DEV, DTYPE)
-    state = torch.randn(4 * R, D, generator=gen).to(DEV, DTYPE)
+    state = _randn(4 * R, D, seed=R + 2)
     rows = torch.randperm(4 * R, generator=gen)[:R].to(DEV)
     ln = functools.partial(torch.nn.functional.layer_norm, normalized_shape=(D,), weight=w, bias=b, eps=1e-12)
     if form == "add_layer_norm":
