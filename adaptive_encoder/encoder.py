@@ -278,7 +278,9 @@ class AdaptiveEncoder(nn.Module):
             bias = family.distance_bias({m: getattr(self, m) for m in family.encoder_modules}, T)
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
             q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
-        fuse = _fuse_norms(state, backend)  # the same answer for every layer: asked once (~10 us a call)
+        # The same answer for every layer: asked once (~10 us a call). Small eager forwards are
+        # launch-bound, where the Triton kernel's launch costs more than torch's pair (norm.EAGER_ROWS).
+        fuse = _fuse_norms(state, backend) and plan.num_real >= norm.EAGER_ROWS
         # Dense layers (DENSE_ROWS): not under torch.compile, where the row count is data (asked
         # before the count is read: reading it there would guard on the data).
         dense = inference and DENSE_ROWS > 0 and not torch.compiler.is_compiling() and plan.num_real <= DENSE_ROWS

@@ -23,7 +23,8 @@ the CPU op and the reference); the Triton kernel takes D up to 16384 (one row pe
 The sum is rounded to the input dtype before the statistics, as `x + residual` stores it.
 
 FUSED (True): whether the encoder uses these ops; `unfused()` turns them off inside a block
-(benchmarks timing both in one run). Not for threads that want different settings at once.
+(benchmarks timing both in one run). EAGER_ROWS: the eager path uses them only from that many
+real tokens (`eager_rows()`); graph mode always. Not for threads that want different settings at once.
 """
 import os
 
@@ -32,6 +33,16 @@ import torch
 from . import ops, reference, settings
 
 FUSED = True
+
+# The eager path fuses only forwards of at least EAGER_ROWS real tokens. Below that a GPU forward
+# is launch-bound, and one Triton launch (Python) costs the host more than torch's add and
+# LayerNorm (two C++ launches): H200 run 5's follow-up (bench/results/h200/followup), eager
+# fixed / MI with the fused kernel against without, batch 2-15 (0.7k-2.8k tokens): 0.82-0.95x,
+# 0.6-0.65 ms more host time per forward (24 calls). The kernel itself moves 3 row passes for 5:
+# 2.56x the pair's speed at 65k rows. 10240 is where run 5's eager forwards stop being
+# launch-bound (host/GPU 1.00 at 3.6k tokens, 0.89 at 14k) and where cuda_graphs="auto" hands
+# smaller forwards to graph mode, which always fuses (a graph replays no launch).
+EAGER_ROWS = 10240
 
 # Why the C++ op is not the default on CPU tensors (nor what the encoder runs there): float32,
 # best of 7 x 3 x 10 calls, torch's add in place (as the encoder adds into the GEMM output) and
@@ -49,6 +60,11 @@ _HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "add
 def unfused():
     """Inside: the encoder closes its blocks with an add and torch's LayerNorm (FUSED off)."""
     return settings.switched(globals(), "FUSED", False)
+
+
+def eager_rows(rows: int):
+    """Inside: eager forwards of at least `rows` real tokens use the fused kernel (EAGER_ROWS)."""
+    return settings.switched(globals(), "EAGER_ROWS", rows)
 
 
 def _out_like(x, *args):

@@ -112,11 +112,14 @@ fi
 # Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
 # (110 s on an H200 with five models, 2026-11-27), and graph mode (one CUDA graph per layer)
 # against eager in the same rounds; a tiny pool in smoke runs.
-SCALING_MODELS="fixed mi hf_sdpa"  # --graphs adds mi+host, fixed+graphs, mi+graphs
+# --graphs adds mi+host, fixed+graphs, mi+graphs; --auto fixed+auto, mi+auto (cuda_graphs="auto");
+# --unfused fixed+unfused, mi+unfused (the eager fused add + LayerNorm's A/B where it now runs:
+# from norm.EAGER_ROWS real tokens, i.e. batch 64-128 here).
+SCALING_MODELS="fixed mi hf_sdpa"
 if [ "$SMOKE" = 1 ]; then
-  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --out "$RES"
+  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --unfused --out "$RES"
 else
-  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --auto --out "$RES"
+  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --auto --unfused --out "$RES"
 fi
 
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).

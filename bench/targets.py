@@ -2,7 +2,7 @@
 
     python bench/targets.py bench/results/h200 [--out bench/results/h200/targets.md]
 
-Reads whatever of these the folder has: correctness.json (gpu_check.py), records.jsonl and
+Reads whatever of these the folder has (not below run<N>/, earlier runs kept beside): correctness.json (gpu_check.py), records.jsonl and
 summary.json (gpu.sh's benchmark suite: its records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere below it
 followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
 numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import re
 
 MET, MISSED, NONE = "met", "MISSED", "not measured"
 ADAPTIVE = ("mi", "reconstruction", "halting", "mr_mi", "mr_reconstruction", "mr_halting")
@@ -114,20 +115,28 @@ def full_depth_vs_hf(results: dict) -> list:
     return out or [_line(target, "records.jsonl, gpu_scaling.json", [])]
 
 
+def _record_sources(results: dict) -> dict:
+    """{source: records} of every records.jsonl read: gpu.sh's at the top, the follow-up's below."""
+    return {name: recs for name, recs in results.items() if name.endswith("records.jsonl") and recs}
+
+
 def copy_bandwidth(results: dict) -> list:
     """gather / scatter at >= 85 % of the device-to-device copy's bandwidth, >= 64k rows."""
-    target = "copy_bandwidth"
+    target, out = "copy_bandwidth", []
     # The records say the shape (hidden size, dtype); summary.json's list does not, so it is
     # read only without records.
-    records = [r for r in results.get("records.jsonl", []) if r.get("group") == "kernels"]
-    kernels = [r for r in records if r.get("hidden") == 768 and r.get("dtype") == "torch.bfloat16"] if records \
-        else (results.get("summary.json") or {}).get("kernels", [])
-    items = [(f"{k['op']}/{k['backend']} {k['rows']} rows", f"{k['fraction_of_copy_bw']:.0%}",
-              k["fraction_of_copy_bw"] >= 0.85)
-             for k in kernels if k["op"] in ("gather", "scatter", "scatter_") and k["rows"] >= 65536
-             and k["backend"] != "torch"]
-    source = "records.jsonl kernels, 768 bf16" if records else "summary.json kernels"
-    return [_line(target, f"{source} (our backends)", items)]
+    sources = {name: [r for r in recs if r.get("group") == "kernels"] for name, recs in _record_sources(results).items()}
+    sources = {name: [r for r in recs if r.get("hidden") == 768 and r.get("dtype") == "torch.bfloat16"]
+               for name, recs in sources.items() if recs} \
+        or {"summary.json": (results.get("summary.json") or {}).get("kernels", [])}
+    for name, kernels in sources.items():
+        items = [(f"{k['op']}/{k['backend']} {k['rows']} rows", f"{k['fraction_of_copy_bw']:.0%}",
+                  k["fraction_of_copy_bw"] >= 0.85)
+                 for k in kernels if k["op"] in ("gather", "scatter", "scatter_") and k["rows"] >= 65536
+                 and k["backend"] != "torch"]
+        kind = "kernels, 768 bf16" if name.endswith("records.jsonl") else "kernels"
+        out.append(_line(target, f"{name} {kind} (our backends)", items))
+    return out
 
 
 def mi_of_ideal(results: dict) -> list:
@@ -341,17 +350,19 @@ def auto_rows(results: dict) -> list:
 def attention(results: dict) -> list:
     """Whether a FlashAttention-2 route (aten::_flash_attention_forward, bf16/fp16, no position
     bias) is worth building: the kernel suite's aten_flash over our Triton kernel, same inputs."""
-    recs = {(r["batch"], r["queries"], r["backend"]): r for r in results.get("records.jsonl", [])
-            if r.get("group") == "attention_kernel"}
-    pairs = [(12, f"{b} ({q} queries)", recs[b, q, "triton"]["seconds"] / r["seconds"], r)
-             for (b, q, backend), r in sorted(recs.items()) if backend == "aten_flash" and (b, q, "triton") in recs]
-    if not pairs:
-        return []
-    wins = [p for p in pairs if p[2] >= WIN]
-    setting = (f"aten_flash ahead at batch {', '.join(p[1] for p in wins)}: worth a route, by its share of a layer's time"
-               if wins else "keep the Triton kernel")
-    return [_decision("attention kernel", f"aten_flash over triton (time ratio, >= {WIN}x)", "records.jsonl kernels",
-                      pairs, setting)]
+    out = []
+    for name, records in _record_sources(results).items():
+        recs = {(r["batch"], r["queries"], r["backend"]): r for r in records if r.get("group") == "attention_kernel"}
+        pairs = [(12, f"{b} ({q} queries)", recs[b, q, "triton"]["seconds"] / r["seconds"], r)
+                 for (b, q, backend), r in sorted(recs.items()) if backend == "aten_flash" and (b, q, "triton") in recs]
+        if not pairs:
+            continue
+        wins = [p for p in pairs if p[2] >= WIN]
+        setting = (f"aten_flash ahead at batch {', '.join(p[1] for p in wins)}: worth a route, by its share of a "
+                   "layer's time" if wins else "keep the Triton kernel")
+        out.append(_decision("attention kernel", f"aten_flash over triton (time ratio, >= {WIN}x)", f"{name} kernels",
+                             pairs, setting))
+    return out
 
 
 def decisions(results: dict) -> list:
@@ -367,11 +378,14 @@ def read(folder: str) -> dict:
         os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"))
         for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
     found = {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
-    try:
-        with open(os.path.join(folder, "records.jsonl")) as f:
-            found["records.jsonl"] = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
-        pass
+    for path in sorted(glob.glob(os.path.join(folder, "**", "records.jsonl"), recursive=True)):
+        if any(re.fullmatch(r"run\d+", part) for part in os.path.relpath(path, folder).split(os.sep)):
+            continue  # an earlier run kept beside this one (bench/results/h200/run3/)
+        try:
+            with open(path) as f:
+                found[os.path.relpath(path, folder)] = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            pass
     return found
 
 

@@ -456,3 +456,39 @@ def test_full_depth_is_planned_from_the_mask_without_the_plan_op():
     mask[1] = 0
     with pytest.raises(ValueError, match="every sequence needs at least one real token"):
         enc(x, None, mask)
+
+
+def test_eager_fuses_norms_only_from_eager_rows():
+    """norm.EAGER_ROWS: an eager forward of fewer real tokens closes its blocks with torch's add and
+    LayerNorm (the Triton launch costs a launch-bound GPU forward more), one of at least that many
+    with the fused kernel; graph mode fuses at any size. Same results either way."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adaptive_encoder import norm
+    from conftest import TRITON_DEVICE
+    from test_graphs import _encoder, _inputs
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    def fused_calls(rows, **kw):
+        mode = Count()
+        mode.ops = collections.Counter()
+        with torch.inference_mode(), norm.eager_rows(rows), mode:
+            out = enc(x, depths, mask, **kw).last_hidden_state
+        return sum(n for op, n in mode.ops.items() if "add_layer_norm" in op), out
+
+    _, enc = _encoder(TRITON_DEVICE, "triton")
+    x, depths, mask = _inputs(2, 9, 0, TRITON_DEVICE)
+    K = int(mask.sum())
+    at, fused = fused_calls(K)
+    above, unfused = fused_calls(K + 1)
+    graphed, in_graphs = fused_calls(K + 1, cuda_graphs=True)
+    assert at > 0 and above == 0 and graphed > 0
+    torch.testing.assert_close(unfused, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(in_graphs, fused, atol=1e-5, rtol=1e-5)
+    assert norm.EAGER_ROWS == 0  # conftest's test-size setting, restored after each block

@@ -55,15 +55,23 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     # the follow-up's archive unpacked one folder deeper, as tar leaves it
     _write(tmp_path / "followup" / "gpu-followup" / "nsweep" / "gpu_scaling.json", {"rows": [
         _row("fixed+graphs", 1, 500, N=2), _row("mi+graphs-dense", 1, 490, 1.3, N=2)]})
+    # the follow-up's kernel records, judged on their own line; an earlier run's (run3/) not read
+    for folder, fraction in (("followup", 0.5), ("run3", 0.99)):
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        with open(tmp_path / folder / "records.jsonl", "w") as f:
+            f.write(json.dumps(dict(kernel, hidden=768, dtype="torch.bfloat16", fraction_of_copy_bw=fraction)) + "\n")
     got, md = targets.report(str(tmp_path))
     v = _verdicts(got)
+    assert v["copy_bandwidth", os.path.join("followup", "records.jsonl") + " kernels, 768 bf16 (our backends)"] == "MISSED"
+    assert not any("run3" in r["source"] for r in got)
     assert v["correctness", "correctness.json"] == "MISSED"
     assert v["full_depth_vs_hf", "records.jsonl batch sweep (eager)"] == "met"  # batch >= 8 only
     assert v["full_depth_vs_hf", "gpu_scaling.json (eager)"] == "MISSED"  # 1000 < 1200 at 16
     assert v["full_depth_vs_hf", "gpu_scaling.json (graph mode)"] == "met"
     # the records' kernels of 768 bf16 rows (one, at 95 %), not summary.json's shapeless list
     assert v["copy_bandwidth", "records.jsonl kernels, 768 bf16 (our backends)"] == "met"
-    os.remove(tmp_path / "records.jsonl")
+    for path in ("records.jsonl", os.path.join("followup", "records.jsonl"), os.path.join("run3", "records.jsonl")):
+        os.remove(tmp_path / path)
     kernel_line = next(r for r in targets.report(str(tmp_path))[0] if r["id"] == "copy_bandwidth")
     assert kernel_line["verdict"] == "MISSED" and kernel_line["source"] == "summary.json kernels (our backends)"
     assert "4096" not in kernel_line["numbers"] and "torch" not in kernel_line["numbers"]
