@@ -24,6 +24,8 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
 - A layer on every row of the state (all its tokens active, or a dense layer) ends with its last
   LayerNorm writing only the layer's rows into the state (add_layer_norm_into_'s at_rows form;
   a copy or a masked copy of the whole state before: one kernel and pass fewer per layer).
+- A forward whose layers all run on the whole state (full depth, or dense layers) is one graph for
+  the whole stack, keyed by its sizes and number of layers (STACK): one launch per forward.
 - Dense layers (DENSE_ROWS, off by default): when the state is small, a layer with halted tokens
   may run on every row of the state and write back only its active rows, which is a full-depth
   layer's kernels; on a GPU below some size a GEMM costs the same on fewer rows, and the compact
@@ -73,6 +75,14 @@ PLAN_ON_HOST = True
 # mi+graphs-dense against mi+graphs).
 DENSE_ROWS = 0
 
+# One graph for the whole stack when every layer of a forward runs on the whole state ("all" or
+# dense layers: full depth, or dense MI): such layers issue the same kernels on the same
+# buffers, so the stack's graph is keyed by the sizes and the number of layers alone and replays
+# with one launch instead of one per layer. H200 run 5's follow-up: a batch-1 graph-mode forward
+# is host-bound at ~1.0 ms, 12 cudaGraphLaunch calls of it 197 us (16 us each). Off with
+# `per_layer()` (a benchmark's A/B).
+STACK = True
+
 
 # cuda_graphs="auto": graph mode for a forward of at most AUTO_ROWS active rows per layer on
 # average (its token-layers over the encoder's layers), eager above. H200 run 5 (bench/results/h200,
@@ -99,6 +109,11 @@ def check_mode(value):
 def device_plan():
     """Inside: graph mode plans depths given on the GPU there (PLAN_ON_HOST off)."""
     return settings.switched(globals(), "PLAN_ON_HOST", False)
+
+
+def per_layer():
+    """Inside: one graph per layer always (STACK off)."""
+    return settings.switched(globals(), "STACK", False)
 
 
 def dense_layers(rows: int = 1 << 62):
@@ -224,7 +239,8 @@ class GraphCache:
         since); else run make_fn()() now and capture it. The seal holds the tensors the graph
         baked in, so none of their memory is freed while the graph lives."""
         hit = self.graphs.get(key)
-        if hit is not None and hit[0] is seal:
+        # seal: one layer's Seal, or a tuple of them for a whole stack (== compares them by identity)
+        if hit is not None and (hit[0] is seal or (type(seal) is tuple and hit[0] == seal)):
             if hit[1] is not None:
                 hit[1].replay()
                 self.replays += 1
@@ -256,8 +272,8 @@ class GraphCache:
         seal = Seal(layer)
         if not seal.holds(layer) or not eligible(encoder.family.parts(layer)):
             return None
-        if hit is not None:  # the layer changed: its graphs bake in what it was (and keep it alive)
-            for key in [k for k in self.graphs if k[0] == n]:
+        if hit is not None:  # the layer changed: its graphs and the stacks' bake in what it was (and keep it alive)
+            for key in [k for k in self.graphs if k[0] == n or k[0] == "stack"]:
                 del self.graphs[key]
         self.seals[n] = seal
         return seal
@@ -363,9 +379,13 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
             table = buf.tables.setdefault(fresh.shape[0], torch.empty_like(fresh))
             table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
         dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
-        for n, seal in enumerate(sealed):
-            cache.run((n, *sizes[n], dev_key), seal, partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n],
-                                                             sizes[n][0], sizes[n][3:], backend, ops))
+        steps = [partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n], sizes[n][0], sizes[n][3:], backend,
+                         ops) for n, seal in enumerate(sealed)]
+        if STACK and all(size[0] in ("all", "dense") for size in sizes):  # one graph, one launch (STACK)
+            cache.run(("stack", n_max, *sizes[0][1:], dev_key), tuple(sealed), lambda: _chain([m() for m in steps]))
+        else:
+            for n, (seal, make) in enumerate(zip(sealed, steps)):
+                cache.run((n, *sizes[n], dev_key), seal, make)
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:
@@ -438,6 +458,14 @@ def _per_layer_row(plan, n_max: int, values: list, dev) -> torch.Tensor:
     counts = plan.layer_counts[:n_max]
     host = to_device(torch.tensor(values + counts, dtype=torch.int64), dev)
     return torch.repeat_interleave(host[:n_max], host[n_max:], output_size=sum(counts))
+
+
+def _chain(fns: list):
+    """One function calling fns in order (a stack's layers, captured as one graph)."""
+    def chained():
+        for fn in fns:
+            fn()
+    return chained
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -335,6 +335,16 @@ def _graphs():
             with graphs.device_plan(), graphs.dense_layers():  # dense layers' tables built on the GPU
                 got = enc(xi, di, mask, cuda_graphs=True).last_hidden_state
             errs[f"{tag}/device-plan+dense+graphs"] = rel_err(got, want, mask)
+            # Full depth: every layer on the whole state, one graph for the stack (graphs.STACK),
+            # captured, then replayed with other data; and one graph per layer (per_layer()).
+            full = enc(xi, None, mask).last_hidden_state
+            for j, xs in enumerate((xi, x)):
+                errs[f"{tag}/full-depth-stack{j}"] = rel_err(enc(xs, None, mask, cuda_graphs=True).last_hidden_state,
+                                                             full if j == 0 else enc(xs, None, mask).last_hidden_state,
+                                                             mask)
+            with graphs.per_layer():
+                errs[f"{tag}/full-depth-per-layer"] = rel_err(enc(xi, None, mask, cuda_graphs=True).last_hidden_state,
+                                                              full, mask)
             cache = graphs.cache_for(enc, DEV)
             # cuda_graphs="auto": graph mode at this size on a GPU (it replays; eager on CPU, the
             # smoke run), eager with AUTO_ROWS at 0

@@ -91,6 +91,8 @@ ARMS = {
     "devplan": (["mi" + G + "-dev", "mi" + G + "-devplan"],
                 "MI in graph mode with depths and mask given on the GPU: copied to the host and planned there "
                 "(the default), and planned on the GPU"),
+    "stack": (["fixed" + G + "-layers"], "full depth in graph mode with one graph per layer (graphs.per_layer()) instead of "
+                                         "one for the whole stack"),
     "dense": (["mi" + G + "-dense"], "MI in graph mode with dense layers (every layer with halted tokens on the whole "
                                      "state, active rows written back; graphs.DENSE_ROWS)"),
     "eager-dense": (["mi" + test_speed.DENSE], "MI eager with dense layers (encoder.DENSE_ROWS)"),

@@ -46,12 +46,15 @@ def count_graphs(N: int = 12, pool: int = 128, heads: int = 12, block: int = 64)
                 per_seq = [((depths > n) & mask).sum(1).tolist() for n in range(N)]
                 counts = [sum(c) for c in per_seq if sum(c)]
                 sizes = graphs.layer_sizes(counts, int(mask.sum()), *mask.shape)
-                keys.update((n, *s) for n, s in enumerate(sizes))
+                if graphs.STACK and all(s[0] in ("all", "dense") for s in sizes):  # one graph for the stack
+                    keys.add(("stack", len(sizes), *sizes[0][1:]))
+                else:
+                    keys.update((n, *s) for n, s in enumerate(sizes))
                 for s, seqs in zip(sizes, per_seq):  # grids: (blocks of max_q, sequences, heads)
                     programs["graph mode"] += blocks(s[3]) * s[2] * heads
                     programs["eager"] += blocks(max(seqs)) * len(seqs) * heads
                     programs["own blocks"] += sum(blocks(c) for c in seqs) * heads
-        print(f"batch {batch}: {len(keys)} layer graphs for {forwards} forwards (fixed and MI, {pool} documents); "
+        print(f"batch {batch}: {len(keys)} graphs (layers and stacks) for {forwards} forwards (fixed and MI, {pool} documents); "
               "attention programs per forward: "
               + ", ".join(f"{k} {v // forwards}" for k, v in programs.items()))
 

@@ -320,6 +320,17 @@ def graph_mode(results: dict) -> list:
     return out
 
 
+def stack_graphs(results: dict) -> list:
+    """graphs.STACK: one graph for a stack of whole-state layers, kept unless one graph per layer
+    (fixed+graphs-layers) beats it by > 2 % somewhere."""
+    out = []
+    for source, pairs in _ratios(results, "fixed+graphs", "fixed+graphs-layers").items():
+        lost = [f"{bt}" for _, bt, r, _ in pairs if r < 1 / WIN]
+        out.append(_decision("one graph per stack", "fixed+graphs over fixed+graphs-layers", source, pairs,
+                             f"STACK = False (lost at batch {', '.join(lost)})" if lost else "STACK = True (as is)"))
+    return out
+
+
 def auto_rows(results: dict) -> list:
     """graphs.AUTO_ROWS: cuda_graphs="auto" should run each forward the faster way. Per batch,
     fixed+auto / mi+auto over the better of its eager and graph-mode arms; where it loses by
@@ -366,8 +377,8 @@ def attention(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, auto_rows, fused_norm, direct_calls,
-                           attention)
+    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, stack_graphs, auto_rows, fused_norm,
+                           direct_calls, attention)
             for d in part(results)]
 
 

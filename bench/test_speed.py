@@ -62,13 +62,14 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
 GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO = "+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto"
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (AUTO, "auto", "device"),
+             (GRAPHS + "-layers", True, "layers"),
              (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
              (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
 
 
 def _variant(model: str) -> tuple:
     """(depth-source name, graph mode (True, False or "auto"), where depths and mask are given and planned: "host",
-    "device" or "devplan"; or "dense": on the host, dense layers; or "unfused" / "dispatched" /
+    "device" or "devplan"; or "dense" / "layers": on the host, dense layers / one graph per layer always; or "unfused" / "dispatched" /
     "eager-dense": on the device, unfused closing LayerNorms / kernels through the dispatcher /
     dense layers)."""
     for suffix, graphed, where in _VARIANTS:
@@ -146,9 +147,10 @@ def _runner(model: str, N: int, x, depths, mask):
     model, graphed, where = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense") else (depths, mask)
+        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense", "layers") else (depths, mask)
         d = None if kind == "fixed" else d  # full depth as a user asks for it: planned from the mask
-        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "unfused": norm.unfused,
+        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "layers": graphs.per_layer,
+                   "unfused": norm.unfused,
                    "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:
             def with_setting():

@@ -84,9 +84,13 @@ def test_graph_mode_matches_eager(device, backend, model, dense, request):
             halted = mask & (depths == 0)
             assert torch.equal(got[halted], x[halted])  # nor a token of depth 0, dense or not
     assert cache.captures > 0 and cache.replays > 0, (cache.captures, cache.replays)
-    kinds = {key[1] for key in cache.graphs}
-    assert "all" in kinds and ("dense" in kinds) == dense
-    assert any(isinstance(k, int) for k in kinds) != dense, kinds  # compact layers only when not dense
+    stacks = [key for key in cache.graphs if key[0] == "stack"]
+    kinds = {key[1] for key in cache.graphs if key[0] != "stack"}
+    # Forwards whose every layer runs on the whole state (full depth, seed 5; every forward with
+    # dense layers) are one graph per stack (graphs.STACK); the rest one per layer, compact ones
+    # only when not dense.
+    assert stacks and (not kinds if dense else any(isinstance(k, int) for k in kinds) and "dense" not in kinds), \
+        (stacks, kinds)
     assert graphs.DENSE_ROWS == 0  # restored
 
 
@@ -327,8 +331,11 @@ def test_swapped_module_or_new_hook_is_seen():
         want = enc(x, d, m).last_hidden_state
         assert cache.captures == captured + 1
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
-        assert all(cache.graphs[k][0].layer is net.encoder.layer[k[0]] for k in cache.graphs)
-        assert not any(old is m for k in cache.graphs for m in cache.graphs[k][0].modules)  # old graph gone
+        # (layer, seal) of every graph kept: a stack's graph holds one seal per layer
+        seals = [(n, seal) for k, entry in cache.graphs.items()
+                 for n, seal in (enumerate(entry[0]) if k[0] == "stack" else [(k[0], entry[0])])]
+        assert seals and all(seal.layer is net.encoder.layer[n] for n, seal in seals)
+        assert not any(old is m for _, seal in seals for m in seal.modules)  # old graphs gone
         calls = []
         net.encoder.layer[3].attention.output.register_forward_hook(lambda *a: calls.append(1))
         enc(x, d, m, cuda_graphs=True)
@@ -528,3 +535,35 @@ def test_seal_breaks_on_every_change(change):
     elif change == "parameter removed":
         dense.bias = None
     assert seal.holds(target) == (change == "none")
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["full-depth", "dense"])
+def test_a_stack_of_whole_state_layers_is_one_graph(dense):
+    """graphs.STACK: a forward whose layers all run on the whole state captures one graph for the
+    stack and replays it with one launch; per_layer() captures one per layer. Same results, and
+    a later forward in the same buckets replays the stack; a changed layer recaptures it."""
+    net, enc = _encoder("cpu", "cpu")
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    if not dense:
+        d[:] = enc.num_layers
+    d[0, 0] = enc.num_layers  # n_max = N
+    x2 = torch.randn_like(x)
+    with torch.inference_mode(), graphs.dense_layers() if dense else nullcontext():
+        want, want2 = enc(x, d, m).last_hidden_state, enc(x2, d, m).last_hidden_state
+        with graphs.per_layer():
+            torch.testing.assert_close(enc(x, d, m, cuda_graphs=True).last_hidden_state, want, atol=2e-5, rtol=1e-5)
+        assert cache.captures == enc.num_layers and not any(k[0] == "stack" for k in cache.graphs)
+        got = enc(x, d, m, cuda_graphs=True).last_hidden_state
+        assert cache.captures == enc.num_layers + 1
+        replays = cache.replays
+        got2 = enc(x2, d, m, cuda_graphs=True).last_hidden_state
+        assert cache.replays == replays + 1 and cache.captures == enc.num_layers + 1  # one launch
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(got2, want2, atol=2e-5, rtol=1e-5)
+        with torch.no_grad():
+            net.encoder.layer[2].output.dense.weight.mul_(1.5)
+        want3 = enc(x2, d, m).last_hidden_state
+        got3 = enc(x2, d, m, cuda_graphs=True).last_hidden_state
+        assert cache.captures == enc.num_layers + 2  # the stack again, after layer 2 changed
+        torch.testing.assert_close(got3, want3, atol=2e-5, rtol=1e-5)

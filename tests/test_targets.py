@@ -120,6 +120,7 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("mi+unfused", 1, 80), row("mi+unfused", 16, 103),  # the fused arm loses at 16
             row("fixed+dispatched", 1, 90), row("fixed+dispatched", 64, 101.5),  # within 2 %: kept
             row("mi+dense", 1, 104, 180), row("mi+dense", 16, 102, 2900), row("mi+dense", 64, 90, 11000),  # eager
+            row("fixed+graphs-layers", 1, 140), row("fixed+graphs-layers", 64, 100),  # one graph per layer wins at 64
             row("mi", 64, 100)]
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
@@ -130,6 +131,7 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     assert decided["graph mode: plan on the host"]["setting"] == "PLAN_ON_HOST: below batch 64, the device plan from there"
     (graphed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"] == "fixed+graphs over fixed"]
     assert graphed["setting"] == "pays at batch 1"
+    assert decided["one graph per stack"]["setting"] == "STACK = False (lost at batch 64)"  # 150 / 140, 95 / 100
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
     assert "batch 1 1.11x" in decided["kernels called directly"]["numbers"]
