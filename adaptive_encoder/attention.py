@@ -7,7 +7,7 @@ buffers to fixed sizes): their output is unspecified (the kernels leave it unwri
 reference gives zeros) and they are never anyone's keys. max_q / max_k bound the query and
 key count of every sequence (the Triton grid and the reference's padding), not the row counts.
 
-Three implementations: the padded-SDPA reference (any case, differentiable, dropout), the
+Three implementations (and, with FLASH on, PyTorch's FlashAttention-2 on CUDA bf16/fp16): the padded-SDPA reference (any case, differentiable, dropout), the
 Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call
 per sequence, no padding); both kernels are forward only, without dropout. The Triton
 kernel runs when the backend is "triton", or by default on CUDA tensors, where it applies:
@@ -20,7 +20,15 @@ eager calls reach the Triton kernel without the custom op's dispatch (ops.call).
 """
 import torch
 
-from . import ops, reference
+from . import ops, reference, settings
+
+# PyTorch's own FlashAttention-2 varlen forward (aten::_flash_attention_forward) instead of the
+# Triton kernel, on CUDA bf16/fp16 without a position bias: H200 run 5's follow-up kernel suite
+# (bench/results/h200/followup) had it at 4.3x the Triton kernel at batch 8 (both launch-bound:
+# a C++ launch against Triton's Python launcher) and 1.41x at batch 64 with MI's compact queries
+# (GPU-bound), 0.95x at batch 64 with every query. Off (False) until a forward-level A/B on a GPU
+# measures it (gpu_scaling.py --flash); `flash()` turns it on inside a block.
+FLASH = False
 
 
 # The C++ op exists when the extension was built from these sources (an older build lacks it).
@@ -64,6 +72,33 @@ def _triton_applies(q, dropout_p: float) -> bool:
     return Dh & (Dh - 1) == 0 and 16 <= Dh <= 256
 
 
+def flash():
+    """Inside: CUDA bf16/fp16 attention without a bias runs PyTorch's FlashAttention-2 (FLASH)."""
+    return settings.switched(globals(), "FLASH", True)
+
+
+def _flash_applies(q, dropout_p: float, bias) -> bool:
+    """Whether FLASH takes this call: CUDA bf16/fp16, no bias, no dropout, head dim a multiple of 8
+    up to 256, eager (not traced), and the aten op present."""
+    Dh = q.shape[-1]
+    return (FLASH and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and bias is None and dropout_p == 0
+            and Dh % 8 == 0 and Dh <= 256 and not torch.compiler.is_compiling()
+            and hasattr(torch.ops.aten, "_flash_attention_forward"))
+
+
+def _aten_flash(*args, **kwargs):
+    return torch.ops.aten._flash_attention_forward(*args, **kwargs)
+
+
+def _flash(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float) -> torch.Tensor:
+    """FlashAttention-2 varlen forward: int32 offsets, no dropout, not causal. q/k/v need a
+    contiguous last dimension only (a fused projection's column slices qualify); rows past
+    cu_q[B] are left unwritten, as the Triton kernel leaves them."""
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return _aten_flash(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, 0.0, False, False,
+                       scale=scale)[0]
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
                      scale: float | None = None, dropout_p: float = 0.0, backend: str | None = None,
@@ -89,6 +124,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if _HAS_CPP and backend == "cpu" and dropout_p == 0:
             return torch.ops.adaptive_encoder.varlen_attention(q, k, v, cu_q, cu_k, scale_or_default, dist, q_pos,
                                                                k_pos)
+        if backend in ("triton", "cuda") and _flash_applies(q, dropout_p, bias):
+            return _flash(q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default)
         if (backend == "triton" or (backend == "cuda" and q.is_cuda)) and _triton_applies(q, dropout_p):
             return ops.call(_triton_op, _triton_kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale_or_default, dist,
                             q_pos, k_pos, tensors=(q, k, v))

@@ -28,7 +28,7 @@ SMOKE = "--smoke" in sys.argv or not torch.cuda.is_available()
 if SMOKE:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports a @triton.jit kernel
 
-from adaptive_encoder import AdaptiveEncoder, encoder, ops, reference  # noqa: E402
+from adaptive_encoder import AdaptiveEncoder, attention, encoder, ops, reference  # noqa: E402
 from adaptive_encoder.attention import varlen_attention  # noqa: E402
 from adaptive_encoder.dense import masked_forward  # noqa: E402
 
@@ -263,6 +263,12 @@ def _encoder():
             errs[f"{tag}/mixed"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
             with encoder.dense_layers():
                 errs[f"{tag}/mixed-dense"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+            if x.dtype == torch.bfloat16 and DEV.type == "cuda":  # attention.FLASH: PyTorch's FlashAttention-2
+                with attention.flash():
+                    errs[f"{tag}/mixed-flash"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+                    with torch.inference_mode():
+                        errs[f"{tag}/mixed-flash+graphs"] = rel_err(
+                            enc(x, depths, mask, cuda_graphs=True).last_hidden_state, ref, mask)
             full = enc(x, None, mask).last_hidden_state
             additive = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=DEV, dtype=x.dtype)
             additive.masked_fill_(~mask[:, None, None, :], torch.finfo(x.dtype).min)

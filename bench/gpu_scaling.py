@@ -93,6 +93,8 @@ ARMS = {
                 "(the default), and planned on the GPU"),
     "stack": (["fixed" + G + "-layers"], "full depth in graph mode with one graph per layer (graphs.per_layer()) instead of "
                                          "one for the whole stack"),
+    "flash": (["fixed" + test_speed.FLASH, "mi" + test_speed.FLASH, "mi" + G + "-flash"],
+              "fixed and MI eager, and MI in graph mode, with PyTorch's FlashAttention-2 for attention (attention.FLASH)"),
     "dense": (["mi" + G + "-dense"], "MI in graph mode with dense layers (every layer with halted tokens on the whole "
                                      "state, active rows written back; graphs.DENSE_ROWS)"),
     "eager-dense": (["mi" + test_speed.DENSE], "MI eager with dense layers (encoder.DENSE_ROWS)"),

@@ -331,6 +331,20 @@ def stack_graphs(results: dict) -> list:
     return out
 
 
+def flash_attention(results: dict) -> list:
+    """attention.FLASH (off): PyTorch's FlashAttention-2 in the encoder, by fixed+flash / mi+flash over
+    fixed / mi (eager) and mi+graphs-flash over mi+graphs; on where it never loses by > 2 % and wins somewhere."""
+    out = []
+    for a, b in (("fixed+flash", "fixed"), ("mi+flash", "mi"), ("mi+graphs-flash", "mi+graphs")):
+        for source, pairs in _ratios(results, a, b).items():
+            lost = [f"{bt}" for _, bt, r, _ in pairs if r < 1 / WIN]
+            won = [f"{bt}" for _, bt, r, _ in pairs if r >= WIN]
+            setting = (f"keep FLASH off (loses at batch {', '.join(lost)})" if lost
+                       else f"FLASH = True (wins at batch {', '.join(won)})" if won else "keep FLASH off (no win)")
+            out.append(_decision("FlashAttention-2 in the encoder", f"{a} over {b}", source, pairs, setting))
+    return out
+
+
 def auto_rows(results: dict) -> list:
     """graphs.AUTO_ROWS: cuda_graphs="auto" should run each forward the faster way. Per batch,
     fixed+auto / mi+auto over the better of its eager and graph-mode arms; where it loses by
@@ -378,7 +392,7 @@ def attention(results: dict) -> list:
 
 def decisions(results: dict) -> list:
     return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, stack_graphs, auto_rows, fused_norm,
-                           direct_calls, attention)
+                           direct_calls, attention, flash_attention)
             for d in part(results)]
 
 

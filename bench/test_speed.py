@@ -37,7 +37,7 @@ import pytest
 import torch
 
 import benchlib
-from adaptive_encoder import AdaptiveEncoder, encoder, graphs, norm, ops
+from adaptive_encoder import AdaptiveEncoder, attention, encoder, graphs, norm, ops
 from adaptive_encoder.dense import masked_forward
 from adaptive_encoder.flops import encoder_flops
 
@@ -60,9 +60,10 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # with torch's add and LayerNorm instead of the fused kernel (norm.unfused()), "+dispatched" eager
 # with every kernel called through torch's dispatcher (ops.via_dispatcher()), "+dense" eager with
 # dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
-GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO = "+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto"
+GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH = ("+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto",
+                                                          "+flash")
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (AUTO, "auto", "device"),
-             (GRAPHS + "-layers", True, "layers"),
+             (GRAPHS + "-layers", True, "layers"), (GRAPHS + "-flash", True, "host-flash"), (FLASH, False, "flash"),
              (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
              (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
 
@@ -147,9 +148,10 @@ def _runner(model: str, N: int, x, depths, mask):
     model, graphed, where = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense", "layers") else (depths, mask)
+        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense", "layers", "host-flash") else (depths, mask)
         d = None if kind == "fixed" else d  # full depth as a user asks for it: planned from the mask
         setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "layers": graphs.per_layer,
+                   "flash": attention.flash, "host-flash": attention.flash,
                    "unfused": norm.unfused,
                    "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:

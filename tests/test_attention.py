@@ -193,3 +193,36 @@ def test_cpp_attention_refuses_bad_offsets(cpp_errors_raise):
         op(q, k, v, torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 2, 4]), 0.25, None, None, None)
     with pytest.raises(RuntimeError, match="has queries but no keys"):
         op(q, k, v, torch.tensor([0, 3, 3]), torch.tensor([0, 0, 4]), 0.25, None, None, None)
+
+
+def test_flash_route_plumbing(monkeypatch):
+    """attention.FLASH (CUDA-only: PyTorch's FlashAttention-2 varlen forward) checked here with the
+    aten op stood in for by the reference on the same arguments: the route passes int32 offsets,
+    the bounds and the scale, returns the op's first output, takes only calls without a bias, and
+    is off unless switched on. (On a GPU bench/gpu_check.py compares the real op.)"""
+    from adaptive_encoder import reference
+
+    calls = []
+
+    def fake(q, k, v, cq, ck, max_q, max_k, dropout_p, causal, debug, scale):
+        assert cq.dtype == ck.dtype == torch.int32 and dropout_p == 0.0 and not causal and not debug
+        calls.append((max_q, max_k, scale))
+        return (reference.varlen_attention(q, k, v, cq.long(), ck.long(), max_q, max_k, scale=scale), None)
+
+    monkeypatch.setattr(attention, "_aten_flash", fake)
+    monkeypatch.setattr(attention, "_flash_applies", lambda q, p, bias: attention.FLASH and bias is None and p == 0)
+    gen = torch.Generator().manual_seed(0)
+    cu = torch.tensor([0, 3, 7])
+    q, k, v = (torch.randn(7, 2, 16, generator=gen) for _ in range(3))
+    want = reference.varlen_attention(q, k, v, cu, cu, 4, 4, scale=0.3)
+    with torch.inference_mode():
+        varlen_attention(q, k, v, cu, cu, 4, 4, scale=0.3, backend="cuda")
+        assert calls == []  # off by default
+        with attention.flash():
+            got = varlen_attention(q, k, v, cu, cu, 4, 4, scale=0.3, backend="cuda")
+            assert calls == [(4, 4, 0.3)]
+            bias = (torch.zeros(7, 2), torch.arange(7) % 4, torch.arange(7) % 4)
+            varlen_attention(q, k, v, cu, cu, 4, 4, scale=0.3, backend="cuda", bias=bias)
+            assert len(calls) == 1  # a position bias: not FlashAttention's
+    torch.testing.assert_close(got, want)
+    assert not attention.FLASH  # restored

@@ -121,6 +121,7 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("fixed+dispatched", 1, 90), row("fixed+dispatched", 64, 101.5),  # within 2 %: kept
             row("mi+dense", 1, 104, 180), row("mi+dense", 16, 102, 2900), row("mi+dense", 64, 90, 11000),  # eager
             row("fixed+graphs-layers", 1, 140), row("fixed+graphs-layers", 64, 100),  # one graph per layer wins at 64
+            row("fixed+flash", 1, 110), row("fixed+flash", 64, 100.5),  # wins at 1, ties at 64
             row("mi", 64, 100)]
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
@@ -132,6 +133,7 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     (graphed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"] == "fixed+graphs over fixed"]
     assert graphed["setting"] == "pays at batch 1"
     assert decided["one graph per stack"]["setting"] == "STACK = False (lost at batch 64)"  # 150 / 140, 95 / 100
+    assert decided["FlashAttention-2 in the encoder"]["setting"] == "FLASH = True (wins at batch 1)"
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
     assert "batch 1 1.11x" in decided["kernels called directly"]["numbers"]
