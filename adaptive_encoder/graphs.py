@@ -89,7 +89,8 @@ STACK = True
 # bf16 BERT-base, IMDB lengths): graph mode won at 1.8k-7.2k rows per layer (fixed and MI at
 # batch 1 and 16, MI at batch 64: 1.19x-6.1x) and lost at 14.3k (fixed at batch 64, 0.89x;
 # fixed and MI at batch 128, 0.80x / 0.76x), where the GPU is the limit and graph mode's own
-# GPU time is higher (not its padding: 0.3 % of rows at batch 128). 10240 lies between.
+# GPU time is higher: the follow-up's kernel profile at batch 128 puts about half of it on the
+# bucket's padded rows and half on the GEMM cuBLAS picks at the bucketed row count. 10240 lies between.
 AUTO_ROWS = 10240
 
 
