@@ -114,12 +114,13 @@ fi
 # against eager in the same rounds; a tiny pool in smoke runs.
 # --graphs adds mi+host, fixed+graphs, mi+graphs; --auto fixed+auto, mi+auto (cuda_graphs="auto");
 # --unfused fixed+unfused, mi+unfused (the eager fused add + LayerNorm's A/B where it now runs:
-# from norm.EAGER_ROWS real tokens, i.e. batch 64-128 here).
+# from norm.EAGER_ROWS real tokens, i.e. batch 64-128 here); --host1 mi+host1 (the host plan with
+# torch on one CPU thread: run 5's mi+host lost 0.79-0.87x here, every op slower on the host).
 SCALING_MODELS="fixed mi hf_sdpa"
 if [ "$SMOKE" = 1 ]; then
-  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --unfused --out "$RES"
+  stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --unfused --host1 --out "$RES"
 else
-  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --auto --unfused --out "$RES"
+  stage scaling 170 python bench/gpu_scaling.py --pool 128 --batches 1 16 64 128 --models $SCALING_MODELS --graphs --auto --unfused --host1 --out "$RES"
 fi
 
 # 330 s on a GPU (the whole run must fit 8 minutes); CPU smoke runs get more room (2 cores).

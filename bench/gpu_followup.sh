@@ -76,7 +76,7 @@ if [ "$SMOKE" = 1 ]; then
   step suite 300 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
     --benchmark-only -q -p no:cacheprovider
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
-    --models fixed mi --graphs --stack --flash --devplan --dense --eager-dense --out "$DEST"
+    --models fixed mi --graphs --host1 --stack --flash --devplan --dense --eager-dense --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
   step kernels 300 kernels_log.txt python bench/gpu_host_profile.py --batches 4 --forwards 2 --top 3 --kernels 5 \
@@ -93,7 +93,7 @@ else
   step kernels 45 kernels_log.txt python bench/gpu_host_profile.py --batches 128 --forwards 3 --top 5 --kernels 15 \
     --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels_128"
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --stack --flash --devplan --dense --eager-dense --out "$DEST"
+    --models fixed mi --graphs --host1 --stack --flash --devplan --dense --eager-dense --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"

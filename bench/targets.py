@@ -275,6 +275,8 @@ def plans(results: dict) -> list:
     graph mode (mi+graphs-dev, copied to the host, over mi+graphs-devplan, planned on the GPU)."""
     out = []
     for a, b, name, host in (("mi+host", "mi", "eager: plan on the host", "eager copies device depths to the host"),
+                             ("mi+host1", "mi", "eager: plan on the host, torch on one thread",
+                              "eager copies device depths to the host (one CPU thread)"),
                              ("mi+graphs-dev", "mi+graphs-devplan", "graph mode: plan on the host", "PLAN_ON_HOST")):
         for source, pairs in _ratios(results, a, b).items():
             lost = [bt for _, bt, r, _ in pairs if r < 1 / WIN]

@@ -30,6 +30,7 @@ Models (depth sources: TREC test sentences unless prefixed mr_, MR's movie revie
                     FLOP ideal is the same work running at a lower rate on fewer rows
 extra_info adds the ideal speed-up from counted FLOPs over the pool and measured / ideal.
 """
+import contextlib
 import functools
 import os
 
@@ -64,7 +65,7 @@ GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH = ("+graphs", "+host", "+u
                                                           "+flash")
 _VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (AUTO, "auto", "device"),
              (GRAPHS + "-layers", True, "layers"), (GRAPHS + "-flash", True, "host-flash"), (FLASH, False, "flash"),
-             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"),
+             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"), (HOST + "1", False, "host1"),
              (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
 
 
@@ -142,16 +143,29 @@ def _onnx_session(N: int):
     return sess
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Inside: torch's CPU ops (and the C++ plan op's parallel_for) on one thread. For "+host1",
+    the host plan without intra-op threads: in H200 run 5's follow-up every op of an eager
+    host-plan forward took 1.5-1.7x the host time it took with the device plan (batch 16)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _runner(model: str, N: int, x, depths, mask):
     """model: a name of depth_source, or one with a variant's suffix (_VARIANTS)."""
     bert, enc, upper, unit = _stack(N)
     model, graphed, where = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "dense", "layers", "host-flash") else (depths, mask)
+        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "host1", "dense", "layers", "host-flash") else (depths, mask)
         d = None if kind == "fixed" else d  # full depth as a user asks for it: planned from the mask
         setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "layers": graphs.per_layer,
-                   "flash": attention.flash, "host-flash": attention.flash,
+                   "flash": attention.flash, "host-flash": attention.flash, "host1": _one_thread,
                    "unfused": norm.unfused,
                    "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:
