@@ -28,7 +28,7 @@ SMOKE = "--smoke" in sys.argv or not torch.cuda.is_available()
 if SMOKE:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports a @triton.jit kernel
 
-from adaptive_encoder import AdaptiveEncoder, attention, encoder, ops, reference  # noqa: E402
+from adaptive_encoder import AdaptiveEncoder, attention, encoder, norm, ops, reference  # noqa: E402
 from adaptive_encoder.attention import varlen_attention  # noqa: E402
 from adaptive_encoder.dense import masked_forward  # noqa: E402
 
@@ -182,8 +182,6 @@ def _norm():
     """adaptive_encoder/norm.py's kernel (Triton on a GPU, C++ in smoke runs) on every dtype and
     width, functional, into a state's rows and read at those rows too (at_rows; the other rows
     stay NaN either way), and 120k rows of 768 bf16."""
-    from adaptive_encoder import norm
-
     torch.manual_seed(4)
     errs, cases = {}, [(dtype, D, 300 if SMOKE else 4096) for dtype in DTYPES for D in (768, 384, 1000, 1)]
     cases.append((torch.bfloat16, 768, 3000 if SMOKE else 120_000))
@@ -263,6 +261,8 @@ def _encoder():
             errs[f"{tag}/mixed"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
             with encoder.dense_layers():
                 errs[f"{tag}/mixed-dense"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+            with norm.eager_rows(0), torch.inference_mode():  # the eager fused add + LayerNorm at this size
+                errs[f"{tag}/mixed-fused"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
             if x.dtype == torch.bfloat16 and DEV.type == "cuda":  # attention.FLASH: PyTorch's FlashAttention-2
                 with attention.flash():
                     errs[f"{tag}/mixed-flash"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
