@@ -2,14 +2,17 @@
 
     python bench/targets.py bench/results/h200 [--out bench/results/h200/targets.md]
 
-Reads whatever of these the folder has (not below run<N>/, earlier runs kept beside): correctness.json (gpu_check.py), records.jsonl and
-summary.json (gpu.sh's benchmark suite: its records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere below it
-followup_scaling.json and nsweep/gpu_scaling.json (gpu_followup.sh's archive, unpacked). Every line names its source and gives the
-numbers; a target without numbers says "not measured". The verdicts apply the issue's words to the
-numbers and nothing else: why a target is missed (launch-bound, padding, ...) is for bench/NOTES.md.
-Eager, graph mode (cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines. A second table gives the
-settings the run's numbers decide (DENSE_ROWS, where to plan, where graph mode pays), each by
-its rule (bench/NOTES.md, "Reading a run").
+Reads whatever of these the folder has (not below run<N>/: earlier runs kept beside it):
+correctness.json (gpu_check.py), summary.json and records.jsonl (gpu.sh's benchmark suite: its
+records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere
+below it followup_scaling.json, nsweep/gpu_scaling.json and records.jsonl (gpu_followup.sh's
+archive, unpacked). Every line names its source and gives the numbers; a target without numbers
+says "not measured". The verdicts apply the issue's words to the numbers and nothing else: why a
+target is missed (launch-bound, padding, ...) is for bench/NOTES.md. Eager, graph mode
+(cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines, each adaptive arm
+over its own mode's full depth. A second table gives the settings the run's numbers decide
+(DENSE_ROWS, where to plan, where graph mode pays, STACK, AUTO_ROWS, FLASH, ...), each by its rule
+(bench/NOTES.md, "Reading a run").
 
 Ratios: "x HF time" is our time over transformers' (<= 1.0: full depth no slower than BertModel
 with SDPA); "x fixed" is samples/s over our fixed depth's in the same run (>= 1.0: adaptive no
@@ -76,8 +79,9 @@ def _by(rows: list, **match) -> dict:
 
 def _base(model: str) -> str:
     """The full-depth arm a model's speed-up is read against: graph mode's own for graph-mode
-    arms, cuda_graphs="auto"'s for "+auto" arms (gpu_scaling's `speedup` column is over eager `fixed` for every arm, which credits a
-    graph-mode MI with graph mode's gain as well as depth's: 5.65x at batch 1 in H200 run 5)."""
+    arms, cuda_graphs="auto"'s for "+auto" arms (gpu_scaling's `speedup` column is over eager
+    `fixed` for every arm, which credits a graph-mode MI with graph mode's gain as well as
+    depth's: 5.65x at batch 1 in H200 run 5)."""
     return "fixed+graphs" if "+graphs" in model else "fixed+auto" if model.endswith("+auto") else "fixed"
 
 
