@@ -320,11 +320,15 @@ class AdaptiveEncoder(nn.Module):
         token-layers, counted on the host: from a GPU that is one transfer, which waits for the
         GPU once (as the device plan's own read would). Graph mode then plans from those copies
         (graphs.PLAN_ON_HOST), the eager path from the tensors given."""
-        host = to_host(depths, mask) if mask.is_cuda else (depths, mask)
-        real = host[1] if host[0] is None else torch.where(host[1], host[0].clamp(0, self.num_layers), 0)
-        total = int(real.sum()) * (self.num_layers if host[0] is None else 1)
+        host_depths, host_mask = to_host(depths, mask) if mask.is_cuda else (depths, mask)
+        if host_depths is None:  # full depth: every real token through every layer
+            total = int(host_mask.sum()) * self.num_layers
+        else:
+            total = int(torch.where(host_mask, host_depths.clamp(0, self.num_layers), 0).sum())
         graphed = graphs.auto(total, self.num_layers, device)
-        return (*(host if graphed and graphs.PLAN_ON_HOST else (depths, mask)), graphed)
+        if graphed and graphs.PLAN_ON_HOST:
+            return host_depths, host_mask, True
+        return depths, mask, graphed
 
     def _graphable(self) -> bool:
         """Whether graph mode can run this call exactly, before looking at the layers (graphs.run

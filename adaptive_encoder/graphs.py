@@ -214,7 +214,7 @@ class GraphCache:
         self.graph_cls, self.device = graph_cls, device
         self.lock = threading.Lock()
         self.buffers: dict = {}
-        # key -> (Seal, graph, None) or (Seal, None, the layer's function) if its capture failed;
+        # key -> (Seals, graph, None) or (Seals, None, the layers' function) if its capture failed;
         # least recently used first
         self.graphs: OrderedDict = OrderedDict()
         self.max_graphs = MAX_GRAPHS
@@ -235,13 +235,13 @@ class GraphCache:
             self.buffers[key] = Buffers(num_layers, k_hat, dim, dtype, device)
         return self.buffers[key]
 
-    def run(self, key, seal: "Seal", make_fn) -> None:
-        """Replay the graph of `key` if it was captured under this seal (the layer unchanged
-        since); else run make_fn()() now and capture it. The seal holds the tensors the graph
-        baked in, so none of their memory is freed while the graph lives."""
+    def run(self, key, seals: tuple, make_fn) -> None:
+        """Replay the graph of `key` if it was captured under these seals (its layers' Seals, one
+        per layer it runs: each layer unchanged since; == compares them by identity); else run
+        make_fn()() now and capture it. The seals hold the tensors the graph baked in, so none of
+        their memory is freed while the graph lives."""
         hit = self.graphs.get(key)
-        # seal: one layer's Seal, or a tuple of them for a whole stack (== compares them by identity)
-        if hit is not None and (hit[0] is seal or (type(seal) is tuple and hit[0] == seal)):
+        if hit is not None and hit[0] == seals:
             if hit[1] is not None:
                 hit[1].replay()
                 self.replays += 1
@@ -257,7 +257,7 @@ class GraphCache:
             graph = None
             if self.stream is not None:  # the failed capture may leave its pool bound to that stream
                 self.stream = torch.cuda.Stream(device=self.device)
-        self.graphs[key] = (seal, graph, fn if graph is None else None)
+        self.graphs[key] = (seals, graph, fn if graph is None else None)
         self.graphs.move_to_end(key)
         self.captures += graph is not None
         while len(self.graphs) > self.max_graphs:  # least recently used first
@@ -386,7 +386,7 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
             cache.run(("stack", n_max, *sizes[0][1:], dev_key), tuple(sealed), lambda: _chain([m() for m in steps]))
         else:
             for n, (seal, make) in enumerate(zip(sealed, steps)):
-                cache.run((n, *sizes[n], dev_key), seal, make)
+                cache.run((n, *sizes[n], dev_key), (seal,), make)
         if plan.key_rows is None:
             out = buf.state[:K].clone()
         else:

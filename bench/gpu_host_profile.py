@@ -67,7 +67,7 @@ def profile_one(fn, forwards: int, top: int, kernels: int = 0) -> list:
 def _kernel_lines(events, forwards: int, top: int) -> list:
     """GPU time per forward: the kernels' total and the `top` kernels by their own time (those
     replayed inside CUDA graphs too, where the profiler sees them), to compare one forward's GPU
-    work between modes (H200 run 5: graph mode 0.80x eager at batch 128, not from padding)."""
+    work between modes (H200 run 5: graph mode 0.80x eager at batch 128)."""
     own = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
     gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and own(e) > 0]
     if not gpu:

@@ -52,32 +52,52 @@ N_VALUES = [1, 6, 12] if benchlib.QUICK else ([1, 2, 4, 6, 8, 10, 12] if GPU els
 BATCHES = [1, 8, 15] if benchlib.QUICK else ([1, 2, 4, 8, 12, 15] if GPU else list(range(1, 16)))
 ROUNDS = 1 if benchlib.QUICK or GPU else 3
 PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
-# Variants of our encoder's models, by suffix (gpu_scaling.py --graphs, --devplan): "+host" gives
-# it depths and mask on the CPU (the plan is made on the host: no device sync), "+graphs" runs
-# graph mode (adaptive_encoder/graphs.py) with them on the CPU, "+graphs-dev" with them on the
-# GPU (graph mode copies them to the host), "+graphs-devplan" the same with the plan made on the
-# GPU (graphs.device_plan(): the path before 2026-11-27), "+graphs-dense" as "+graphs" with every
-# layer that has halted tokens run on the whole state (graphs.dense_layers()), "+unfused" eager
-# with torch's add and LayerNorm instead of the fused kernel (norm.unfused()), "+dispatched" eager
-# with every kernel called through torch's dispatcher (ops.via_dispatcher()), "+dense" eager with
-# dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
+# Variants of our encoder's models, by suffix (gpu_scaling.py's arms): "+host" gives it depths
+# and mask on the CPU (the plan is made on the host: no device sync), "+host1" the same with torch
+# on one CPU thread, "+graphs" runs graph mode (adaptive_encoder/graphs.py) with them on the CPU,
+# "+graphs-dev" with them on the GPU (graph mode copies them to the host), "+graphs-devplan" the
+# same with the plan made on the GPU (graphs.device_plan(): the path before 2026-11-27),
+# "+graphs-dense" as "+graphs" with every layer that has halted tokens run on the whole state
+# (graphs.dense_layers()), "+graphs-layers" with one graph per layer always (graphs.per_layer()),
+# "+graphs-flash" with PyTorch's FlashAttention-2 (attention.flash()), "+auto" with
+# cuda_graphs="auto" and them on the GPU, "+flash" / "+unfused" / "+dispatched" / "+dense" eager
+# with FlashAttention-2 / torch's add and LayerNorm instead of the fused kernel (norm.unfused()) /
+# every kernel through torch's dispatcher (ops.via_dispatcher()) / dense layers
+# (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
 GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH = ("+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto",
                                                           "+flash")
-_VARIANTS = ((GRAPHS + "-devplan", True, "devplan"), (GRAPHS + "-dev", True, "device"), (AUTO, "auto", "device"),
-             (GRAPHS + "-layers", True, "layers"), (GRAPHS + "-flash", True, "host-flash"), (FLASH, False, "flash"),
-             (GRAPHS + "-dense", True, "dense"), (GRAPHS, True, "host"), (HOST, False, "host"), (HOST + "1", False, "host1"),
-             (UNFUSED, False, "unfused"), (DISPATCHED, False, "dispatched"), (DENSE, False, "eager-dense"))
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Inside: torch's CPU ops (and the C++ plan op's parallel_for) on one thread. For "+host1",
+    the host plan without intra-op threads: in H200 run 5's follow-up every op of an eager
+    host-plan forward took 1.5-1.7x the host time it took with the device plan (batch 16)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# (suffix, cuda_graphs, depths and mask given on the host, the setting switched on around each
+# call or None); the first suffix that matches wins, so longer ones come first.
+_VARIANTS = ((GRAPHS + "-devplan", True, False, graphs.device_plan), (GRAPHS + "-dev", True, False, None),
+             (GRAPHS + "-dense", True, True, graphs.dense_layers), (GRAPHS + "-layers", True, True, graphs.per_layer),
+             (GRAPHS + "-flash", True, True, attention.flash), (GRAPHS, True, True, None),
+             (AUTO, "auto", False, None), (HOST + "1", False, True, _one_thread), (HOST, False, True, None),
+             (FLASH, False, False, attention.flash), (UNFUSED, False, False, norm.unfused),
+             (DISPATCHED, False, False, ops.via_dispatcher), (DENSE, False, False, encoder.dense_layers))
 
 
 def _variant(model: str) -> tuple:
-    """(depth-source name, graph mode (True, False or "auto"), where depths and mask are given and planned: "host",
-    "device" or "devplan"; or "dense" / "layers": on the host, dense layers / one graph per layer always; or "unfused" / "dispatched" /
-    "eager-dense": on the device, unfused closing LayerNorms / kernels through the dispatcher /
-    dense layers)."""
-    for suffix, graphed, where in _VARIANTS:
+    """(depth-source name, cuda_graphs (True, False or "auto"), whether depths and mask are given
+    on the host, the setting switched on around each call or None): see _VARIANTS."""
+    for suffix, graphed, on_host, setting in _VARIANTS:
         if model.endswith(suffix):
-            return model.removesuffix(suffix), graphed, where
-    return model, False, "device"
+            return model.removesuffix(suffix), graphed, on_host, setting
+    return model, False, False, None
 
 
 def _base(model: str) -> str:
@@ -143,31 +163,14 @@ def _onnx_session(N: int):
     return sess
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Inside: torch's CPU ops (and the C++ plan op's parallel_for) on one thread. For "+host1",
-    the host plan without intra-op threads: in H200 run 5's follow-up every op of an eager
-    host-plan forward took 1.5-1.7x the host time it took with the device plan (batch 16)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _runner(model: str, N: int, x, depths, mask):
     """model: a name of depth_source, or one with a variant's suffix (_VARIANTS)."""
     bert, enc, upper, unit = _stack(N)
-    model, graphed, where = _variant(model)
+    model, graphed, on_host, setting = _variant(model)
     kind, _ = benchlib.depth_source(model)
     if kind in ("fixed", "mi", "reconstruction"):
-        d, m = (depths.cpu(), mask.cpu()) if where in ("host", "host1", "dense", "layers", "host-flash") else (depths, mask)
+        d, m = (depths.cpu(), mask.cpu()) if on_host else (depths, mask)
         d = None if kind == "fixed" else d  # full depth as a user asks for it: planned from the mask
-        setting = {"devplan": graphs.device_plan, "dense": graphs.dense_layers, "layers": graphs.per_layer,
-                   "flash": attention.flash, "host-flash": attention.flash, "host1": _one_thread,
-                   "unfused": norm.unfused,
-                   "dispatched": ops.via_dispatcher, "eager-dense": encoder.dense_layers}.get(where)
         if setting is not None:
             def with_setting():
                 with setting():

@@ -331,9 +331,9 @@ def test_swapped_module_or_new_hook_is_seen():
         want = enc(x, d, m).last_hidden_state
         assert cache.captures == captured + 1
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
-        # (layer, seal) of every graph kept: a stack's graph holds one seal per layer
+        # (layer, seal) of every graph kept: a layer's graph holds its seal, a stack's one per layer
         seals = [(n, seal) for k, entry in cache.graphs.items()
-                 for n, seal in (enumerate(entry[0]) if k[0] == "stack" else [(k[0], entry[0])])]
+                 for n, seal in (enumerate(entry[0]) if k[0] == "stack" else [(k[0], entry[0][0])])]
         assert seals and all(seal.layer is net.encoder.layer[n] for n, seal in seals)
         assert not any(old is m for _, seal in seals for m in seal.modules)  # old graphs gone
         calls = []
