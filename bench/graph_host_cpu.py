@@ -1,6 +1,6 @@
 """Host work of a graph-mode forward, measured on CPU: everything but the layers' own kernels.
 
-    python bench/graph_host_cpu.py [--rounds 5] [--count] [--batch B] [--dense]
+    python bench/graph_host_cpu.py [--rounds 5] [--count] [--batch B] [--dense] [--stack]
 
 A tiny encoder (hidden 32, 12 layers, 8 tokens, batch 1) where the arithmetic is negligible.
 Graph mode runs with a stand-in graph whose replay does nothing, so its time is what a GPU
@@ -67,8 +67,10 @@ def main():
                     help="graph mode only, on a batch of B IMDB-length documents with TREC MI depths "
                          "(default: one 8-token sequence, beside eager)")
     ap.add_argument("--dense", action="store_true",
-                    help="also graph mode with dense layers (graphs.dense_layers(): a mask table instead of "
-                         "the layers' row table)")
+                    help="also graph mode with dense layers (graphs.dense_layers(): every layer on the whole state)")
+    ap.add_argument("--stack", action="store_true",
+                    help="also full depth in graph mode, one graph for the stack (graphs.STACK) and one per layer "
+                         "(graphs.per_layer())")
     a = ap.parse_args()
     enc = AdaptiveEncoder.from_model(benchlib.bert(12, 32, 2, 64))
     if a.batch:
@@ -81,6 +83,9 @@ def main():
     best = {"graph mode, replays skipped": []} if a.batch else {"eager": [], "graph mode, replays skipped": []}
     if a.dense:
         best["graph mode, dense layers, replays skipped"] = []
+    if a.stack:
+        best["full depth, graph mode, one graph per stack, replays skipped"] = []
+        best["full depth, graph mode, one graph per layer, replays skipped"] = []
     number = 20 if a.batch else 300
 
     def graphed():
@@ -90,11 +95,20 @@ def main():
         with graphs.dense_layers():
             return enc(x, depths, mask, cuda_graphs=True)
 
+    def full_depth():
+        return enc(x, None, mask, cuda_graphs=True)
+
+    def full_depth_per_layer():
+        with graphs.per_layer():
+            return enc(x, None, mask, cuda_graphs=True)
+
+    fns = {"eager": lambda: enc(x, depths, mask), "dense": dense, "per stack": full_depth,
+           "per layer": full_depth_per_layer}
     with torch.inference_mode():
-        graphed(), a.dense and dense()  # captures (runs each layer once)
+        graphed(), a.dense and dense(), a.stack and (full_depth(), full_depth_per_layer())  # captures
         for _ in range(a.rounds):
             for name in best:
-                fn = (lambda: enc(x, depths, mask)) if name == "eager" else dense if "dense" in name else graphed
+                fn = next((f for key, f in fns.items() if key in name), graphed)
                 best[name].append(min(timeit.repeat(fn, number=number, repeat=1)) / number)
     where = f"batch {a.batch}, {int(mask.sum())} tokens" if a.batch else "8 tokens"
     for name, times in best.items():
