@@ -279,8 +279,11 @@ class AdaptiveEncoder(nn.Module):
             k_pos = (plan.key_rows if compact else torch.arange(B * T, device=state.device)) % T
             q_pos = plan.rows % T  # every layer's query positions in one op, sliced per layer
         # The same answer for every layer: asked once (~10 us a call). Small eager forwards are
-        # launch-bound, where the Triton kernel's launch costs more than torch's pair (norm.EAGER_ROWS).
-        fuse = _fuse_norms(state, backend) and plan.num_real >= norm.EAGER_ROWS
+        # launch-bound, where the Triton kernel's launch costs more than torch's pair (norm.EAGER_ROWS);
+        # the C++ kernel's launch does not.
+        fuse = _fuse_norms(state, backend)
+        if fuse == "triton" and plan.num_real < norm.EAGER_ROWS:
+            fuse = None
         # Dense layers (DENSE_ROWS): not under torch.compile, where the row count is data (asked
         # before the count is read: reading it there would guard on the data).
         dense = inference and DENSE_ROWS > 0 and not torch.compiler.is_compiling() and plan.num_real <= DENSE_ROWS
@@ -338,12 +341,12 @@ class AdaptiveEncoder(nn.Module):
                     or torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
                     or _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
-    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None, fuse=None,
+    def _layer(self, layer, xq, xkv, cu_q, cu_k, max_q: int, max_k: int, backend=None, bias=None, fuse=False,
                into=None, at_rows: bool = False) -> torch.Tensor:
         """One post-LayerNorm layer on compact rows. xq (A,D) queries, xkv (K,D) keys/values -> (A,D).
         bias: None or (distance table (2T-1,H), query positions (A,), key positions (K,)).
-        fuse: whether the closing steps may use the fused add + LayerNorm kernel (_fuse_norms; None:
-        asked here). into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only)
+        fuse: the fused add + LayerNorm kernel the closing steps may use (_fuse_norms: a kernel
+        name, or None for torch's add and LayerNorm; False: asked here). into: None, or rows (A,) int64 of xkv (the state: contiguous, inference only)
         to write the output rows to, in place; xkv is returned then. The last LayerNorm writes
         them there itself where it is fused (adaptive_encoder/norm.py), else a scatter does.
         at_rows (with into, xq is xkv: a dense layer): only output rows `into` are written, each
@@ -366,7 +369,7 @@ class AdaptiveEncoder(nn.Module):
         if not _direct_blocks(parts):  # a hook somewhere, or a wrapped linear / norm: the modules
             out = parts.ffn(parts.attn_output(ctx, xq))
             return out if into is None else _scatter_into(xkv, out, into, backend, at_rows)
-        fuse = _fuse_norms(xq, backend) if fuse is None else fuse
+        fuse = _fuse_norms(xq, backend) if fuse is False else fuse
         h = _close(parts.attn_out, ctx, xq, backend, fuse)
         return _close(parts.ffn_out, _activate(parts.act, F.linear(h, *_wb(parts.ffn_in))), h, backend, fuse,
                       None if into is None else (xkv, into, at_rows))
@@ -413,20 +416,21 @@ def _linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, *_wb(lin)) if _direct(lin, nn.Linear) else lin(x)
 
 
-def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None, fuse: bool = False,
+def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None, fuse: str | None = None,
            into=None) -> torch.Tensor:
     """norm(dropout(linear(x)) + residual), as the transformers block computes it; only for
     blocks that passed _direct_blocks (plain modules, no hooks: not checked again here).
-    fuse: _fuse_norms' answer. into: None, or (state, rows, at_rows): write the rows into the
-    state in place (at_rows: only x's rows `rows`, each to its own row) and return it."""
+    fuse: _fuse_norms' answer (a kernel name, or None). into: None, or (state, rows, at_rows):
+    write the rows into the state in place (at_rows: only x's rows `rows`, each to its own row)
+    and return it."""
     y = F.linear(x, *_wb(block.linear))
     d = block.dropout
     if d is not None and d.training and d.p > 0:  # in eval not even the (identity) call: one op fewer
         y = F.dropout(y, d.p, True, d.inplace)
     ln = block.norm
     w, b = _wb(ln)
-    if fuse and _fusable(y, residual, w, b):  # one kernel: add, LayerNorm (and the scatter)
-        return norm.triton_unchecked(y, residual, w, b, float(ln.eps), into)
+    if fuse is not None and _fusable(y, residual, w, b):  # one kernel: add, LayerNorm (and the scatter)
+        return norm.unchecked(fuse, y, residual, w, b, float(ln.eps), into)
     # Inference: the residual goes into the GEMM's fresh output in place (one tensor and one
     # pass over it fewer; the same numbers). With autograd the sum is a new tensor, and under
     # autocast too (a bfloat16 GEMM output plus a float32 residual is a float32 sum there).
@@ -435,13 +439,17 @@ def _close(block: Closing, x: torch.Tensor, residual: torch.Tensor, backend=None
     return out if into is None else _scatter_into(into[0], out, into[1], backend, into[2])
 
 
-def _fuse_norms(x: torch.Tensor, backend) -> bool:
-    """Whether a forward on states like x (its dtype, device, width) closes its blocks with the
-    fused add + LayerNorm kernel: inference (the kernels are forward only), eager (torch.compile
-    fuses its own), no autocast (its casts happen in the unfused ops), and the Triton kernel for
-    the backend (on CPU tensors torch's ops are faster: norm._CPU_TIMES)."""
-    return (norm.FUSED and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(x.device.type) and norm.kernel_backend(x, backend) == "triton")
+def _fuse_norms(x: torch.Tensor, backend) -> str | None:
+    """The fused add + LayerNorm kernel ("triton" or "cuda", norm.kernel_backend) a forward on
+    states like x (its dtype, device, width) closes its blocks with, or None: only in inference
+    (the kernels are forward only), eager (torch.compile fuses its own), without autocast (its
+    casts happen in the unfused ops), and not the C++ CPU op (on CPU tensors torch's ops are
+    faster: norm._CPU_TIMES)."""
+    if not norm.FUSED or torch.is_grad_enabled() or torch.compiler.is_compiling() \
+            or torch.is_autocast_enabled(x.device.type):
+        return None
+    kernel = norm.kernel_backend(x, backend)
+    return kernel if kernel in ("triton", "cuda") else None
 
 
 def _fusable(y: torch.Tensor, residual: torch.Tensor, w, b) -> bool:

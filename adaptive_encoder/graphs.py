@@ -19,8 +19,8 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   and filled each forward by a few ops: the tables are built where the plan is (on the host
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
   and copied in two transfers. A layer's graph reads them at fixed addresses, so it is keyed
-  by (layer, A^, "all" or "dense", K^, B^, the grid bounds) and replayed for every input that
-  lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
+  by (layer, A^, "all" or "dense", K^, B^, the grid bounds, the kernel settings) and replayed
+  for every input that lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
 - A layer on every row of the state (all its tokens active, or a dense layer) ends with its last
   LayerNorm writing only the layer's rows into the state (add_layer_norm_into_'s at_rows form;
   a copy or a masked copy of the whole state before: one kernel and pass fewer per layer).
@@ -49,7 +49,7 @@ from functools import partial
 
 import torch
 
-from . import settings
+from . import attention, norm, settings
 from .plan import to_device
 
 
@@ -92,6 +92,15 @@ STACK = True
 # GPU time is higher: the follow-up's kernel profile at batch 128 puts about half of it on the
 # bucket's padded rows and half on the GEMM cuBLAS picks at the bucketed row count. 10240 lies between.
 AUTO_ROWS = 10240
+
+
+def kernel_choice() -> tuple:
+    """The settings that pick which kernels a layer launches (attention.FLASH, norm.FUSED,
+    norm.CUDA_CPP, torch's float32 matmul precision: TF32 or not in cuBLAS and the Triton
+    attention). A graph bakes in the kernels of its capture, so this is part of its key: a
+    forward under other settings captures its own graphs instead of replaying another's
+    kernels (an A/B of two settings in one process would otherwise time one of them twice)."""
+    return attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch.get_float32_matmul_precision()
 
 
 def auto(token_layers: int, num_layers: int, device) -> bool:
@@ -379,7 +388,7 @@ def run(encoder, x: torch.Tensor, plan, backend: str, eligible) -> torch.Tensor 
                                                  bucket(T))
             table = buf.tables.setdefault(fresh.shape[0], torch.empty_like(fresh))
             table.copy_(fresh)  # the weights may have changed: refilled every call, at a fixed address
-        dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0])
+        dev_key = (D, x.dtype, str(x.device), backend, None if table is None else table.shape[0], kernel_choice())
         steps = [partial(_step, encoder, seal.layer, buf, n, offs, table, a_hat[n], sizes[n][0], sizes[n][3:], backend,
                          ops) for n, seal in enumerate(sealed)]
         if STACK and all(size[0] in ("all", "dense") for size in sizes):  # one graph, one launch (STACK)

@@ -13,18 +13,24 @@ three. The `_into_` form writes a compact layer's output rows straight into the 
 the scatter after it (a third launch and pass) goes too. In a launch-bound forward (small
 batches on a GPU, bench/NOTES.md) each layer issues 2-3 ops fewer of its 10-13.
 
-Three implementations, one definition (adaptive_encoder.reference): the reference, the C++
-CPU op (csrc/norm.cpp) and the Triton kernel (kernels/norm.py), which runs on CUDA tensors
-(backend "cuda" or "triton") as the attention kernel does. On CPU tensors torch's add and
-LayerNorm were faster than the C++ op (_CPU_TIMES), so they stay the default there and what
-the encoder runs; the C++ op runs when asked for by name (backend="cpu"). Both kernels are
-forward only: when a gradient is needed the reference runs. dtypes float32, bfloat16, float16 (float64 on
-the CPU op and the reference); the Triton kernel takes D up to 16384 (one row per block).
-The sum is rounded to the input dtype before the statistics, as `x + residual` stores it.
+Four implementations, one definition (adaptive_encoder.reference): the reference, the C++
+CPU op (csrc/norm.cpp), the C++ CUDA op (csrc/norm_cuda.cu) and the Triton kernel
+(kernels/norm.py). On CUDA tensors (backend "cuda" or "triton") the Triton kernel runs, or
+with CUDA_CPP on and backend "cuda" the C++ one (same arithmetic, launched from C++: a
+launch-bound forward pays ~5-10 us of host time per call instead of Triton's Python launch).
+On CPU tensors torch's add and LayerNorm were faster than the C++ op (_CPU_TIMES), so they
+stay the default there and what the encoder runs; the C++ op runs when asked for by name
+(backend="cpu"). The kernels are forward only: when a gradient is needed the reference runs.
+dtypes float32, bfloat16, float16 (float64 on the CPU op and the reference); the Triton
+kernel takes D up to 16384 (one row per block), the CUDA op up to 2048 (a row in one warp's
+registers; wider rows take the Triton kernel). The sum is rounded to the input dtype before
+the statistics, as `x + residual` stores it.
 
 FUSED (True): whether the encoder uses these ops; `unfused()` turns them off inside a block
-(benchmarks timing both in one run). EAGER_ROWS: the eager path uses them only from that many
-real tokens (`eager_rows()`); graph mode always. Not for threads that want different settings at once.
+(benchmarks timing both in one run). EAGER_ROWS: the eager path uses the Triton kernel only
+from that many real tokens (`eager_rows()`); graph mode always. CUDA_CPP (False): the C++
+CUDA kernel instead of the Triton one under backend "cuda" (`cuda_cpp()`), at every size.
+Not for threads that want different settings at once.
 """
 import os
 
@@ -52,9 +58,17 @@ EAGER_ROWS = 10240
 _CPU_TIMES = {"1 thread": {(4096, 256): ((1220, 1244), (772, 729)), (512, 768): ((403, 436), (266, 269)),
                            (16384, 768): ((35192, 33698), (33251, 31954))},
               "2 threads": {(4096, 256): (568, 367), (512, 768): (183, 100), (16384, 768): (19233, 17390)}}
+# The C++ CUDA kernel (csrc/norm_cuda.cu) under backend "cuda", in place of the Triton kernel and
+# whatever the row count (its launch is C++, so the eager path fuses small forwards too). Off
+# until a GPU run measures it against the Triton kernel and torch's pair (gpu_scaling.py
+# --cudanorm; targets.py's settings table decides).
+CUDA_CPP = False
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TRITON_MAX_D = 16384
+_CUDA_MAX_D = 2048  # csrc/norm_cuda.cu's kMaxD
 _HAS_CPP = ops.cpp_available("cpu") and hasattr(torch.ops.adaptive_encoder, "add_layer_norm")
+# The CUDA op exists when the extension was built with CUDA from these sources.
+_HAS_CUDA_CPP = _HAS_CPP and torch._C._dispatch_has_kernel_for_dispatch_key("adaptive_encoder::add_layer_norm", "CUDA")
 
 
 def unfused():
@@ -65,6 +79,11 @@ def unfused():
 def eager_rows(rows: int):
     """Inside: eager forwards of at least `rows` real tokens use the fused kernel (EAGER_ROWS)."""
     return settings.switched(globals(), "EAGER_ROWS", rows)
+
+
+def cuda_cpp():
+    """Inside: backend "cuda" computes add_layer_norm with the C++ CUDA kernel (CUDA_CPP)."""
+    return settings.switched(globals(), "CUDA_CPP", True)
 
 
 def _out_like(x, *args):
@@ -107,24 +126,38 @@ _triton_add_layer_norm_into_.register_fake(_into_fake)
 def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str | None:
     """The kernel that computes add_layer_norm for x (A,D) under `backend`: "cpu" (the C++ op,
     only when asked for by name or $ADAPTIVE_ENCODER_BACKEND: on CPU tensors torch's add and
-    LayerNorm are the faster default, see _CPU_TIMES), "triton", or None (the reference)."""
+    LayerNorm are the faster default, see _CPU_TIMES), "cuda" (the C++ CUDA op: backend "cuda"
+    with CUDA_CPP on), "triton", or None (the reference)."""
     name = ops.resolve_backend(x.device, backend)
     asked = backend is not None or os.environ.get(ops.ENV_VAR) is not None
     if name == "cpu" and asked and _HAS_CPP and x.device.type == "cpu" \
             and (x.dtype in _KERNEL_DTYPES or x.dtype == torch.float64):
         return "cpu"
+    if x.dtype not in _KERNEL_DTYPES:
+        return None
+    if name == "cuda" and CUDA_CPP and _HAS_CUDA_CPP and x.is_cuda and x.shape[-1] <= _CUDA_MAX_D:
+        return "cuda"
     if (name == "triton" or (name == "cuda" and x.is_cuda)) and ops.triton_available(x.device.type) \
-            and x.dtype in _KERNEL_DTYPES and x.shape[-1] <= _TRITON_MAX_D:
+            and x.shape[-1] <= _TRITON_MAX_D:
         return "triton"
     return None
 
 
-def triton_unchecked(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                     into: tuple | None = None) -> torch.Tensor:
-    """The Triton kernel without the public functions' checks (~8 us of Python a call, two calls
-    a layer): what they call after checking, and what the encoder calls, which checked dtypes and
-    shapes (encoder._fuse_norms, _fusable) and whose rows come from a plan. into: None, or
-    (base, rows, at_rows) as add_layer_norm_into_; returns base then."""
+def unchecked(kernel: str, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              eps: float, into: tuple | None = None) -> torch.Tensor:
+    """The kernel `kernel` (kernel_backend's answer, not None) without the public functions' checks
+    (~8 us of Python a call, two calls a layer): what they call after checking, and what the
+    encoder calls, which checked dtypes and shapes (encoder._fuse_norms, _fusable) and whose rows
+    come from a plan. into: None, or (base, rows, at_rows) as add_layer_norm_into_; returns base
+    then. The C++ ops run without the dispatcher's Python layers (no autograd kernel to skip:
+    they are forward only); the Triton ones as ops.call decides."""
+    if kernel in ("cpu", "cuda"):
+        if into is None:
+            return torch.ops.adaptive_encoder.add_layer_norm(x, residual, weight, bias, eps)
+        base, rows, at_rows = into
+        torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows, at_rows)
+        ops.bump_version(base)  # the C++ ops do not
+        return base
     if into is None:
         return ops.call(_triton_add_layer_norm, _triton_kernel, x, residual, weight, bias, eps,
                         tensors=(x, residual, weight, bias))
@@ -161,10 +194,8 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     """LayerNorm(x + residual) * weight + bias. x, residual (A,D); weight, bias (D,); one dtype."""
     _check(x, residual, weight, bias, eps, "add_layer_norm")
     kernel = None if _needs_grad(x, residual, weight, bias) else kernel_backend(x, backend)
-    if kernel == "cpu":
-        return torch.ops.adaptive_encoder.add_layer_norm(x, residual, weight, bias, float(eps))
-    if kernel == "triton":
-        return triton_unchecked(x, residual, weight, bias, float(eps))
+    if kernel is not None:
+        return unchecked(kernel, x, residual, weight, bias, float(eps))
     return reference.add_layer_norm(x, residual, weight, bias, eps)
 
 
@@ -191,11 +222,8 @@ def add_layer_norm_into_(base: torch.Tensor, x: torch.Tensor, residual: torch.Te
     if check:
         ops.check_rows_in_range(rows, base.shape[0], "add_layer_norm_into_", unique=True)
     kernel = kernel_backend(x, backend)
-    if kernel == "cpu":
-        torch.ops.adaptive_encoder.add_layer_norm_into_(base, x, residual, weight, bias, float(eps), rows, at_rows)
-        ops.bump_version(base)  # the C++ op does not
-    elif kernel == "triton":
-        triton_unchecked(x, residual, weight, bias, float(eps), (base, rows, at_rows))
+    if kernel is not None:
+        unchecked(kernel, x, residual, weight, bias, float(eps), (base, rows, at_rows))
     else:
         reference.add_layer_norm_into_(base, x, residual, weight, bias, eps, rows, at_rows)
     return base

@@ -177,33 +177,49 @@ def _attention():
     return {"ok": ok, "rel_err": {k: f"{v:.1e}" for k, v in errs.items()}}
 
 
+def _norm_kernels():
+    """(name, backend, setting) for each add + LayerNorm kernel here: every backend's, and on a GPU
+    the C++ CUDA kernel too (backend "cuda" under norm.cuda_cpp(); checked to be the one that runs)."""
+    out = [(b, b, nullcontext) for b in BACKENDS]
+    if DEV.type == "cuda":
+        with norm.cuda_cpp():
+            assert norm.kernel_backend(torch.zeros(2, 8, device=DEV), "cuda") == "cuda", "C++ CUDA norm missing"
+        out.append(("cuda-cpp", "cuda", norm.cuda_cpp))
+    return out
+
+
+def _norm_case(backend: str, dtype, D: int, R: int) -> float:
+    """Worst relative error against float64 of the three forms on R random rows of width D."""
+    x, r = (torch.randn(R, D, device=DEV).to(dtype) for _ in range(2))
+    w, b = (torch.randn(D, device=DEV).to(dtype) for _ in range(2))
+    want = reference.add_layer_norm(x.double(), r.double(), w.double(), b.double(), 1e-5)
+    got = norm.add_layer_norm(x, r, w, b, 1e-5, backend=backend)
+    base = torch.full((2 * R, D), float("nan"), device=DEV, dtype=dtype)
+    rows = torch.randperm(2 * R, device=DEV)[:R]
+    norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, rows, backend=backend)
+    others = torch.ones(2 * R, dtype=torch.bool, device=DEV)
+    others[rows] = False
+    assert torch.isnan(base[others]).all(), (backend, dtype, D, "wrote outside its rows")
+    at = torch.full_like(base, float("nan"))
+    x2, r2 = (torch.zeros_like(base).index_copy_(0, rows, t) for t in (x, r))  # x, r at rows
+    norm.add_layer_norm_into_(at, x2, r2, w, b, 1e-5, rows, at_rows=True, backend=backend)
+    assert torch.isnan(at[others]).all(), (backend, dtype, D, "at_rows wrote outside its rows")
+    return max(rel_err(got, want), rel_err(base[rows], want), rel_err(at[rows], want))
+
+
 @check("fused add + LayerNorm vs float64")
 def _norm():
-    """adaptive_encoder/norm.py's kernel (Triton on a GPU, C++ in smoke runs) on every dtype and
-    width, functional, into a state's rows and read at those rows too (at_rows; the other rows
-    stay NaN either way), and 120k rows of 768 bf16."""
+    """adaptive_encoder/norm.py's kernels (Triton and C++ CUDA on a GPU, C++ in smoke runs) on every
+    dtype and width, functional, into a state's rows and read at those rows too (at_rows; the other
+    rows stay NaN either way), and 120k rows of 768 bf16."""
     torch.manual_seed(4)
     errs, cases = {}, [(dtype, D, 300 if SMOKE else 4096) for dtype in DTYPES for D in (768, 384, 1000, 1)]
     cases.append((torch.bfloat16, 768, 3000 if SMOKE else 120_000))
     with torch.no_grad():
-        for backend in BACKENDS:
-            for dtype, D, R in cases:
-                x, r = (torch.randn(R, D, device=DEV).to(dtype) for _ in range(2))
-                w, b = (torch.randn(D, device=DEV).to(dtype) for _ in range(2))
-                want = reference.add_layer_norm(x.double(), r.double(), w.double(), b.double(), 1e-5)
-                got = norm.add_layer_norm(x, r, w, b, 1e-5, backend=backend)
-                base = torch.full((2 * R, D), float("nan"), device=DEV, dtype=dtype)
-                rows = torch.randperm(2 * R, device=DEV)[:R]
-                norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, rows, backend=backend)
-                others = torch.ones(2 * R, dtype=torch.bool, device=DEV)
-                others[rows] = False
-                assert torch.isnan(base[others]).all(), (backend, dtype, D, "wrote outside its rows")
-                at = torch.full_like(base, float("nan"))
-                x2, r2 = (torch.zeros_like(base).index_copy_(0, rows, t) for t in (x, r))  # x, r at rows
-                norm.add_layer_norm_into_(at, x2, r2, w, b, 1e-5, rows, at_rows=True, backend=backend)
-                assert torch.isnan(at[others]).all(), (backend, dtype, D, "at_rows wrote outside its rows")
-                errs[f"{backend}/{str(dtype)[6:]}/{D}x{R}"] = max(rel_err(got, want), rel_err(base[rows], want),
-                                                                  rel_err(at[rows], want))
+        for kernel, backend, setting in _norm_kernels():
+            with setting():
+                for dtype, D, R in cases:
+                    errs[f"{kernel}/{str(dtype)[6:]}/{D}x{R}"] = _norm_case(backend, dtype, D, R)
     tol = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
     worst = {}
     for name, e in errs.items():
@@ -263,6 +279,11 @@ def _encoder():
                 errs[f"{tag}/mixed-dense"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
             with norm.eager_rows(0), torch.inference_mode():  # the eager fused add + LayerNorm at this size
                 errs[f"{tag}/mixed-fused"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+            if tag.endswith("/cuda"):  # the C++ CUDA add + LayerNorm (norm.CUDA_CPP), eager and in graph mode
+                with norm.cuda_cpp(), torch.inference_mode():
+                    errs[f"{tag}/mixed-cudanorm"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)
+                    errs[f"{tag}/mixed-cudanorm+graphs"] = rel_err(
+                        enc(x, depths, mask, cuda_graphs=True).last_hidden_state, ref, mask)
             if x.dtype == torch.bfloat16 and DEV.type == "cuda":  # attention.FLASH: PyTorch's FlashAttention-2
                 with attention.flash():
                     errs[f"{tag}/mixed-flash"] = rel_err(enc(x, depths, mask).last_hidden_state, ref, mask)

@@ -11,14 +11,15 @@
 #    add + LayerNorm, varlen attention) -> records.jsonl; gpu.sh's suite stage may not reach
 #    past them (run 5 spent its 117 s there);
 # 2. graph mode at the paper's batch sizes (1, 2, 4, 8, 15; gpu.sh's scaling stage has
-#    1/16/64/128), with depths given on the GPU, planned on the host (the default) or on
-#    the GPU, and with dense layers (graphs.DENSE_ROWS: where they beat compact ones), and
+#    1/16/64/128), with dense layers (graphs.DENSE_ROWS: where they beat compact ones), and
 #    eager MI with dense layers (encoder.DENSE_ROWS),
 #    full depth with one graph per layer instead of one for the stack (graphs.STACK),
 #    attention by PyTorch's FlashAttention-2 (attention.FLASH), eager and in graph mode,
-#    gpu_scaling.py --graphs --stack --flash --devplan --dense --eager-dense, pool 64 -> followup_scaling.json
-#    (run 5's follow-up decided --unfused and --dispatcher at these sizes: the eager path no longer
-#    fuses below norm.EAGER_ROWS, and ops.DIRECT stays; gpu.sh's scaling stage keeps --unfused);
+#    the fused add + LayerNorm by the C++ CUDA kernel (norm.CUDA_CPP), eager and in graph mode,
+#    gpu_scaling.py --graphs --stack --flash --cudanorm --dense --eager-dense, pool 64 -> followup_scaling.json
+#    (run 5's follow-up decided --unfused, --dispatcher and --devplan at these sizes: the eager
+#    path no longer fuses below norm.EAGER_ROWS, ops.DIRECT and graphs.PLAN_ON_HOST stay;
+#    gpu.sh's scaling stage keeps --unfused);
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
 # 3a. one forward's GPU kernels at batch 128, eager and graph mode (run 5: graph mode 0.80x
@@ -76,7 +77,7 @@ if [ "$SMOKE" = 1 ]; then
   step suite 300 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
     --benchmark-only -q -p no:cacheprovider
   step scaling 300 followup_scaling.txt python bench/gpu_scaling.py --pool 4 --batches 1 2 --rounds 1 \
-    --models fixed mi --graphs --host1 --stack --flash --devplan --dense --eager-dense --out "$DEST"
+    --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
   step kernels 300 kernels_log.txt python bench/gpu_host_profile.py --batches 4 --forwards 2 --top 3 --kernels 5 \
@@ -93,7 +94,7 @@ else
   step kernels 45 kernels_log.txt python bench/gpu_host_profile.py --batches 128 --forwards 3 --top 5 --kernels 15 \
     --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels_128"
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
-    --models fixed mi --graphs --host1 --stack --flash --devplan --dense --eager-dense --out "$DEST"
+    --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"

@@ -1,6 +1,6 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--eager-dense] [--unfused] [--dispatcher] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--eager-dense] [--unfused] [--cudanorm] [--dispatcher] [--out DIR]
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
@@ -34,6 +34,9 @@ than the rows computed for nothing: that batch size bounds encoder.DENSE_ROWS.
 --unfused and --dispatcher add fixed and MI eager without one host-time cut each: torch's add and
 LayerNorm instead of the fused kernel (norm.unfused()), and every kernel called through torch's
 dispatcher (ops.via_dispatcher(); by default eager calls reach the kernels directly).
+--cudanorm adds fixed+cudanorm, mi+cudanorm and mi+graphs-cudanorm: the fused add + LayerNorm by
+the C++ CUDA kernel (norm.cuda_cpp(); eager at every size, where the Triton one runs from
+norm.EAGER_ROWS real tokens only) against `fixed`, `mi` and `mi+graphs`.
 
 Prints a table; with --out writes gpu_scaling.json there, rewritten after every batch size (a
 run cut short keeps the batch sizes it finished).
@@ -100,6 +103,9 @@ ARMS = {
     "dense": (["mi" + G + "-dense"], "MI in graph mode with dense layers (every layer with halted tokens on the whole "
                                      "state, active rows written back; graphs.DENSE_ROWS)"),
     "eager-dense": (["mi" + test_speed.DENSE], "MI eager with dense layers (encoder.DENSE_ROWS)"),
+    "cudanorm": (["fixed" + test_speed.CUDANORM, "mi" + test_speed.CUDANORM, "mi" + G + "-cudanorm"],
+                 "fixed and MI eager, and MI in graph mode, with the C++ CUDA add + LayerNorm instead of the Triton "
+                 "kernel, eager at every size (norm.CUDA_CPP)"),
     "unfused": (["fixed" + test_speed.UNFUSED, "mi" + test_speed.UNFUSED],
                 "fixed and MI eager with torch's add and LayerNorm instead of the fused kernel (adaptive_encoder/norm.py)"),
     "dispatcher": (["fixed" + test_speed.DISPATCHED, "mi" + test_speed.DISPATCHED],
@@ -126,7 +132,7 @@ def main():
           f"shape {test_speed.SHAPE}; pool {a.pool} documents")
     for N in a.N:
         print(f"N = {N}")
-        print(f"{'batch':>5} {'model':>17} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
+        print(f"{'batch':>5} {'model':>18} {'samples/s':>10} {'speed-up':>8} {'ideal':>6} {'meas/ideal':>10} "
               f"{'host/GPU':>8} {'host ms':>7} {'active':>7} {'1st pass':>8} {'graphs':>6}")
         for batch in a.batches:
             rows += _batch_rows(a, N, batch)
@@ -163,7 +169,7 @@ def _batch_rows(a, N: int, batch: int) -> list:
             row["capture_errors"] = _cache(N).capture_errors[:3]  # keys that run eagerly instead
         row["measured_over_ideal"] = row["speedup"] / row["ideal"]
         rows.append(row)
-        print(f"{batch:>5} {m:>17} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
+        print(f"{batch:>5} {m:>18} {row['samples_per_s']:>10.1f} {row['speedup']:>8.2f} {row['ideal']:>6.2f} "
               f"{row['measured_over_ideal']:>10.2f} {row['host_over_gpu']:>8.2f} {row['host_ms_per_forward']:>7.2f} "
               f"{row['active']:>7.1%} "
               f"{row['first_pass_s']:>8.2f}" + (f" {captures:>6}" if test_speed._variant(m)[1] else ""),

@@ -11,7 +11,7 @@ says "not measured". The verdicts apply the issue's words to the numbers and not
 target is missed (launch-bound, padding, ...) is for bench/NOTES.md. Eager, graph mode
 (cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines, each adaptive arm
 over its own mode's full depth. A second table gives the settings the run's numbers decide
-(DENSE_ROWS, where to plan, where graph mode pays, STACK, AUTO_ROWS, FLASH, ...), each by its rule
+(DENSE_ROWS, where to plan, where graph mode pays, STACK, AUTO_ROWS, FLASH, CUDA_CPP, ...), each by its rule
 (bench/NOTES.md, "Reading a run").
 
 Ratios: "x HF time" is our time over transformers' (<= 1.0: full depth no slower than BertModel
@@ -232,9 +232,9 @@ def _ratios(results: dict, a: str, b: str) -> dict:
     return out
 
 
-def _decision(name: str, rule: str, source: str, pairs: list, setting: str) -> dict:
+def _decision(name: str, rule: str, source: str, pairs: list, setting: str, unit: str = "batch ") -> dict:
     return dict(decision=name, rule=rule, source=source, setting=setting,
-                numbers=", ".join(f"batch {bt}{'' if n == 12 else f' N={n}'} {r:.2f}x" for n, bt, r, _ in pairs))
+                numbers=", ".join(f"{unit}{bt}{'' if n == 12 else f' N={n}'} {r:.2f}x" for n, bt, r, _ in pairs))
 
 
 def _rows_threshold(results: dict, a: str, b: str, name: str, rule: str, setting: str, value_of) -> list:
@@ -337,17 +337,43 @@ def stack_graphs(results: dict) -> list:
     return out
 
 
-def flash_attention(results: dict) -> list:
-    """attention.FLASH (off): PyTorch's FlashAttention-2 in the encoder, by fixed+flash / mi+flash over
-    fixed / mi (eager) and mi+graphs-flash over mi+graphs; on where it never loses by > 2 % and wins somewhere."""
+def _on_if_it_wins(results: dict, name: str, flag: str, arms: tuple) -> list:
+    """A setting off by default (flag), for each (arm with it, arm without): on where it never
+    loses by > 2 % and wins by >= 2 % somewhere."""
     out = []
-    for a, b in (("fixed+flash", "fixed"), ("mi+flash", "mi"), ("mi+graphs-flash", "mi+graphs")):
+    for a, b in arms:
         for source, pairs in _ratios(results, a, b).items():
             lost = [f"{bt}" for _, bt, r, _ in pairs if r < 1 / WIN]
             won = [f"{bt}" for _, bt, r, _ in pairs if r >= WIN]
-            setting = (f"keep FLASH off (loses at batch {', '.join(lost)})" if lost
-                       else f"FLASH = True (wins at batch {', '.join(won)})" if won else "keep FLASH off (no win)")
-            out.append(_decision("FlashAttention-2 in the encoder", f"{a} over {b}", source, pairs, setting))
+            setting = (f"keep {flag} off (loses at batch {', '.join(lost)})" if lost
+                       else f"{flag} = True (wins at batch {', '.join(won)})" if won else f"keep {flag} off (no win)")
+            out.append(_decision(name, f"{a} over {b}", source, pairs, setting))
+    return out
+
+
+def flash_attention(results: dict) -> list:
+    """attention.FLASH (off): PyTorch's FlashAttention-2 in the encoder, by fixed+flash / mi+flash over
+    fixed / mi (eager) and mi+graphs-flash over mi+graphs."""
+    return _on_if_it_wins(results, "FlashAttention-2 in the encoder", "FLASH",
+                          (("fixed+flash", "fixed"), ("mi+flash", "mi"), ("mi+graphs-flash", "mi+graphs")))
+
+
+def cuda_norm(results: dict) -> list:
+    """norm.CUDA_CPP (off): the C++ CUDA add + LayerNorm instead of the Triton kernel, eager at every
+    size, by fixed+cudanorm / mi+cudanorm over fixed / mi and mi+graphs-cudanorm over mi+graphs;
+    beside it the kernel suite's C++ kernel over the Triton one, same form and rows (time ratio)."""
+    out = _on_if_it_wins(results, "C++ CUDA add + LayerNorm", "norm.CUDA_CPP",
+                         (("fixed+cudanorm", "fixed"), ("mi+cudanorm", "mi"), ("mi+graphs-cudanorm", "mi+graphs")))
+    for name, records in _record_sources(results).items():
+        recs = {(r["op"], r["rows"], r["backend"]): r for r in records if r.get("group") == "norm_kernel"}
+        pairs = [(12, f"{form} {rows} rows", recs[form, rows, "triton"]["seconds"] / r["seconds"], r)
+                 for (form, rows, backend), r in sorted(recs.items())
+                 if backend == "cuda" and (form, rows, "triton") in recs]
+        if pairs:
+            lost = [p[1] for p in pairs if p[2] < 1 / WIN]
+            out.append(_decision("C++ CUDA add + LayerNorm", "cuda over triton (time ratio, kernel alone)",
+                                 f"{name} kernels", pairs, f"slower than Triton at {', '.join(lost)}" if lost
+                                 else "as fast as Triton or faster at every size", unit=""))
     return out
 
 
@@ -398,7 +424,7 @@ def attention(results: dict) -> list:
 
 def decisions(results: dict) -> list:
     return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, stack_graphs, auto_rows, fused_norm,
-                           direct_calls, attention, flash_attention)
+                           direct_calls, attention, flash_attention, cuda_norm)
             for d in part(results)]
 
 

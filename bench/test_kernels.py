@@ -23,6 +23,7 @@ reference (backend "torch": what the encoder falls back to), whose time it repor
 On CPU the Triton kernels run only in the interpreter, a correctness tool: they are timed on
 GPUs only.
 """
+import contextlib
 import functools
 
 import pytest
@@ -93,13 +94,15 @@ def test_gather_scatter_bandwidth(benchmark, op, backend, R):
 
 @pytest.mark.parametrize("R", ROWS[:2] if GPU else ROWS[:1])
 @pytest.mark.parametrize("form", ["add_layer_norm", "add_layer_norm_into_", "at_rows"])
-def test_add_layer_norm(benchmark, form, R):
+@pytest.mark.parametrize("kernel", ["default", "cuda-cpp"] if GPU else ["default"])
+def test_add_layer_norm(benchmark, form, R, kernel):
     """The fused closing step (adaptive_encoder/norm.py) against what it replaces, interleaved:
     the GEMM output plus the residual in place, torch's LayerNorm (and for the _into_ form the
     scatter of a quarter of the rows into a state; for at_rows, a dense layer's last step, the
     masked copy of half the rows back into a state of R rows, as graph mode did before).
     Bytes counted for the fused op: x and residual read, the output written, at the rows it
-    writes (+ indices)."""
+    writes (+ indices). kernel: the default one (Triton on a GPU), or on a GPU the C++ CUDA kernel
+    (norm.cuda_cpp()); the record's backend says which ran."""
     from adaptive_encoder import norm
 
     benchmark.group = "kernels_norm"
@@ -124,14 +127,16 @@ def test_add_layer_norm(benchmark, form, R):
                                           backend=DEV.type, check=False),
                "unfused": lambda: torch.where(active, ln(x.clone().add_(r)), state, out=state)}
     fns["clone"] = x.clone  # the unfused arm's copy of x (x itself must stay), timed alone and taken off
-    with torch.inference_mode():
+    setting = norm.cuda_cpp() if kernel == "cuda-cpp" else contextlib.nullcontext()
+    with torch.inference_mode(), setting:
         med = benchlib.interleaved_medians(fns, rounds=ROUNDS, calls=CALLS)
         benchmark.pedantic(fns["fused"], rounds=ROUNDS, warmup_rounds=1)
+        used = norm.kernel_backend(x, DEV.type) or "torch"
     unfused = med["unfused"] - med["clone"]  # the encoder adds into the GEMM's fresh output: no copy
     A = rows.numel() if form == "at_rows" else R
     nbytes = 3 * A * D * x.element_size() + (8 * A if form != "add_layer_norm" else 0)
     bw = copy_bandwidth()
-    info = dict(group="norm_kernel", op=form, backend=norm.kernel_backend(x, DEV.type) or "torch", rows=R, hidden=D,
+    info = dict(group="norm_kernel", op=form, backend=used, rows=R, hidden=D,
                 dtype=str(DTYPE), device=str(DEV), seconds=med["fused"], unfused_seconds=unfused,
                 speedup_over_unfused=unfused / med["fused"], gbps=nbytes / med["fused"] / 1e9, copy_gbps=bw / 1e9,
                 fraction_of_copy_bw=nbytes / med["fused"] / bw)

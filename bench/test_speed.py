@@ -59,13 +59,14 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # same with the plan made on the GPU (graphs.device_plan(): the path before 2026-11-27),
 # "+graphs-dense" as "+graphs" with every layer that has halted tokens run on the whole state
 # (graphs.dense_layers()), "+graphs-layers" with one graph per layer always (graphs.per_layer()),
-# "+graphs-flash" with PyTorch's FlashAttention-2 (attention.flash()), "+auto" with
-# cuda_graphs="auto" and them on the GPU, "+flash" / "+unfused" / "+dispatched" / "+dense" eager
-# with FlashAttention-2 / torch's add and LayerNorm instead of the fused kernel (norm.unfused()) /
-# every kernel through torch's dispatcher (ops.via_dispatcher()) / dense layers
-# (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
-GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH = ("+graphs", "+host", "+unfused", "+dispatched", "+dense", "+auto",
-                                                          "+flash")
+# "+graphs-flash" with PyTorch's FlashAttention-2 (attention.flash()), "+graphs-cudanorm" with the
+# C++ CUDA add + LayerNorm (norm.cuda_cpp()), "+auto" with cuda_graphs="auto" and them on the GPU,
+# "+flash" / "+unfused" / "+cudanorm" / "+dispatched" / "+dense" eager with FlashAttention-2 /
+# torch's add and LayerNorm instead of the fused kernel (norm.unfused()) / the C++ CUDA fused
+# kernel at every size (norm.cuda_cpp()) / every kernel through torch's dispatcher
+# (ops.via_dispatcher()) / dense layers (encoder.dense_layers()). E.g. "mi+host", "fixed+graphs".
+GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH, CUDANORM = ("+graphs", "+host", "+unfused", "+dispatched",
+                                                                    "+dense", "+auto", "+flash", "+cudanorm")
 
 
 @contextlib.contextmanager
@@ -85,9 +86,11 @@ def _one_thread():
 # call or None); the first suffix that matches wins, so longer ones come first.
 _VARIANTS = ((GRAPHS + "-devplan", True, False, graphs.device_plan), (GRAPHS + "-dev", True, False, None),
              (GRAPHS + "-dense", True, True, graphs.dense_layers), (GRAPHS + "-layers", True, True, graphs.per_layer),
-             (GRAPHS + "-flash", True, True, attention.flash), (GRAPHS, True, True, None),
+             (GRAPHS + "-flash", True, True, attention.flash), (GRAPHS + "-cudanorm", True, True, norm.cuda_cpp),
+             (GRAPHS, True, True, None),
              (AUTO, "auto", False, None), (HOST + "1", False, True, _one_thread), (HOST, False, True, None),
              (FLASH, False, False, attention.flash), (UNFUSED, False, False, norm.unfused),
+             (CUDANORM, False, False, norm.cuda_cpp),
              (DISPATCHED, False, False, ops.via_dispatcher), (DENSE, False, False, encoder.dense_layers))
 
 

@@ -27,7 +27,41 @@
 #include <cmath>
 #include <vector>
 
+#include "ops.h"
+
 namespace adaptive_encoder {
+
+// Shared with the CUDA implementation (norm_cuda.cu; declared in ops.h).
+void check_norm_args(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                     const at::Tensor& bias, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes(), op, ": x and residual must be (A, D) alike, got ",
+              x.sizes(), " and ", residual.sizes());
+  TORCH_CHECK(weight.dim() == 1 && bias.dim() == 1 && weight.size(0) == x.size(1) && bias.size(0) == x.size(1), op,
+              ": weight and bias must be (D,) with D = ", x.size(1), ", got ", weight.sizes(), " and ", bias.sizes());
+  TORCH_CHECK(residual.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type() &&
+                  bias.scalar_type() == x.scalar_type(),
+              op, ": x, residual, weight and bias must share a dtype");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": a floating-point dtype is needed, got ", x.scalar_type());
+  for (const at::Tensor* t : {&residual, &weight, &bias}) {
+    TORCH_CHECK(t->device() == x.device(), op, ": all tensors must be on one device");
+  }
+}
+
+void check_norm_into_args(const at::Tensor& base, const at::Tensor& x, const at::Tensor& residual,
+                          const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& rows, bool at_rows) {
+  check_norm_args(x, residual, weight, bias, "add_layer_norm_into_");
+  TORCH_CHECK(base.dim() == 2 && base.size(1) == x.size(1) && base.scalar_type() == x.scalar_type() &&
+                  base.device() == x.device(),
+              "add_layer_norm_into_: base must be (R, D) of x's dtype and device, got ", base.sizes());
+  TORCH_CHECK(base.is_contiguous(), "add_layer_norm_into_: base must be contiguous");
+  TORCH_CHECK(!at_rows || x.size(0) == base.size(0),
+              "add_layer_norm_into_: with at_rows, x and residual must have base's rows, got ", x.sizes(), " and ",
+              base.sizes());
+  TORCH_CHECK(rows.dim() == 1 && (at_rows || rows.size(0) == x.size(0)) && rows.scalar_type() == at::kLong &&
+                  rows.device() == x.device(),
+              "add_layer_norm_into_: rows must be (A,) int64 on x's device", at_rows ? "" : ", A = x's rows");
+}
+
 namespace {
 
 // Row statistics in one pass over the rounded sums: mean and biased variance from the sums of
@@ -61,21 +95,6 @@ void moments(const T* v, int64_t n, T& mean, T& var) {
   const T m = sum / static_cast<T>(n);
   mean = shift + m;
   var = std::max(sq / static_cast<T>(n) - m * m, T(0));
-}
-
-void check_args(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias,
-                const char* op) {
-  TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes(), op, ": x and residual must be (A, D) alike, got ",
-              x.sizes(), " and ", residual.sizes());
-  TORCH_CHECK(weight.dim() == 1 && bias.dim() == 1 && weight.size(0) == x.size(1) && bias.size(0) == x.size(1), op,
-              ": weight and bias must be (D,) with D = ", x.size(1), ", got ", weight.sizes(), " and ", bias.sizes());
-  TORCH_CHECK(residual.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type() &&
-                  bias.scalar_type() == x.scalar_type(),
-              op, ": x, residual, weight and bias must share a dtype");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": a floating-point dtype is needed, got ", x.scalar_type());
-  for (const at::Tensor* t : {&residual, &weight, &bias}) {
-    TORCH_CHECK(t->device() == x.device(), op, ": all tensors must be on one device");
-  }
 }
 
 // out row dst[i] (or i) = LayerNorm(x[j] + r[j]) for i in [0, A), j = dst[i] if at_rows else i.
@@ -113,7 +132,7 @@ void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const
 
 at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                               const at::Tensor& bias, double eps) {
-  check_args(x, residual, weight, bias, "add_layer_norm");
+  check_norm_args(x, residual, weight, bias, "add_layer_norm");
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   run(out, x, residual, weight, bias, eps, nullptr, x.size(0), false);
   return out;
@@ -122,17 +141,7 @@ at::Tensor add_layer_norm_cpu(const at::Tensor& x, const at::Tensor& residual, c
 void add_layer_norm_into_cpu(at::Tensor base, const at::Tensor& x, const at::Tensor& residual,
                              const at::Tensor& weight, const at::Tensor& bias, double eps, const at::Tensor& rows,
                              bool at_rows) {
-  check_args(x, residual, weight, bias, "add_layer_norm_into_");
-  TORCH_CHECK(base.dim() == 2 && base.size(1) == x.size(1) && base.scalar_type() == x.scalar_type() &&
-                  base.device() == x.device(),
-              "add_layer_norm_into_: base must be (R, D) of x's dtype and device, got ", base.sizes());
-  TORCH_CHECK(base.is_contiguous(), "add_layer_norm_into_: base must be contiguous");
-  TORCH_CHECK(!at_rows || x.size(0) == base.size(0),
-              "add_layer_norm_into_: with at_rows, x and residual must have base's rows, got ", x.sizes(), " and ",
-              base.sizes());
-  TORCH_CHECK(rows.dim() == 1 && (at_rows || rows.size(0) == x.size(0)) && rows.scalar_type() == at::kLong &&
-                  rows.device() == x.device(),
-              "add_layer_norm_into_: rows must be (A,) int64 on x's device", at_rows ? "" : ", A = x's rows");
+  check_norm_into_args(base, x, residual, weight, bias, rows, at_rows);
   const at::Tensor rc = rows.contiguous();
   const int64_t* pr = rc.data_ptr<int64_t>();
   for (int64_t i = 0; i < rc.size(0); ++i) {

@@ -195,7 +195,8 @@ TORCH_LIBRARY(adaptive_encoder, m) {
   // CPU only (attention.cpp); on CUDA the Triton kernel runs (adaptive_encoder/attention.py).
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_q, Tensor cu_k, float scale, "
         "Tensor? dist, Tensor? q_pos, Tensor? k_pos) -> Tensor");
-  // CPU only (norm.cpp); on CUDA the Triton kernel runs (adaptive_encoder/norm.py).
+  // CPU (norm.cpp) and CUDA (norm_cuda.cu); on CUDA tensors the Triton kernel runs unless
+  // norm.CUDA_CPP asks for the C++ one (adaptive_encoder/norm.py).
   m.def("add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def("add_layer_norm_into_(Tensor(a!) base, Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps, "
         "Tensor rows, bool at_rows=False) -> ()");

@@ -567,3 +567,33 @@ def test_a_stack_of_whole_state_layers_is_one_graph(dense):
         got3 = enc(x2, d, m, cuda_graphs=True).last_hidden_state
         assert cache.captures == enc.num_layers + 2  # the stack again, after layer 2 changed
         torch.testing.assert_close(got3, want3, atol=2e-5, rtol=1e-5)
+
+
+def test_kernel_settings_capture_their_own_graphs():
+    """A graph replays the kernels of its capture: a forward under another kernel setting
+    (attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch's float32 matmul precision) captures its
+    own graphs, and one under the first settings again replays the first ones. Otherwise an A/B
+    of two settings in one process (gpu_scaling's +graphs-flash, +graphs-cudanorm arms) would
+    time the same kernels twice."""
+    from adaptive_encoder import attention, norm
+
+    net, enc = _encoder("cpu", "cpu")
+    cache = graphs.cache_for(enc, torch.device("cpu"))
+    x, d, m = _inputs(2, 8, 0, "cpu")
+    precision = torch.get_float32_matmul_precision()
+    with torch.inference_mode():
+        enc(x, d, m, cuda_graphs=True)
+        first = cache.captures
+        settings = [attention.flash, norm.unfused, norm.cuda_cpp]
+        for setting in settings:
+            with setting():
+                enc(x, d, m, cuda_graphs=True)
+        try:
+            torch.set_float32_matmul_precision("high" if precision == "highest" else "highest")
+            enc(x, d, m, cuda_graphs=True)
+        finally:
+            torch.set_float32_matmul_precision(precision)
+        assert cache.captures == first * (len(settings) + 2)
+        replays = cache.replays
+        enc(x, d, m, cuda_graphs=True)
+    assert cache.captures == first * (len(settings) + 2) and cache.replays == replays + first

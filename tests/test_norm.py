@@ -7,6 +7,22 @@ import torch.nn.functional as F
 from adaptive_encoder import norm, reference
 from conftest import DEVICE_BACKENDS, TRITON_DEVICE
 
+# On CUDA tensors backend "cuda" runs the Triton kernel unless norm.CUDA_CPP asks for the C++
+# one (csrc/norm_cuda.cu): "cuda-cpp" is backend "cuda" with that setting on.
+NORM_BACKENDS = DEVICE_BACKENDS + ([("cuda", "cuda-cpp")] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def backend(request):
+    """The backend name to pass for a NORM_BACKENDS entry, inside its setting."""
+    if request.param != "cuda-cpp":
+        yield request.param
+        return
+    with norm.cuda_cpp():
+        assert norm.kernel_backend(torch.zeros(2, 8, device="cuda"), "cuda") == "cuda", "no C++ CUDA kernel built"
+        yield "cuda"
+
+
 # Tolerances against the reference: float32 within reduction order; bf16/fp16 one unit in the
 # last place of the output (the kernels' float32 affine rounds once, torch's too, but the
 # statistics' summation order differs).
@@ -27,7 +43,7 @@ def _dtypes(backend):
     return [torch.float32, torch.bfloat16, torch.float16] + ([torch.float64] if backend in ("torch", "cpu") else [])
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("device,backend", NORM_BACKENDS, indirect=["backend"])
 @pytest.mark.parametrize("A,D", SHAPES)
 def test_add_layer_norm_matches_reference(device, backend, A, D, poison):
     for dtype in _dtypes(backend):
@@ -43,7 +59,7 @@ def test_add_layer_norm_matches_reference(device, backend, A, D, poison):
             torch.testing.assert_close(got.double(), want64, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("device,backend", NORM_BACKENDS, indirect=["backend"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_rounds_as_torch(device, backend, dtype):
     """In bf16/fp16 the kernels round as torch does (to nearest), so their error against float64
@@ -55,7 +71,7 @@ def test_half_precision_rounds_as_torch(device, backend, dtype):
         reference.add_layer_norm(x, r, w, b, 1e-5))
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("device,backend", NORM_BACKENDS, indirect=["backend"])
 @pytest.mark.parametrize("R,D,A", [(1, 1, 1), (7, 5, 0), (40, 100, 17), (300, 64, 150), (12, 768, 5)])
 @pytest.mark.parametrize("at_rows", [False, True])
 def test_add_layer_norm_into_writes_only_its_rows(device, backend, R, D, A, at_rows, poison):
@@ -78,7 +94,7 @@ def test_add_layer_norm_into_writes_only_its_rows(device, backend, R, D, A, at_r
         assert torch.equal(base[kept], before[kept])  # the other rows untouched, bitwise
 
 
-@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("device,backend", NORM_BACKENDS, indirect=["backend"])
 def test_large_values_and_strided_inputs(device, backend):
     """Statistics of rows with a large common offset (cancellation) and non-contiguous inputs."""
     x, r, w, b = _case(6, 96, torch.float32, device, seed=3)
@@ -159,6 +175,12 @@ def test_custom_ops_pass_opcheck():
                           + (1e-5, rows.to(TRITON_DEVICE), True), test_utils=utils)
     t = tuple(a.to(TRITON_DEVICE) for a in (x, r, w, b))
     torch.library.opcheck(ns.triton_add_layer_norm.default, (*t, 1e-5), test_utils=utils)
+    if torch.cuda.is_available():  # the C++ CUDA kernels of the same two ops
+        c = tuple(a.cuda() for a in (x, r, w, b))
+        torch.library.opcheck(ns.add_layer_norm.default, (*c, 1e-5), test_utils=utils)
+        torch.library.opcheck(ns.add_layer_norm_into_.default,
+                              (torch.zeros(7, 16, device="cuda"), x7.cuda(), r7.cuda(), *c[2:], 1e-5, rows.cuda(), True),
+                              test_utils=utils)
     torch.library.opcheck(ns.triton_add_layer_norm_into_.default,
                           (torch.zeros(7, 16, device=TRITON_DEVICE), *t, 1e-5, rows.to(TRITON_DEVICE)),
                           test_utils=utils)
@@ -176,19 +198,28 @@ def test_cpp_op_refuses_out_of_range_rows(cpp_errors_raise):
         torch.ops.adaptive_encoder.add_layer_norm_into_(torch.zeros(3, 4), x3, r3, w, b, 1e-5, torch.tensor([3]), True)
 
 
-def test_triton_kernel_drops_out_of_range_rows():
-    """Unchecked, the Triton kernel masks a destination row outside base instead of writing it."""
+@pytest.mark.parametrize("kernel", ["triton"] + (["cuda-cpp"] if torch.cuda.is_available() else []))
+def test_gpu_kernels_drop_out_of_range_rows(kernel):
+    """Unchecked, the Triton kernel (and on a GPU the C++ CUDA one, which cannot check without a
+    sync) masks a destination row outside base instead of writing it."""
+    if kernel == "cuda-cpp":
+        with norm.cuda_cpp():
+            return _drops_out_of_range_rows("cuda")
+    _drops_out_of_range_rows("triton")
+
+
+def _drops_out_of_range_rows(backend):
     x, r, w, b = _case(3, 8, torch.float32, TRITON_DEVICE, seed=6)
     base = torch.zeros(4, 8, device=TRITON_DEVICE)
     norm.add_layer_norm_into_(base, x, r, w, b, 1e-5, torch.tensor([1, 9, -2], device=TRITON_DEVICE),
-                              backend="triton", check=False)
+                              backend=backend, check=False)
     torch.testing.assert_close(base[1], F.layer_norm(x[0] + r[0], (8,), w, b, 1e-5))
     assert torch.equal(base[[0, 2, 3]], torch.zeros(3, 8, device=TRITON_DEVICE))
     # at_rows: an out-of-range row is neither read (x has base's rows) nor written
     x4, r4 = (t.to(TRITON_DEVICE) for t in _case(4, 8, torch.float32, "cpu", seed=7)[:2])
     base.zero_()
     norm.add_layer_norm_into_(base, x4, r4, w, b, 1e-5, torch.tensor([2, 4, -1], device=TRITON_DEVICE),
-                              at_rows=True, backend="triton", check=False)
+                              at_rows=True, backend=backend, check=False)
     torch.testing.assert_close(base[2], F.layer_norm(x4[2] + r4[2], (8,), w, b, 1e-5))
     assert torch.equal(base[[0, 1, 3]], torch.zeros(3, 8, device=TRITON_DEVICE))
 
@@ -208,17 +239,47 @@ def test_encoder_closes_blocks_with_the_fused_kernel(monkeypatch):
     depths = torch.tensor([[3, 1, 2, 3, 1, 1, 3, 2, 2], [1, 1, 3, 2, 2, 3, 1, 1, 3]], device=TRITON_DEVICE)
     mask = torch.ones(2, 9, dtype=torch.bool, device=TRITON_DEVICE)
     calls = []
-    real = norm.triton_unchecked
-    monkeypatch.setattr(norm, "triton_unchecked", lambda *a: calls.append(a[5] is not None) or real(*a))
+    real = norm.unchecked
+    monkeypatch.setattr(norm, "unchecked", lambda k, *a: calls.append((k, a[5] is not None)) or real(k, *a))
     enc = AdaptiveEncoder.from_model(bert, backend="triton")
     with torch.no_grad():
         fused = enc(x, depths, mask).last_hidden_state
         # layer 1 on every token (2 closing steps), layers 2 and 3 compact (the last step into the state)
-        assert calls == [False, False, False, True, False, True]
+        assert calls == [("triton", into) for into in (False, False, False, True, False, True)]
         calls.clear()
         with norm.unfused():
             unfused = enc(x, depths, mask).last_hidden_state
         AdaptiveEncoder.from_model(bert.cpu(), backend="cpu")(x.cpu(), depths.cpu(), mask.cpu())
     enc.to(TRITON_DEVICE)(x, depths, mask)  # gradients enabled: the reference path
     assert calls == []
+    torch.testing.assert_close(fused, unfused, atol=2e-5, rtol=2e-5)
+
+
+def test_encoder_fuses_every_size_with_the_cuda_kernel(monkeypatch):
+    """With norm.CUDA_CPP (the C++ CUDA kernel, launched from C++) the eager path fuses below
+    norm.EAGER_ROWS too, which holds the Triton kernel back from small forwards; with the Triton
+    kernel it does not. Simulated on CPU: kernel_backend answers "cuda" for backend "cpu" (the
+    op of that name then runs its CPU kernel, the same arithmetic)."""
+    from transformers import BertModel
+
+    from adaptive_encoder import AdaptiveEncoder
+    from conftest import small_bert_config
+
+    torch.manual_seed(0)
+    bert = BertModel(small_bert_config(layers=3)).eval()
+    x = torch.randn(2, 9, 64)
+    depths = torch.tensor([[3, 1, 2, 3, 1, 1, 3, 2, 2], [1, 1, 3, 2, 2, 3, 1, 1, 3]])
+    calls = []
+    real = norm.unchecked
+    monkeypatch.setattr(norm, "unchecked", lambda k, *a: calls.append((k, a[5] is not None)) or real(k, *a))
+    enc = AdaptiveEncoder.from_model(bert, backend="cpu")
+    with torch.no_grad(), norm.eager_rows(10 ** 6):
+        unfused = enc(x, depths).last_hidden_state  # CPU tensors: torch's add and LayerNorm
+        monkeypatch.setattr(norm, "kernel_backend", lambda t, b: "triton")
+        enc(x, depths)  # the Triton kernel below EAGER_ROWS: not fused
+        assert calls == []
+        monkeypatch.setattr(norm, "kernel_backend", lambda t, b: "cuda")
+        fused = enc(x, depths).last_hidden_state
+    # layer 1 on every token (2 closing steps), layers 2 and 3 compact (the last step into the state)
+    assert calls == [("cuda", into) for into in (False, False, False, True, False, True)]
     torch.testing.assert_close(fused, unfused, atol=2e-5, rtol=2e-5)

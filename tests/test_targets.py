@@ -122,6 +122,8 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("mi+dense", 1, 104, 180), row("mi+dense", 16, 102, 2900), row("mi+dense", 64, 90, 11000),  # eager
             row("fixed+graphs-layers", 1, 140), row("fixed+graphs-layers", 64, 100),  # one graph per layer wins at 64
             row("fixed+flash", 1, 110), row("fixed+flash", 64, 100.5),  # wins at 1, ties at 64
+            row("fixed+cudanorm", 1, 108), row("fixed+cudanorm", 64, 97),  # wins at 1, loses at 64
+            row("mi+cudanorm", 1, 103), row("mi+cudanorm", 16, 101),  # wins at 1, ties at 16
             row("mi", 64, 100)]
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
@@ -134,6 +136,10 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     assert graphed["setting"] == "pays at batch 1"
     assert decided["one graph per stack"]["setting"] == "STACK = False (lost at batch 64)"  # 150 / 140, 95 / 100
     assert decided["FlashAttention-2 in the encoder"]["setting"] == "FLASH = True (wins at batch 1)"
+    cuda_norm = {d["rule"]: d["setting"] for d in targets.decisions(targets.read(str(tmp_path)))
+                 if d["decision"] == "C++ CUDA add + LayerNorm"}
+    assert cuda_norm == {"fixed+cudanorm over fixed": "keep norm.CUDA_CPP off (loses at batch 64)",
+                         "mi+cudanorm over mi": "norm.CUDA_CPP = True (wins at batch 1)"}
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
     assert "batch 1 1.11x" in decided["kernels called directly"]["numbers"]
@@ -154,11 +160,17 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     attn = [dict(group="attention_kernel", batch=b, queries=q, backend=k, seconds=s)
             for b, q, k, s in ((8, "mi", "triton", 1.0), (8, "mi", "aten_flash", 1.01),
                                (64, "mi", "triton", 3.0), (64, "mi", "aten_flash", 2.0))]
+    attn += [dict(group="norm_kernel", op=form, rows=rows, backend=k, seconds=s)  # and the C++ CUDA add + LayerNorm
+             for form, rows, k, s in (("at_rows", 4096, "triton", 2.0), ("at_rows", 4096, "cuda", 1.0),
+                                      ("at_rows", 65536, "triton", 1.0), ("at_rows", 65536, "cuda", 1.1))]
     with open(tmp_path / "records.jsonl", "w") as f:
         f.write("\n".join(json.dumps(r) for r in attn) + "\n")
     (d,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["decision"] == "attention kernel"]
     assert d["setting"].startswith("aten_flash ahead at batch 64 (mi queries):")
     assert "batch 8 (mi queries) 0.99x" in d["numbers"] and "batch 64 (mi queries) 1.50x" in d["numbers"]
+    (d,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"].startswith("cuda over triton")]
+    assert d["numbers"] == "at_rows 4096 rows 2.00x, at_rows 65536 rows 0.91x"
+    assert d["setting"] == "slower than Triton at at_rows 65536 rows"
 
 
 def test_auto_judged_against_the_better_mode(targets, tmp_path):
