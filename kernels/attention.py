@@ -12,11 +12,12 @@ The grid is (cdiv(max_q, BLOCK_M), B, H): max_q bounds each sequence's queries; 
 cu_q[B] belong to no sequence and are not written.
 Forward only (no dropout, no backward): the library uses it for inference.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from . import sizes
+from .sizes import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -100,12 +101,12 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
     B = cu_q.numel() - 1
     if Aq == 0 or B == 0 or max_q == 0:
         return out
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = sizes.INTERPRET
     # Interpreter: large blocks (~ms per program), capped at 512 so a (block_m x block_n)
     # score tile stays under Triton's 2**20-element limit for any length. GPU: 64 x 64 tiles.
-    block_m = min(512, max(16, triton.next_power_of_2(max_q))) if interpret else 64
-    block_n = min(512, max(16, triton.next_power_of_2(max_k))) if interpret else 64
-    grid = (triton.cdiv(max_q, block_m), B, H)
+    block_m = min(512, max(16, next_power_of_2(max_q))) if interpret else 64
+    block_n = min(512, max(16, next_power_of_2(max_k))) if interpret else 64
+    grid = (cdiv(max_q, block_m), B, H)
     if bias is not None:
         dist, q_pos, k_pos = (t.contiguous() for t in bias)
         extra = (dist, q_pos, k_pos, (dist.shape[0] - 1) // 2)

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .sizes import cdiv, next_power_of_2
+
 
 @triton.jit
 def _copy_rows_kernel(
@@ -44,8 +46,8 @@ def _copy_rows_kernel(
 def _blocks(n: int, D: int):
     # Large blocks: the interpreter costs ~ms per program instance; on a GPU 4-16 KiB tiles
     # per program are also a good copy granularity.
-    block_d = min(triton.next_power_of_2(max(D, 1)), 1024)
-    block_r = max(1, min(triton.next_power_of_2(max(n, 1)), 8192 // block_d))
+    block_d = min(next_power_of_2(max(D, 1)), 1024)
+    block_r = max(1, min(next_power_of_2(max(n, 1)), 8192 // block_d))
     return block_r, block_d
 
 
@@ -53,7 +55,7 @@ def _copy_rows(dst, src, dst_rows, src_rows, n: int, D: int) -> None:
     if n == 0 or D == 0:
         return
     block_r, block_d = _blocks(n, D)
-    grid = (triton.cdiv(n, block_r), triton.cdiv(D, block_d))
+    grid = (cdiv(n, block_r), cdiv(D, block_d))
     _copy_rows_kernel[grid](
         dst, src,
         dst_rows if dst_rows is not None else src,  # unused pointer when the flag is off

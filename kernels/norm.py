@@ -19,11 +19,12 @@ encoder's bf16 error from 1.1e-3 to 1.1e-2 against the dense reference).
 A destination row outside [0, base rows) is not written (as the row-copy kernel: no index
 reaches outside the tensors whatever the caller checked).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from . import sizes
+from .sizes import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -77,13 +78,13 @@ def _launch(out, x, residual, weight, bias, eps: float, rows, at_rows: bool = Fa
     n, D = (rows.shape[0], x.shape[1]) if at_rows else x.shape
     if n == 0 or D == 0:
         return
-    block_d = triton.next_power_of_2(D)
+    block_d = next_power_of_2(D)
     # GPU: ~4k elements per program (4 rows of 768, 4 warps). Interpreter: ~2 ms per program
     # whatever its size, so as many rows as the 2**20-element block limit and 2**16 allow.
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = sizes.INTERPRET
     per_program = 1 << 16 if interpret else 4096
-    block_r = max(1, min(triton.next_power_of_2(n), per_program // block_d))
-    _add_layer_norm_kernel[(triton.cdiv(n, block_r),)](
+    block_r = max(1, min(next_power_of_2(n), per_program // block_d))
+    _add_layer_norm_kernel[(cdiv(n, block_r),)](
         x, residual, weight, bias, out, rows if rows is not None else x, n, D, out.shape[0], eps,
         HAS_ROWS=rows is not None, AT_ROWS=at_rows, ROUND_BF16=interpret and x.dtype == torch.bfloat16, BLOCK_R=block_r,
         BLOCK_D=block_d)

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .sizes import next_power_of_2
+
 
 @triton.jit
 def _plan_count_kernel(depths_ptr, mask_ptr, counts_ptr, B, T, L, BLOCK_T: tl.constexpr):
@@ -43,7 +45,7 @@ def triton_plan(depths: torch.Tensor, mask: torch.Tensor, num_layers: int):
     depths = depths.contiguous()
     mask_u8 = mask.contiguous().to(torch.uint8)
     counts = torch.zeros(L * B, dtype=torch.int64, device=depths.device)
-    block_t = triton.next_power_of_2(max(T, 1))
+    block_t = next_power_of_2(max(T, 1))
     if B > 0 and T > 0:
         _plan_count_kernel[(B,)](depths, mask_u8, counts, B, T, L, BLOCK_T=block_t)
     offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])

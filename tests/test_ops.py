@@ -273,3 +273,19 @@ def test_inplace_scatter_refuses_what_it_cannot_do(device, backend):
         ops.scatter_(x.clone().requires_grad_(), torch.randn(2, 4, device=device), rows, backend=backend)
     with pytest.raises(ValueError, match="unique"):
         ops.scatter_(x, torch.randn(2, 4, device=device), torch.tensor([1, 1], device=device), backend=backend)
+
+
+def test_launch_sizes_match_triton():
+    """kernels/sizes.py's cdiv and next_power_of_2 (plain ints, for the wrappers' host time) give
+    Triton's answers wherever the wrappers call them (n >= 1, b >= 1), and the interpreter flag
+    is the environment's."""
+    import triton
+
+    from adaptive_encoder.kernels import sizes
+
+    for n in list(range(1, 2100)) + [2 ** 20 - 1, 2 ** 20, 2 ** 20 + 1, 10 ** 9]:
+        assert sizes.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for b in (1, 3, 16, 64, 512):
+            assert sizes.cdiv(n, b) == triton.cdiv(n, b), (n, b)
+    assert sizes.cdiv(0, 64) == 0
+    assert sizes.INTERPRET == (os.environ.get("TRITON_INTERPRET") == "1")
