@@ -82,10 +82,8 @@ _WHERE = " (depths and attention_mask: on hidden_states' device, or both on the 
 
 
 def _stamp(tensors) -> tuple:
-    """What a fused-weight copy baked in: each tensor's identity, storage and version counter.
-    Inference tensors (a model built under torch.inference_mode) have no version counter: only
-    an in-place change inside inference mode goes unseen there."""
-    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+    """What a fused-weight copy baked in: each tensor's identity, storage and version counter."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
 def _wb(m: nn.Module) -> tuple:
@@ -96,18 +94,30 @@ def _wb(m: nn.Module) -> tuple:
     return p["weight"], p["bias"]
 
 
+def _stacked(params) -> tuple:
+    """(weight, bias) of (weight, bias) pairs concatenated along the output dimension."""
+    with torch.no_grad():
+        w = torch.cat([wb[0] for wb in params])
+        b = None if any(wb[1] is None for wb in params) else torch.cat([wb[1] for wb in params])
+    return w, b
+
+
 def _fused(*linears) -> tuple:
     """(weight, bias) of the plain nn.Linear modules stacked along the output dimension."""
     params = [_wb(lin) for lin in linears]
     tensors = [t for wb in params for t in wb if t is not None]
+    if any(t.is_inference() for t in tensors):
+        # Weights made under torch.inference_mode have no version counter, so an in-place change
+        # (made in inference mode) could not be seen: a cached copy would go stale silently. The
+        # copy is made afresh every call instead (one cat per layer; in graph mode it is part of
+        # the graph, which then reads the weights as they are at each replay).
+        return _stacked(params)
     key = tuple(id(t) for t in tensors)
     stamp = _stamp(tensors)
     hit = _FUSED.get(key)
     if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == stamp:
         return hit[2]
-    with torch.no_grad():
-        w = torch.cat([wb[0] for wb in params])
-        b = None if any(wb[1] is None for wb in params) else torch.cat([wb[1] for wb in params])
+    w, b = _stacked(params)
     for k in [k for k, v in list(_FUSED.items()) if any(r() is None for r in v[0])]:
         _FUSED.pop(k, None)  # a miss is rare (first call per layer): drop entries of freed models
     _FUSED[key] = (tuple(weakref.ref(t) for t in tensors), stamp, (w, b))

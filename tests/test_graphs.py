@@ -437,19 +437,27 @@ def test_patched_model_with_graphs():
     assert graphs.cache_for(model.bert.encoder, torch.device("cpu")).captures > 0
 
 
-def test_model_built_in_inference_mode():
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
+def test_model_built_in_inference_mode(device, backend):
     """Weights made under torch.inference_mode have no version counter: the fused-weight and
-    graph caches must still work (they raised "Inference tensors do not track version counter")."""
+    graph caches must still work (they raised "Inference tensors do not track version counter"),
+    and a weight changed in place there (unseen by any version check) must not leave a stale
+    fused copy behind (it did: the q/k/v weights stayed cached, 7.6e-4 off transformers)."""
     with torch.inference_mode():
-        net, enc = _encoder("cpu", "cpu")
-        x, d, m = _inputs(2, 8, 0, "cpu")
-        graphed = enc(x, d, m, cuda_graphs=True).last_hidden_state
-        eager = enc(x, d, m).last_hidden_state
-        full = enc(x, None, m).last_hidden_state
+        net, enc = _encoder(device, backend)
+        x, d, m = _inputs(2, 8, 0, device)
         additive = torch.where(m, 0.0, torch.finfo(x.dtype).min)[:, None, None, :]
-        hf = net.encoder(x, attention_mask=additive).last_hidden_state
-    torch.testing.assert_close(graphed, eager, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(full[m], hf[m], atol=2e-5, rtol=1e-5)
+        for step in range(2):
+            graphed = enc(x, d, m, cuda_graphs=True).last_hidden_state
+            eager = enc(x, d, m).last_hidden_state
+            full = enc(x, None, m).last_hidden_state
+            full_graphed = enc(x, None, m, cuda_graphs=True).last_hidden_state
+            hf = net.encoder(x, attention_mask=additive).last_hidden_state
+            torch.testing.assert_close(graphed, eager, atol=2e-5, rtol=1e-5)
+            for out in (full, full_graphed):
+                torch.testing.assert_close(out[m], hf[m], atol=2e-5, rtol=1e-5)
+            net.encoder.layer[0].attention.self.query.weight.mul_(2.0)  # in place, no version bump
+            net.encoder.layer[1].attention.self.value.bias.add_(0.5)
 
 
 def test_auto_rule():
