@@ -129,8 +129,10 @@ class AdaptiveEncoder(nn.Module):
 
     forward(hidden_states (B,T,D) float, depths (B,T) int in [0,N] or None (= all N),
             attention_mask (B,T) 1 = real token or None) -> AdaptiveEncoderOutput
-    attention_mask: any nonzero value is a real token, as transformers 5 reads a 2-D mask (an
-    additive 0 / -inf mask would be read inverted, there and here: pass the 0/1 one).
+    attention_mask: any nonzero value is a real token, as transformers 5 reads a 2-D mask. An
+    additive mask (0 kept, negative masked) would be read inverted, as transformers 5 reads it
+    without a word: a floating-point mask with a negative value is refused (one host read of
+    the mask, for floating-point masks only).
     depths and attention_mask are on hidden_states' device, or both on the CPU: with states on
     a GPU the plan is then made on the host and the forward never waits for the GPU (the
     output's plan stays on the host).
@@ -220,6 +222,9 @@ class AdaptiveEncoder(nn.Module):
             if attention_mask.device != plan_device:
                 raise ValueError(f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}"
                                  + ("" if depths is None else f", depths on {depths.device}") + _WHERE)
+            if attention_mask.is_floating_point() and bool((attention_mask < 0).any()):
+                raise ValueError("attention_mask has negative values: an additive mask (0 = keep, negative = masked) "
+                                 "would be read inverted; pass the 0/1 mask (1 = real token)")
             mask = attention_mask != 0
         return None if depths is None else depths.to(torch.int64), mask
 

@@ -214,6 +214,9 @@ def test_bad_inputs_name_the_argument():
         ((x.long(), d), TypeError, "hidden_states must be a floating"),
         ((x, d, torch.ones(2, 4)), ValueError, "attention_mask must have shape"),
         ((x, d, torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])), ValueError, "at least one real token"),
+        # an additive mask (BERT-era code) would be read inverted: refused, not run
+        ((x, d, torch.tensor([[0.0, 0, 0, -1e4, -1e4], [0, 0, 0, 0, 0]])), ValueError, "additive mask"),
+        ((x, d, torch.tensor([[0.0, 0, 0, float("-inf"), 0], [0, 0, 0, 0, 0]])), ValueError, "additive mask"),
     ]
     for args, exc, msg in cases:
         with pytest.raises(exc, match=msg):
@@ -221,6 +224,10 @@ def test_bad_inputs_name_the_argument():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="depths is on"):
             enc(x, d.cuda())
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():  # a 0/1 mask of any dtype is read alike
+        outs = [enc(x, d, keep.to(dtype)).last_hidden_state for dtype in (torch.long, torch.bool, torch.float32)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     with pytest.raises(TypeError, match="expected a transformers encoder model"):
         AdaptiveEncoder.from_bert(torch.nn.Linear(2, 2))
 

@@ -252,6 +252,9 @@ def test_bad_depths_give_clear_errors():
             model(ids, attention_mask=mask, depths=depths.to("meta"))
         with pytest.raises(ValueError, match=r"depth 13 at \(batch 0, position 0\)"):
             model(ids, attention_mask=mask, depths=torch.where(torch.arange(10) == 0, 13, depths))
+        # an additive mask, which transformers itself reads inverted without a word
+        with pytest.raises(ValueError, match="additive mask"):
+            model(ids, attention_mask=(1.0 - mask.float()) * -1e4, depths=depths)
     lookup = TokenDepthLookup(torch.randint(1, 4, (120,)), 3)
     _, fn_model = _patched_bert()
     apply_adaptive_encoder(fn_model, depth_fn=lookup)
