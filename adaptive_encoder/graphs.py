@@ -96,11 +96,14 @@ AUTO_ROWS = 10240
 
 def kernel_choice() -> tuple:
     """The settings that pick which kernels a layer launches (attention.FLASH, norm.FUSED,
-    norm.CUDA_CPP, torch's float32 matmul precision: TF32 or not in cuBLAS and the Triton
-    attention). A graph bakes in the kernels of its capture, so this is part of its key: a
-    forward under other settings captures its own graphs instead of replaying another's
-    kernels (an A/B of two settings in one process would otherwise time one of them twice)."""
-    return attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch.get_float32_matmul_precision()
+    norm.CUDA_CPP; torch's float32 matmul precision, TF32 or not in cuBLAS and the Triton
+    attention; cuBLAS's reduced-precision reductions for bf16 / fp16). A graph bakes in the
+    kernels of its capture, so this is part of its key: a forward under other settings captures
+    its own graphs instead of replaying another's kernels (an A/B of two settings in one
+    process would otherwise time one of them twice)."""
+    matmul = torch.backends.cuda.matmul
+    return (attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch.get_float32_matmul_precision(),
+            matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
 
 
 def auto(token_layers: int, num_layers: int, device) -> bool:

@@ -579,10 +579,10 @@ def test_a_stack_of_whole_state_layers_is_one_graph(dense):
 
 def test_kernel_settings_capture_their_own_graphs():
     """A graph replays the kernels of its capture: a forward under another kernel setting
-    (attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch's float32 matmul precision) captures its
-    own graphs, and one under the first settings again replays the first ones. Otherwise an A/B
-    of two settings in one process (gpu_scaling's +graphs-flash, +graphs-cudanorm arms) would
-    time the same kernels twice."""
+    (attention.FLASH, norm.FUSED, norm.CUDA_CPP, torch's float32 matmul precision, cuBLAS's
+    reduced-precision reductions) captures its own graphs, and one under the first settings
+    again replays the first ones. Otherwise an A/B of two settings in one process (gpu_scaling's
+    +graphs-flash, +graphs-cudanorm arms) would time the same kernels twice."""
     from adaptive_encoder import attention, norm
 
     net, enc = _encoder("cpu", "cpu")
@@ -601,7 +601,14 @@ def test_kernel_settings_capture_their_own_graphs():
             enc(x, d, m, cuda_graphs=True)
         finally:
             torch.set_float32_matmul_precision(precision)
-        assert cache.captures == first * (len(settings) + 2)
+        matmul = torch.backends.cuda.matmul
+        reduced = matmul.allow_bf16_reduced_precision_reduction
+        try:
+            matmul.allow_bf16_reduced_precision_reduction = not reduced
+            enc(x, d, m, cuda_graphs=True)
+        finally:
+            matmul.allow_bf16_reduced_precision_reduction = reduced
+        assert cache.captures == first * (len(settings) + 3)
         replays = cache.replays
         enc(x, d, m, cuda_graphs=True)
-    assert cache.captures == first * (len(settings) + 2) and cache.replays == replays + first
+    assert cache.captures == first * (len(settings) + 3) and cache.replays == replays + first
