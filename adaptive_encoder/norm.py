@@ -149,8 +149,8 @@ def unchecked(kernel: str, x: torch.Tensor, residual: torch.Tensor, weight: torc
     (~8 us of Python a call, two calls a layer): what they call after checking, and what the
     encoder calls, which checked dtypes and shapes (encoder._fuse_norms, _fusable) and whose rows
     come from a plan. into: None, or (base, rows, at_rows) as add_layer_norm_into_; returns base
-    then. The C++ ops run without the dispatcher's Python layers (no autograd kernel to skip:
-    they are forward only); the Triton ones as ops.call decides."""
+    then. The C++ ops are called through torch.ops (forward only, they have no Python autograd
+    kernel to skip); the Triton ones directly or through their custom ops, as ops.call decides."""
     if kernel in ("cpu", "cuda"):
         if into is None:
             return torch.ops.adaptive_encoder.add_layer_norm(x, residual, weight, bias, eps)

@@ -97,8 +97,10 @@ def correctness(results: dict) -> list:
     if not data:
         return [_line("correctness", "correctness.json", [])]
     checks = data.get("checks", {})
-    return [_line("correctness", "correctness.json",
-                  [(name, "ok" if c.get("ok") else "FAILED", bool(c.get("ok"))) for name, c in checks.items()])]
+    items = [(name, "ok" if c.get("ok") else "FAILED", bool(c.get("ok"))) for name, c in checks.items()]
+    if data.get("complete") is False:  # the stage was cut: the checks it did not reach count as missed
+        items.append(("the remaining checks", "not run (stage cut by its time limit)", False))
+    return [_line("correctness", "correctness.json", items)]
 
 
 def full_depth_vs_hf(results: dict) -> list:

@@ -94,6 +94,15 @@ def test_verdicts_on_known_numbers(targets, tmp_path):
     assert "| every GPU correctness check passes | correctness.json | a ok, b FAILED | MISSED |" in md
 
 
+def test_a_cut_correctness_stage_is_not_met(targets, tmp_path):
+    """gpu_check.py rewrites correctness.json after every check; a stage cut by its time limit
+    leaves complete=False, and the checks it did not reach count as missed."""
+    _write(tmp_path / "correctness.json", {"checks": {"a": {"ok": True}}, "complete": False})
+    assert _verdicts(targets.report(str(tmp_path))[0])["correctness", "correctness.json"] == "MISSED"
+    _write(tmp_path / "correctness.json", {"checks": {"a": {"ok": True}}, "complete": True})
+    assert _verdicts(targets.report(str(tmp_path))[0])["correctness", "correctness.json"] == "met"
+
+
 def test_an_empty_folder_says_not_measured(targets, tmp_path):
     got, _ = targets.report(str(tmp_path))
     assert got and all(r["verdict"] == "not measured" for r in got)
