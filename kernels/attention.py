@@ -19,9 +19,12 @@ import triton.language as tl
 from . import sizes
 from .sizes import cdiv, next_power_of_2
 
+LOG2E = 1.4426950408889634  # log2(e): scores go to exp2
+_LOG2E = tl.constexpr(LOG2E)  # the same inside the kernel (a jit function reads constexpr globals only)
+
 
 @triton.jit
-def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H, stride_q, stride_k, stride_v,
+def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, qk_scale, H, stride_q, stride_k, stride_v,
                         bias_ptr, q_pos_ptr, k_pos_ptr, bias_off,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -55,16 +58,18 @@ def _varlen_attn_kernel(q_ptr, k_ptr, v_ptr, o_ptr, cu_q_ptr, cu_k_ptr, scale, H
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+            # Scores in base 2 (qk_scale = scale * log2(e)): exp2 is the GPU's native exponential,
+            # exp(x) = exp2(x * log2(e)) costs a multiply more per score.
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             if HAS_BIAS:  # bias by distance: a (2P-1, H) table, no (B, H, T, T) tensor
                 k_pos = tl.load(k_pos_ptr + k_start + offs_n, mask=k_ok, other=0)
                 dist = k_pos[None, :] - q_pos[:, None] + bias_off
                 b_ok = (offs_m < q_len)[:, None] & k_ok[None, :]
-                s += tl.load(bias_ptr + dist.to(tl.int64) * H + h, mask=b_ok, other=0.0).to(tl.float32)
+                s += tl.load(bias_ptr + dist.to(tl.int64) * H + h, mask=b_ok, other=0.0).to(tl.float32) * _LOG2E
             s = tl.where(k_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -112,7 +117,8 @@ def triton_varlen_attention(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: 
         extra = (dist, q_pos, k_pos, (dist.shape[0] - 1) // 2)
     else:
         extra = (q, cu_q, cu_k, 0)  # unused pointers when HAS_BIAS is off
-    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, scale if scale is not None else Dh ** -0.5, H,
+    qk_scale = (scale if scale is not None else Dh ** -0.5) * LOG2E
+    _varlen_attn_kernel[grid](q, k, v, out, cu_q, cu_k, qk_scale, H,
                               q.stride(0), k.stride(0), v.stride(0), *extra,
                               HEAD_DIM=Dh, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpret,
                               HAS_BIAS=bias is not None, DOT_PRECISION=dot_precision(q.dtype))

@@ -30,13 +30,13 @@ for dt in ("bf16", "fp16"):
     for bias in (False, True):
         out["attention_" + dt + ("_bias" if bias else "")] = ptx(_varlen_attn_kernel,
             {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "v_ptr": "*" + dt, "o_ptr": "*" + dt,
-             "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32",
+             "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "qk_scale": "fp32", "H": "i32",
              "stride_q": "i32", "stride_k": "i32", "stride_v": "i32", "bias_ptr": "*" + dt, "q_pos_ptr": "*i64", "k_pos_ptr": "*i64", "bias_off": "i64"},
             {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": bias, "DOT_PRECISION": "tf32"})
 for prec in ("ieee", "tf32"):  # float32: IEEE by default (torch's float32 matmuls), TF32 only when allowed
     out["attention_fp32_" + prec] = ptx(_varlen_attn_kernel,
         {"q_ptr": "*fp32", "k_ptr": "*fp32", "v_ptr": "*fp32", "o_ptr": "*fp32",
-         "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "scale": "fp32", "H": "i32",
+         "cu_q_ptr": "*i64", "cu_k_ptr": "*i64", "qk_scale": "fp32", "H": "i32",
          "stride_q": "i32", "stride_k": "i32", "stride_v": "i32", "bias_ptr": "*fp32", "q_pos_ptr": "*i64", "k_pos_ptr": "*i64", "bias_off": "i64"},
         {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "UPCAST": False, "HAS_BIAS": False, "DOT_PRECISION": prec})
 for has_dst in (False, True):
