@@ -7,8 +7,8 @@ buffers to fixed sizes): their output is unspecified (the kernels leave it unwri
 reference gives zeros) and they are never anyone's keys. max_q / max_k bound the query and
 key count of every sequence (the Triton grid and the reference's padding), not the row counts.
 
-Three implementations (and, with FLASH on, PyTorch's FlashAttention-2 on CUDA bf16/fp16): the padded-SDPA reference (any case, differentiable, dropout), the
-Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call
+Three implementations (and, with FLASH on, PyTorch's FlashAttention-2 on CUDA bf16/fp16):
+the padded-SDPA reference (any case, differentiable, dropout), the Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call
 per sequence, no padding); both kernels are forward only, without dropout. The Triton
 kernel runs when the backend is "triton", or by default on CUDA tensors, where it applies:
 power-of-two head dim in [16, 256]. The C++ op runs by default on CPU tensors (backend

@@ -363,8 +363,8 @@ class AdaptiveEncoder(nn.Module):
         fuse: the fused add + LayerNorm kernel the closing steps may use (_fuse_norms: a kernel
         name, or None for torch's add and LayerNorm; False: asked here). into: None, or rows (A,)
         int64 of xkv (the state: contiguous, inference only) to write the output rows to, in
-        place; xkv is returned then. The last LayerNorm writes
-        them there itself where it is fused (adaptive_encoder/norm.py), else a scatter does.
+        place; xkv is returned then. The last LayerNorm writes them there itself where it is
+        fused (adaptive_encoder/norm.py), else a scatter does.
         at_rows (with into, xq is xkv: a dense layer): only output rows `into` are written, each
         to its own row."""
         parts = self.family.parts(layer)

@@ -20,7 +20,8 @@ addresses, and the plan's row counts change with every input. So, in graph mode:
   for a host-side plan; depths given on the GPU are copied to the host first, PLAN_ON_HOST)
   and copied in two transfers. A layer's graph reads them at fixed addresses, so it is keyed
   by (layer, A^, "all" or "dense", K^, B^, the grid bounds, the kernel settings) and replayed
-  for every input that lands in those buckets. MPNet's distance table is refilled each call at a fixed address.
+  for every input that lands in those buckets. MPNet's distance table is refilled each call at
+  a fixed address.
 - A layer on every row of the state (all its tokens active, or a dense layer) ends with its last
   LayerNorm writing only the layer's rows into the state (add_layer_norm_into_'s at_rows form;
   a copy or a masked copy of the whole state before: one kernel and pass fewer per layer).
@@ -90,7 +91,8 @@ STACK = True
 # batch 1 and 16, MI at batch 64: 1.19x-6.1x) and lost at 14.3k (fixed at batch 64, 0.89x;
 # fixed and MI at batch 128, 0.80x / 0.76x), where the GPU is the limit and graph mode's own
 # GPU time is higher: the follow-up's kernel profile at batch 128 puts about half of it on the
-# bucket's padded rows and half on the GEMM cuBLAS picks at the bucketed row count. 10240 lies between.
+# bucket's padded rows and half on the GEMM cuBLAS picks at the bucketed row count. 10240 lies
+# between.
 AUTO_ROWS = 10240
 
 
@@ -285,7 +287,8 @@ class GraphCache:
         seal = Seal(layer)
         if not seal.holds(layer) or not eligible(encoder.family.parts(layer)):
             return None
-        if hit is not None:  # the layer changed: its graphs and the stacks' bake in what it was (and keep it alive)
+        if hit is not None:
+            # The layer changed: its graphs and the stacks' bake in what it was (and keep it alive).
             for key in [k for k in self.graphs if k[0] == n or k[0] == "stack"]:
                 del self.graphs[key]
         self.seals[n] = seal

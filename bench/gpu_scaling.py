@@ -1,6 +1,10 @@
 """Adaptive vs full depth as the batch grows: where the GPU stops being launch-bound.
 
-    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [--graphs] [--devplan] [--dense] [--eager-dense] [--unfused] [--cudanorm] [--dispatcher] [--out DIR]
+    python bench/gpu_scaling.py [--batches 1 16 64 256] [--pool 256] [--rounds 3] [--N 12] [ARM FLAGS] [--out DIR]
+
+ARM FLAGS each add models (ARMS below; `--help` lists every one with what it adds): --graphs,
+--auto, --devplan, --host1, --stack, --flash, --dense, --eager-dense, --cudanorm, --unfused,
+--dispatcher (described below, after the overview).
 
 The suite's batch sweep stops at 15 (the paper's Figure 4). On a GPU, BERT-base over 1..15
 IMDB-length documents is host-bound: the forward takes as long to issue as to run, so a model
