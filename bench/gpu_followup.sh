@@ -22,8 +22,10 @@
 #    gpu.sh's scaling stage keeps --unfused);
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
-# 3a. one forward's GPU kernels at batch 128, eager and graph mode (run 5: graph mode 0.80x
-#    eager there with 0.3 % padded rows; which kernels take longer?) -> kernels_128/host_profile.txt;
+# 3a. one forward's GPU kernels at batch 16 and 128, eager and graph mode, full depth and MI
+#    (run 5: MI at 0.69 of the FLOP ideal at batch 16 in graph mode; targets.py splits that into
+#    what the kernels lose on the smaller layers and the time the GPU waits; at 128 graph mode
+#    0.80x eager: half padding, half the GEMM cuBLAS picks) -> kernels/host_profile.{txt,json} (kernels_128/ in run 5);
 # 3b. batch 1 at N = 2, 4, 8 (fixed, MI eager with dense layers; graph mode: fixed, MI compact,
 #    MI dense): the batch-1 target
 #    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json;
@@ -81,7 +83,7 @@ if [ "$SMOKE" = 1 ]; then
   step profile 300 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 --forwards 2 --top 5 \
     --models fixed mi fixed+graphs --out "$DEST"
   step kernels 300 kernels_log.txt python bench/gpu_host_profile.py --batches 4 --forwards 2 --top 3 --kernels 5 \
-    --models fixed fixed+graphs --out "$DEST/kernels_128"
+    --models fixed mi fixed+graphs --out "$DEST/kernels"
   step nsweep 300 nsweep.txt python bench/gpu_scaling.py --pool 4 --batches 1 --N 2 --rounds 1 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
   step compile 300 compile.txt python bench/compile_speed.py --device cpu --route traced --patterns 3 --repeats 2
@@ -91,8 +93,8 @@ else
   fi
   step suite 75 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
     --benchmark-only -q -p no:cacheprovider
-  step kernels 45 kernels_log.txt python bench/gpu_host_profile.py --batches 128 --forwards 3 --top 5 --kernels 15 \
-    --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels_128"
+  step kernels 50 kernels_log.txt python bench/gpu_host_profile.py --batches 16 128 --forwards 3 --top 5 --kernels 15 \
+    --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels"
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"

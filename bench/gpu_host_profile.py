@@ -10,9 +10,13 @@ lengths, N = 12), measured without the profiler: host ms (time to return, no syn
 ms (until the GPU is done) per forward; then under the profiler, per forward: kernel and graph
 launches, host-device syncs, and the ops with the most self CPU time (microseconds); with
 --kernels K, also the GPU time per forward and its K longest kernels.
-Writes host_profile.txt (and prints it); on CPU the same with the suite's CPU shape.
+Writes host_profile.txt (and prints it) and host_profile.json: per (batch, model) the times,
+launches, syncs, GPU kernel time and the forward's counted FLOPs (full depth's too), from which
+bench/targets.py splits an adaptive model's share of its FLOP ideal into the GPU kernels' share
+and the time the GPU waits. On CPU the same with the suite's CPU shape.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 import test_speed  # noqa: E402
+from adaptive_encoder.flops import encoder_flops  # noqa: E402
 
 # Runtime calls that launch GPU work, and calls that wait for the GPU (as the profiler names them).
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
@@ -48,7 +53,9 @@ def _timed(fn, forwards: int) -> tuple:
     return best
 
 
-def profile_one(fn, forwards: int, top: int, kernels: int = 0) -> list:
+def profile_one(fn, forwards: int, top: int, kernels: int = 0) -> tuple:
+    """(report lines, {launches, syncs, gpu_us, kernels} per forward; gpu_us None without --kernels
+    or a GPU)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
         for _ in range(forwards):
@@ -56,24 +63,26 @@ def profile_one(fn, forwards: int, top: int, kernels: int = 0) -> list:
         _sync()
     events = prof.key_averages()
     count = lambda names: sum(e.count for e in events if e.key in names) / forwards  # noqa: E731
-    lines = [f"    launches/forward {count(LAUNCHES):.0f}, syncs/forward {count(SYNCS):.1f}"]
+    stats = dict(launches=count(LAUNCHES), syncs=count(SYNCS), gpu_us=None, kernels=None)
+    lines = [f"    launches/forward {stats['launches']:.0f}, syncs/forward {stats['syncs']:.1f}"]
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     lines += [f"    {e.self_cpu_time_total / forwards:8.1f} us  {e.count / forwards:6.1f} calls  {e.key}" for e in ops]
     if kernels:
-        lines += _kernel_lines(events, forwards, kernels)
-    return lines
+        lines += _kernel_lines(events, forwards, kernels, stats)
+    return lines, stats
 
 
-def _kernel_lines(events, forwards: int, top: int) -> list:
-    """GPU time per forward: the kernels' total and the `top` kernels by their own time (those
-    replayed inside CUDA graphs too, where the profiler sees them), to compare one forward's GPU
-    work between modes (H200 run 5: graph mode 0.80x eager at batch 128)."""
+def _kernel_lines(events, forwards: int, top: int, stats: dict) -> list:
+    """GPU time per forward: the kernels' total (into stats) and the `top` kernels by their own
+    time (those replayed inside CUDA graphs too, where the profiler sees them), to compare one
+    forward's GPU work between modes (H200 run 5: graph mode 0.80x eager at batch 128) and
+    between depths (MI's kernel time against full depth's, beside the FLOP ratio)."""
     own = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
     gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and own(e) > 0]
     if not gpu:
         return ["    GPU kernels: none recorded"]
-    total = sum(own(e) for e in gpu) / forwards
-    lines = [f"    GPU kernels: {total:.1f} us per forward, {sum(e.count for e in gpu) / forwards:.0f} kernels"]
+    stats.update(gpu_us=sum(own(e) for e in gpu) / forwards, kernels=sum(e.count for e in gpu) / forwards)
+    lines = [f"    GPU kernels: {stats['gpu_us']:.1f} us per forward, {stats['kernels']:.0f} kernels"]
     return lines + [f"    {own(e) / forwards:8.1f} us  {e.count / forwards:6.1f} calls  {e.key[:110]}"
                     for e in sorted(gpu, key=own, reverse=True)[:top]]
 
@@ -93,6 +102,7 @@ def main():
     out = [f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}; shape {test_speed.SHAPE}; "
            f"N = {a.N}; {a.forwards} forwards each; {' '.join(sys.argv)}"]
     print(out[0], flush=True)
+    records = []
     for batch in a.batches:
         for model in a.models:
             # The same documents (lengths follow the seed) for every model, each with its own depths.
@@ -107,13 +117,24 @@ def main():
                 host, total = _timed(fn, a.forwards)
                 lines = [f"batch {batch} ({int(mask.sum())} tokens), {model}: host {host * 1e3:.2f} ms, "
                          f"total {total * 1e3:.2f} ms per forward (host/total {host / total:.2f})"]
-                lines += profile_one(fn, a.forwards, a.top, a.kernels)
-            print("\n".join(lines), flush=True)
-            out += lines
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "host_profile.txt"), "w") as f:
-            f.write("\n".join(out) + "\n")
+                more, stats = profile_one(fn, a.forwards, a.top, a.kernels)
+            print("\n".join(lines + more), flush=True)
+            out += lines + more
+            H, F = test_speed.SHAPE["hidden"], test_speed.SHAPE["ffn"]
+            records.append(dict(batch=batch, model=model, N=a.N, tokens=int(mask.sum()), host_ms=host * 1e3,
+                                total_ms=total * 1e3, flops=test_speed._flops(model, depths, mask, a.N),
+                                full_flops=encoder_flops(depths, mask, a.N, H, F, adaptive=False), **stats))
+            _write(a.out, out, records)  # after every model: a step cut by its time limit keeps what it measured
+
+
+def _write(folder, lines: list, records: list) -> None:
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "host_profile.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, "host_profile.json"), "w") as f:
+        json.dump(dict(device=lines[0], records=records), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -424,6 +424,33 @@ def attention(results: dict) -> list:
     return out
 
 
+def ideal_split(results: dict) -> list:
+    """Where an adaptive arm's share of the FLOP ideal goes, from gpu_host_profile.py's
+    host_profile.json (one forward's documents per batch, every model on the same lengths):
+    of ideal = wall ratio / I = (kernel ratio / I) x (wall ratio / kernel ratio), I the FLOP
+    ratio, kernel ratio the GPU kernel time of its full-depth arm over its own, wall ratio the
+    same for time per forward. The first factor below 1: the kernels do less per FLOP on the
+    smaller layers (launch floors, small GEMMs, padding); the second: the GPU waits (host-bound
+    forward, syncs)."""
+    out = []
+    for name, data in sorted(results.items()):
+        if not name.endswith("host_profile.json") or not data:
+            continue
+        recs = {(r["batch"], r["model"]): r for r in data.get("records", [])}
+        for (batch, model), r in sorted(recs.items()):
+            base = recs.get((batch, _base(model)))
+            if not base or model == base["model"] or not r.get("gpu_us") or not base.get("gpu_us"):
+                continue
+            ideal = base["full_flops"] / r["flops"]
+            kernel, wall = base["gpu_us"] / r["gpu_us"], base["total_ms"] / r["total_ms"]
+            out.append(dict(source=name, batch=batch, model=model, over=base["model"], tokens=r["tokens"],
+                            ideal=ideal, kernel=kernel, wall=wall, of_ideal=wall / ideal,
+                            kernel_share=kernel / ideal, wait_share=wall / kernel,
+                            gpu_ms=(base["gpu_us"] / 1e3, r["gpu_us"] / 1e3),
+                            total_ms=(base["total_ms"], r["total_ms"])))
+    return out
+
+
 def decisions(results: dict) -> list:
     return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, stack_graphs, auto_rows, fused_norm,
                            direct_calls, attention, flash_attention, cuda_norm)
@@ -434,7 +461,8 @@ def read(folder: str) -> dict:
     """{path relative to folder: JSON} of gpu.sh's files at its top and gpu_followup.sh's anywhere
     below it (however its archive was unpacked)."""
     names = ["correctness.json", "summary.json", "gpu_scaling.json"] + sorted(
-        os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"))
+        os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"),
+                                                   "host_profile.json")
         for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
     found = {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
     for path in sorted(glob.glob(os.path.join(folder, "**", "records.jsonl"), recursive=True)):
@@ -463,6 +491,17 @@ def report(folder: str) -> tuple:
                "Samples/s ratios in one run; each rule is the one written in bench/NOTES.md before the run.", "",
                "| decision | rule | source | numbers | setting |", "|---|---|---|---|---|"]
         md += [f"| {d['decision']} | {d['rule']} | {d['source']} | {d['numbers']} | {d['setting']} |" for d in decided]
+    split = ideal_split(results)
+    if split:
+        md += ["", "## Where the adaptive speed-up goes (one forward, torch.profiler)", "",
+               "of ideal = (kernel ratio / FLOP ideal) x (wall ratio / kernel ratio): the first factor is what the "
+               "GPU kernels lose on the smaller layers, the second the time the GPU waits.", "",
+               "| source | batch (tokens) | arm over | FLOP ideal | GPU kernel ms | kernel ratio (of ideal) | "
+               "wall ms | wall ratio (of ideal) | GPU waits (wall / kernel ratio) |", "|---|---|---|---|---|---|---|---|---|"]
+        md += [f"| {s['source']} | {s['batch']} ({s['tokens']}) | {s['model']} over {s['over']} | {s['ideal']:.2f}x | "
+               f"{s['gpu_ms'][0]:.2f} / {s['gpu_ms'][1]:.2f} | {s['kernel']:.2f}x ({s['kernel_share']:.2f}) | "
+               f"{s['total_ms'][0]:.2f} / {s['total_ms'][1]:.2f} | {s['wall']:.2f}x ({s['of_ideal']:.2f}) | "
+               f"{s['wait_share']:.2f} |" for s in split]
     return rows, "\n".join(md) + "\n"
 
 

@@ -204,3 +204,27 @@ def test_auto_judged_against_the_better_mode(targets, tmp_path):
     (fixed,) = [d for d in targets.decisions(targets.read(str(tmp_path))) if d["rule"].startswith("fixed+auto")]
     assert fixed["numbers"] == "batch 1 0.99x, batch 16 0.50x, batch 128 0.78x"
     assert fixed["setting"] == "raise AUTO_ROWS above 3000 (graph mode won there); lower AUTO_ROWS below 28000 (eager won there)"
+
+
+def test_ideal_split_from_a_kernel_profile(targets, tmp_path):
+    """host_profile.json (gpu_host_profile.py --kernels): an adaptive arm's share of the FLOP ideal
+    split into its GPU kernels' share and the time the GPU waits, each arm over its own mode's
+    full depth; arms without kernel times (CPU) are left out."""
+    def rec(model, flops, gpu_us, total_ms, batch=16):
+        return dict(batch=batch, model=model, N=12, tokens=4000, host_ms=1.0, total_ms=total_ms, flops=flops,
+                    full_flops=200.0, launches=100.0, syncs=1.0, gpu_us=gpu_us, kernels=150.0)
+
+    _write(tmp_path / "followup" / "kernels" / "host_profile.json", {"device": "d", "records": [
+        rec("fixed", 200.0, 2000.0, 2.5), rec("mi", 100.0, 1250.0, 2.0),                    # ideal 2x
+        rec("fixed+graphs", 200.0, 2000.0, 2.0), rec("mi+graphs", 100.0, 1000.0, 1.0),
+        rec("mi", 100.0, None, 1.0, batch=1), rec("fixed", 200.0, None, 2.0, batch=1)]})  # no kernel times
+    split = {(s["model"], s["batch"]): s for s in targets.ideal_split(targets.read(str(tmp_path)))}
+    assert set(split) == {("mi", 16), ("mi+graphs", 16)}
+    eager, graphs = split["mi", 16], split["mi+graphs", 16]
+    assert eager["over"] == "fixed" and graphs["over"] == "fixed+graphs"
+    assert eager["ideal"] == pytest.approx(2.0) and eager["kernel"] == pytest.approx(1.6)
+    assert eager["kernel_share"] == pytest.approx(0.8) and eager["wall"] == pytest.approx(1.25)
+    assert eager["wait_share"] == pytest.approx(1.25 / 1.6) and eager["of_ideal"] == pytest.approx(0.625)
+    assert graphs["kernel_share"] == pytest.approx(1.0) and graphs["of_ideal"] == pytest.approx(1.0)
+    _, md = targets.report(str(tmp_path))
+    assert "| followup/kernels/host_profile.json | 16 (4000) | mi over fixed | 2.00x | 2.00 / 1.25 | 1.60x (0.80) |" in md
