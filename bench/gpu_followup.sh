@@ -21,7 +21,8 @@
 #    path no longer fuses below norm.EAGER_ROWS, ops.DIRECT and graphs.PLAN_ON_HOST stay;
 #    gpu.sh's scaling stage keeps --unfused);
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
-#    and 16: launches, syncs, self CPU time per op) -> host_profile.txt;
+#    and 16: launches, syncs, self CPU time per op; GPU kernel time, so that targets.py splits
+#    batch 1's adaptive-vs-fixed ratio the same way) -> host_profile.{txt,json};
 # 3a. one forward's GPU kernels at batch 16 and 128, eager and graph mode, full depth and MI
 #    (run 5: MI at 0.69 of the FLOP ideal at batch 16 in graph mode; targets.py splits that into
 #    what the kernels lose on the smaller layers and the time the GPU waits; at 128 graph mode
@@ -97,7 +98,8 @@ else
     --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels"
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
-  step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --out "$DEST"
+  step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --kernels 5 \
+    --models fixed mi mi+host fixed+graphs mi+graphs hf_sdpa --out "$DEST"
   step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced

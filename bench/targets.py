@@ -439,7 +439,7 @@ def ideal_split(results: dict) -> list:
         recs = {(r["batch"], r["model"]): r for r in data.get("records", [])}
         for (batch, model), r in sorted(recs.items()):
             base = recs.get((batch, _base(model)))
-            if not base or model == base["model"] or not r.get("gpu_us") or not base.get("gpu_us"):
+            if model.split("+")[0] not in ADAPTIVE or not base or not r.get("gpu_us") or not base.get("gpu_us"):
                 continue
             ideal = base["full_flops"] / r["flops"]
             kernel, wall = base["gpu_us"] / r["gpu_us"], base["total_ms"] / r["total_ms"]

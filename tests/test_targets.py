@@ -217,6 +217,7 @@ def test_ideal_split_from_a_kernel_profile(targets, tmp_path):
     _write(tmp_path / "followup" / "kernels" / "host_profile.json", {"device": "d", "records": [
         rec("fixed", 200.0, 2000.0, 2.5), rec("mi", 100.0, 1250.0, 2.0),                    # ideal 2x
         rec("fixed+graphs", 200.0, 2000.0, 2.0), rec("mi+graphs", 100.0, 1000.0, 1.0),
+        rec("hf_sdpa", 200.0, 1500.0, 2.0),                                                   # not adaptive
         rec("mi", 100.0, None, 1.0, batch=1), rec("fixed", 200.0, None, 2.0, batch=1)]})  # no kernel times
     split = {(s["model"], s["batch"]): s for s in targets.ideal_split(targets.read(str(tmp_path)))}
     assert set(split) == {("mi", 16), ("mi+graphs", 16)}
