@@ -120,8 +120,9 @@ fi
 # against eager in the same rounds; a tiny pool in smoke runs.
 # --graphs adds mi+host, fixed+graphs, mi+graphs; --auto fixed+auto, mi+auto (cuda_graphs="auto");
 # --unfused fixed+unfused, mi+unfused (the eager fused add + LayerNorm's A/B where it now runs:
-# from norm.EAGER_ROWS real tokens, i.e. batch 64-128 here); --host1 mi+host1 (the host plan with
-# torch on one CPU thread: run 5's mi+host lost 0.79-0.87x here, every op slower on the host).
+# from norm.EAGER_ROWS real tokens, i.e. batch 64-128 here); --host1 mi+host1, mi+graphs-host1 (the
+# host plan with torch on one CPU thread, eager and graph mode: run 5's mi+host lost 0.79-0.87x
+# here, every op slower on the host).
 SCALING_MODELS="fixed mi hf_sdpa"
 if [ "$SMOKE" = 1 ]; then
   stage scaling 300 python bench/gpu_scaling.py --pool 8 --batches 1 8 --rounds 1 --models $SCALING_MODELS --graphs --auto --unfused --host1 --out "$RES"

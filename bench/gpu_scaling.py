@@ -98,8 +98,9 @@ ARMS = {
     "devplan": (["mi" + G + "-dev", "mi" + G + "-devplan"],
                 "MI in graph mode with depths and mask given on the GPU: copied to the host and planned there "
                 "(the default), and planned on the GPU"),
-    "host1": (["mi" + test_speed.HOST + "1"], "MI eager with the plan on the host and torch on one CPU thread (is the host "
-                                           "plan's loss at batch 16-128 contention from intra-op threads?)"),
+    "host1": (["mi" + test_speed.HOST + "1", "mi" + G + "-host1"],
+              "MI eager with the plan on the host, and MI in graph mode (which plans there), with torch on one CPU "
+              "thread (is the host plan's loss at batch 16-128 contention from intra-op threads?)"),
     "stack": (["fixed" + G + "-layers"], "full depth in graph mode with one graph per layer (graphs.per_layer()) instead of "
                                          "one for the whole stack"),
     "flash": (["fixed" + test_speed.FLASH, "mi" + test_speed.FLASH, "mi" + G + "-flash"],

@@ -360,6 +360,14 @@ def flash_attention(results: dict) -> list:
                           (("fixed+flash", "fixed"), ("mi+flash", "mi"), ("mi+graphs-flash", "mi+graphs")))
 
 
+def host_threads(results: dict) -> list:
+    """The host plan with torch on one CPU thread (mi+host1 over mi+host eager, mi+graphs-host1 over
+    mi+graphs): where it wins, intra-op threads woken by the host-side plan slow the forward's
+    own host work (run 5: mi+host 0.79-0.87x mi at batch 16-128, every op 1.5-1.7x its host time)."""
+    return _on_if_it_wins(results, "host plan on one CPU thread", "ONE_THREAD (not a setting yet: a sequential host plan)",
+                          (("mi+host1", "mi+host"), ("mi+graphs-host1", "mi+graphs")))
+
+
 def cuda_norm(results: dict) -> list:
     """norm.CUDA_CPP (off): the C++ CUDA add + LayerNorm instead of the Triton kernel, eager at every
     size, by fixed+cudanorm / mi+cudanorm over fixed / mi and mi+graphs-cudanorm over mi+graphs;
@@ -452,8 +460,8 @@ def ideal_split(results: dict) -> list:
 
 
 def decisions(results: dict) -> list:
-    return [d for part in (dense_rows, eager_dense_rows, plans, graph_mode, stack_graphs, auto_rows, fused_norm,
-                           direct_calls, attention, flash_attention, cuda_norm)
+    return [d for part in (dense_rows, eager_dense_rows, plans, host_threads, graph_mode, stack_graphs, auto_rows,
+                           fused_norm, direct_calls, attention, flash_attention, cuda_norm)
             for d in part(results)]
 
 

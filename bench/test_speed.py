@@ -60,7 +60,7 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # "+graphs-dense" as "+graphs" with every layer that has halted tokens run on the whole state
 # (graphs.dense_layers()), "+graphs-layers" with one graph per layer always (graphs.per_layer()),
 # "+graphs-flash" with PyTorch's FlashAttention-2 (attention.flash()), "+graphs-cudanorm" with the
-# C++ CUDA add + LayerNorm (norm.cuda_cpp()), "+auto" with cuda_graphs="auto" and them on the GPU,
+# C++ CUDA add + LayerNorm (norm.cuda_cpp()), "+graphs-host1" with torch on one CPU thread, "+auto" with cuda_graphs="auto" and them on the GPU,
 # "+flash" / "+unfused" / "+cudanorm" / "+dispatched" / "+dense" eager with FlashAttention-2 /
 # torch's add and LayerNorm instead of the fused kernel (norm.unfused()) / the C++ CUDA fused
 # kernel at every size (norm.cuda_cpp()) / every kernel through torch's dispatcher
@@ -73,7 +73,10 @@ GRAPHS, HOST, UNFUSED, DISPATCHED, DENSE, AUTO, FLASH, CUDANORM = ("+graphs", "+
 def _one_thread():
     """Inside: torch's CPU ops (and the C++ plan op's parallel_for) on one thread. For "+host1",
     the host plan without intra-op threads: in H200 run 5's follow-up every op of an eager
-    host-plan forward took 1.5-1.7x the host time it took with the device plan (batch 16)."""
+    host-plan forward took 1.5-1.7x the host time it took with the device plan (batch 16).
+    Suspect: a CPU op past ATen's grain (32768 elements: the plan's rows, their pinned copy)
+    wakes the OpenMP pool, whose threads then spin for a while on the main thread's sibling
+    hyperthreads. "+graphs-host1": the same for graph mode, which builds its tables there."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -87,6 +90,7 @@ def _one_thread():
 _VARIANTS = ((GRAPHS + "-devplan", True, False, graphs.device_plan), (GRAPHS + "-dev", True, False, None),
              (GRAPHS + "-dense", True, True, graphs.dense_layers), (GRAPHS + "-layers", True, True, graphs.per_layer),
              (GRAPHS + "-flash", True, True, attention.flash), (GRAPHS + "-cudanorm", True, True, norm.cuda_cpp),
+             (GRAPHS + "-host1", True, True, _one_thread),
              (GRAPHS, True, True, None),
              (AUTO, "auto", False, None), (HOST + "1", False, True, _one_thread), (HOST, False, True, None),
              (FLASH, False, False, attention.flash), (UNFUSED, False, False, norm.unfused),

@@ -133,6 +133,8 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
             row("fixed+flash", 1, 110), row("fixed+flash", 64, 100.5),  # wins at 1, ties at 64
             row("fixed+cudanorm", 1, 108), row("fixed+cudanorm", 64, 97),  # wins at 1, loses at 64
             row("mi+cudanorm", 1, 103), row("mi+cudanorm", 16, 101),  # wins at 1, ties at 16
+            row("mi+host1", 1, 104), row("mi+host1", 16, 110),  # over mi+host (105, 99.5): a tie, then a win
+            row("mi+graphs-host1", 1, 100),  # over mi+graphs (100): a tie
             row("mi", 64, 100)]
     _write(tmp_path / "followup" / "followup_scaling.json", {"rows": rows})
     decided = {d["decision"]: d for d in targets.decisions(targets.read(str(tmp_path)))}
@@ -149,6 +151,11 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
                  if d["decision"] == "C++ CUDA add + LayerNorm"}
     assert cuda_norm == {"fixed+cudanorm over fixed": "keep norm.CUDA_CPP off (loses at batch 64)",
                          "mi+cudanorm over mi": "norm.CUDA_CPP = True (wins at batch 1)"}
+    threads = {d["rule"]: d for d in targets.decisions(targets.read(str(tmp_path)))
+               if d["decision"] == "host plan on one CPU thread"}
+    assert threads["mi+host1 over mi+host"]["numbers"] == "batch 1 0.99x, batch 16 1.11x"
+    assert threads["mi+host1 over mi+host"]["setting"] == "ONE_THREAD (not a setting yet: a sequential host plan) = True (wins at batch 16)"
+    assert threads["mi+graphs-host1 over mi+graphs"]["setting"].endswith("off (no win)")
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
     assert "batch 1 1.11x" in decided["kernels called directly"]["numbers"]
