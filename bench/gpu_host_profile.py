@@ -102,7 +102,7 @@ def main():
     out = [f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}; shape {test_speed.SHAPE}; "
            f"N = {a.N}; {a.forwards} forwards each; {' '.join(sys.argv)}"]
     print(out[0], flush=True)
-    records = []
+    records, H, F = [], test_speed.SHAPE["hidden"], test_speed.SHAPE["ffn"]
     for batch in a.batches:
         for model in a.models:
             # The same documents (lengths follow the seed) for every model, each with its own depths.
@@ -120,7 +120,6 @@ def main():
                 more, stats = profile_one(fn, a.forwards, a.top, a.kernels)
             print("\n".join(lines + more), flush=True)
             out += lines + more
-            H, F = test_speed.SHAPE["hidden"], test_speed.SHAPE["ffn"]
             records.append(dict(batch=batch, model=model, N=a.N, tokens=int(mask.sum()), host_ms=host * 1e3,
                                 total_ms=total * 1e3, flops=test_speed._flops(model, depths, mask, a.N),
                                 full_flops=encoder_flops(depths, mask, a.N, H, F, adaptive=False), **stats))

@@ -5,14 +5,15 @@
 Reads whatever of these the folder has (not below run<N>/: earlier runs kept beside it):
 correctness.json (gpu_check.py), summary.json and records.jsonl (gpu.sh's benchmark suite: its
 records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere
-below it followup_scaling.json, nsweep/gpu_scaling.json and records.jsonl (gpu_followup.sh's
-archive, unpacked). Every line names its source and gives the numbers; a target without numbers
+below it followup_scaling.json, nsweep/gpu_scaling.json, records.jsonl and host_profile.json
+(gpu_followup.sh's archive, unpacked). Every line names its source and gives the numbers; a target without numbers
 says "not measured". The verdicts apply the issue's words to the numbers and nothing else: why a
 target is missed (launch-bound, padding, ...) is for bench/NOTES.md. Eager, graph mode
 (cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines, each adaptive arm
 over its own mode's full depth. A second table gives the settings the run's numbers decide
 (DENSE_ROWS, where to plan, where graph mode pays, STACK, AUTO_ROWS, FLASH, CUDA_CPP, ...), each by its rule
-(bench/NOTES.md, "Reading a run").
+(bench/NOTES.md, "Reading a run"). A third splits each adaptive arm's share of its FLOP ideal
+into what its GPU kernels keep and the time the GPU waits (gpu_host_profile.py's kernel times).
 
 Ratios: "x HF time" is our time over transformers' (<= 1.0: full depth no slower than BertModel
 with SDPA); "x fixed" is samples/s over our fixed depth's in the same run (>= 1.0: adaptive no
