@@ -365,7 +365,8 @@ def host_threads(results: dict) -> list:
     """The host plan with torch on one CPU thread (mi+host1 over mi+host eager, mi+graphs-host1 over
     mi+graphs): where it wins, intra-op threads woken by the host-side plan slow the forward's
     own host work (run 5: mi+host 0.79-0.87x mi at batch 16-128, every op 1.5-1.7x its host time)."""
-    return _on_if_it_wins(results, "host plan on one CPU thread", "ONE_THREAD (not a setting yet: a sequential host plan)",
+    return _on_if_it_wins(results, "host plan on one CPU thread",
+                          "ONE_THREAD (not a setting yet: a sequential host plan)",
                           (("mi+host1", "mi+host"), ("mi+graphs-host1", "mi+graphs")))
 
 
@@ -506,7 +507,8 @@ def report(folder: str) -> tuple:
                "of ideal = (kernel ratio / FLOP ideal) x (wall ratio / kernel ratio): the first factor is what the "
                "GPU kernels lose on the smaller layers, the second the time the GPU waits.", "",
                "| source | batch (tokens) | arm over | FLOP ideal | GPU kernel ms | kernel ratio (of ideal) | "
-               "wall ms | wall ratio (of ideal) | GPU waits (wall / kernel ratio) |", "|---|---|---|---|---|---|---|---|---|"]
+               "wall ms | wall ratio (of ideal) | GPU waits (wall / kernel ratio) |",
+               "|---|---|---|---|---|---|---|---|---|"]
         md += [f"| {s['source']} | {s['batch']} ({s['tokens']}) | {s['model']} over {s['over']} | {s['ideal']:.2f}x | "
                f"{s['gpu_ms'][0]:.2f} / {s['gpu_ms'][1]:.2f} | {s['kernel']:.2f}x ({s['kernel_share']:.2f}) | "
                f"{s['total_ms'][0]:.2f} / {s['total_ms'][1]:.2f} | {s['wall']:.2f}x ({s['of_ideal']:.2f}) | "

@@ -60,7 +60,8 @@ PAIRED = os.environ.get("BENCH_PAIRED", "0" if GPU else "1") == "1"
 # "+graphs-dense" as "+graphs" with every layer that has halted tokens run on the whole state
 # (graphs.dense_layers()), "+graphs-layers" with one graph per layer always (graphs.per_layer()),
 # "+graphs-flash" with PyTorch's FlashAttention-2 (attention.flash()), "+graphs-cudanorm" with the
-# C++ CUDA add + LayerNorm (norm.cuda_cpp()), "+graphs-host1" with torch on one CPU thread, "+auto" with cuda_graphs="auto" and them on the GPU,
+# C++ CUDA add + LayerNorm (norm.cuda_cpp()), "+graphs-host1" with torch on one CPU thread,
+# "+auto" with cuda_graphs="auto" and them on the GPU,
 # "+flash" / "+unfused" / "+cudanorm" / "+dispatched" / "+dense" eager with FlashAttention-2 /
 # torch's add and LayerNorm instead of the fused kernel (norm.unfused()) / the C++ CUDA fused
 # kernel at every size (norm.cuda_cpp()) / every kernel through torch's dispatcher

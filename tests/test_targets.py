@@ -154,7 +154,8 @@ def test_settings_decided_by_known_numbers(targets, tmp_path):
     threads = {d["rule"]: d for d in targets.decisions(targets.read(str(tmp_path)))
                if d["decision"] == "host plan on one CPU thread"}
     assert threads["mi+host1 over mi+host"]["numbers"] == "batch 1 0.99x, batch 16 1.11x"
-    assert threads["mi+host1 over mi+host"]["setting"] == "ONE_THREAD (not a setting yet: a sequential host plan) = True (wins at batch 16)"
+    assert threads["mi+host1 over mi+host"]["setting"] == \
+        "ONE_THREAD (not a setting yet: a sequential host plan) = True (wins at batch 16)"
     assert threads["mi+graphs-host1 over mi+graphs"]["setting"].endswith("off (no win)")
     assert decided["fused add + LayerNorm"]["setting"] == "norm.FUSED = False at batch 16"
     assert decided["kernels called directly"]["setting"] == "ops.DIRECT = True (as is)"
@@ -235,4 +236,5 @@ def test_ideal_split_from_a_kernel_profile(targets, tmp_path):
     assert eager["wait_share"] == pytest.approx(1.25 / 1.6) and eager["of_ideal"] == pytest.approx(0.625)
     assert graphs["kernel_share"] == pytest.approx(1.0) and graphs["of_ideal"] == pytest.approx(1.0)
     _, md = targets.report(str(tmp_path))
-    assert "| followup/kernels/host_profile.json | 16 (4000) | mi over fixed | 2.00x | 2.00 / 1.25 | 1.60x (0.80) |" in md
+    row = "| followup/kernels/host_profile.json | 16 (4000) | mi over fixed | 2.00x | 2.00 / 1.25 | 1.60x (0.80) |"
+    assert row in md
