@@ -1,7 +1,7 @@
 """Ops per forward and time per pool of the encoder in this checkout (CPU, inference).
 
     PYTHONPATH=<checkout> python bench/ops_per_forward.py
-    TRITON_INTERPRET=1 python bench/ops_per_forward.py --backend triton [--unfused] [--dense]   (counts only)
+    TRITON_INTERPRET=1 python bench/ops_per_forward.py --backend triton [--unfused] [--dense] [--graphs]   (counts only)
 
 On a GPU's launch-bound regime (bench/NOTES.md: every batch below ~30 IMDB documents on the
 H200) the forward's time follows its op count, which this counts on CPU with a dispatch mode
@@ -47,36 +47,41 @@ def main():
                     help="the encoder's backend; 'triton' counts what a GPU runs (the Triton attention and the "
                          "fused add + LayerNorm; here through the interpreter: counts only, no times)")
     ap.add_argument("--unfused", action="store_true", help="with torch's add and LayerNorm (norm.unfused())")
-    ap.add_argument("--dense", action="store_true", help="with dense layers (encoder.dense_layers())")
+    ap.add_argument("--dense", action="store_true", help="with dense layers (encoder.dense_layers(); with --graphs, graphs.dense_layers())")
+    ap.add_argument("--graphs", action="store_true",
+                    help="graph mode (cuda_graphs=True): on CPU the graphs' stand-in replays the captured steps, so "
+                         "the count is the kernels one forward's graphs hold (what a GPU runs per forward)")
     a = ap.parse_args()
     if a.backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("--backend triton on CPU: run with TRITON_INTERPRET=1 (read when triton is first imported)")
-    from adaptive_encoder import encoder, norm
+    from adaptive_encoder import encoder, graphs, norm
 
     enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024), backend=a.backend).eval()
     out = {"package": os.path.dirname(adaptive_encoder.__file__), "backend": a.backend or "default",
-           "fused_norm": not a.unfused, "dense_layers": a.dense}
+           "fused_norm": not a.unfused, "dense_layers": a.dense, "graphs": a.graphs}
     with norm.unfused() if a.unfused else contextlib.nullcontext(), \
-            encoder.dense_layers() if a.dense else contextlib.nullcontext():
-        _count(enc, out, timed=a.backend != "triton")
+            (graphs.dense_layers() if a.graphs else encoder.dense_layers()) if a.dense else contextlib.nullcontext():
+        _count(enc, out, timed=a.backend != "triton", graphed=a.graphs)
     print(json.dumps(out))
 
 
-def _count(enc, out: dict, timed: bool) -> None:
+def _count(enc, out: dict, timed: bool, graphed: bool = False) -> None:
     for batch in (1, 8):
         pool, _ = benchlib.cpu_pool(12, 0, batch)
         for name in ("fixed", "mi"):
             items = [(None if name == "fixed" else d, m, x) for d, m, x in pool]  # fixed: no depths
             with torch.inference_mode():
                 counter = CountOps()
+                for d, m, x in items[:3]:  # graph mode: the captures (first calls) before counting
+                    enc(x, d, m, cuda_graphs=graphed)
                 with counter:
                     for d, m, x in items[:3]:
-                        enc(x, d, m)
+                        enc(x, d, m, cuda_graphs=graphed)
                 times = []
                 for _ in range(4 if timed else 0):  # the first round warms up
                     t0 = time.perf_counter()
                     for d, m, x in items:
-                        enc(x, d, m)
+                        enc(x, d, m, cuda_graphs=graphed)
                     times.append(time.perf_counter() - t0)
             out[f"{name} batch {batch}"] = dict(ops_per_forward=round(counter.count / 3, 1),
                                                 pool_s=round(min(times[1:]), 4) if timed else None)
