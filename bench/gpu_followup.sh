@@ -29,7 +29,8 @@
 #    0.80x eager: half padding, half the GEMM cuBLAS picks) -> kernels/host_profile.{txt,json} (kernels_128/ in run 5);
 # 3b. batch 1 at N = 2, 4, 8 (fixed, MI eager with dense layers; graph mode: fixed, MI compact,
 #    MI dense): the batch-1 target
-#    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json;
+#    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json; pool 64 (run 5: 32 documents,
+#    19 s, and dense over compact at N = 2, 4, 8 read 1.01 / 0.86 / 1.01x, too noisy to decide);
 # 4. torch.compile's traced route on CUDA (never run there) -> compile.txt.
 # (The C++ error probe with --inline is no longer a step: run 5's prebuilt gcc-12 extension
 # raised where run 4's own gcc-13.3 build crashed, which answered it.)
@@ -100,7 +101,7 @@ else
     --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
   step profile 60 host_profile_log.txt python bench/gpu_host_profile.py --batches 1 16 --kernels 5 \
     --models fixed mi mi+host fixed+graphs mi+graphs hf_sdpa --out "$DEST"
-  step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 32 --batches 1 --N 2 4 8 \
+  step nsweep 60 nsweep.txt python bench/gpu_scaling.py --pool 64 --batches 1 --N 2 4 8 \
     --models fixed mi+dense fixed+graphs mi+graphs mi+graphs-dense --out "$DEST/nsweep"
   step compile 90 compile.txt python bench/compile_speed.py --device cuda --route traced
 fi
