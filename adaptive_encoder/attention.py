@@ -8,8 +8,9 @@ reference gives zeros) and they are never anyone's keys. max_q / max_k bound the
 key count of every sequence (the Triton grid and the reference's padding), not the row counts.
 
 Three implementations (and, with FLASH on, PyTorch's FlashAttention-2 on CUDA bf16/fp16):
-the padded-SDPA reference (any case, differentiable, dropout), the Triton kernel (kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call
-per sequence, no padding); both kernels are forward only, without dropout. The Triton
+the padded-SDPA reference (any case, differentiable, dropout), the Triton kernel
+(kernels/attention.py) and the C++ CPU op (csrc/attention.cpp: one SDPA call per sequence, no
+padding); both kernels are forward only, without dropout. The Triton
 kernel runs when the backend is "triton", or by default on CUDA tensors, where it applies:
 power-of-two head dim in [16, 256]. The C++ op runs by default on CPU tensors (backend
 "cpu"). Either only when no gradient is needed; everything else, e.g. training, takes the

@@ -47,7 +47,8 @@ def main():
                     help="the encoder's backend; 'triton' counts what a GPU runs (the Triton attention and the "
                          "fused add + LayerNorm; here through the interpreter: counts only, no times)")
     ap.add_argument("--unfused", action="store_true", help="with torch's add and LayerNorm (norm.unfused())")
-    ap.add_argument("--dense", action="store_true", help="with dense layers (encoder.dense_layers(); with --graphs, graphs.dense_layers())")
+    ap.add_argument("--dense", action="store_true",
+                    help="with dense layers (encoder.dense_layers(); with --graphs, graphs.dense_layers())")
     ap.add_argument("--graphs", action="store_true",
                     help="graph mode (cuda_graphs=True): on CPU the graphs' stand-in replays the captured steps, so "
                          "the count is the kernels one forward's graphs hold (what a GPU runs per forward)")
@@ -59,8 +60,9 @@ def main():
     enc = AdaptiveEncoder.from_model(benchlib.bert(12, 256, 4, 1024), backend=a.backend).eval()
     out = {"package": os.path.dirname(adaptive_encoder.__file__), "backend": a.backend or "default",
            "fused_norm": not a.unfused, "dense_layers": a.dense, "graphs": a.graphs}
+    dense = graphs.dense_layers if a.graphs else encoder.dense_layers
     with norm.unfused() if a.unfused else contextlib.nullcontext(), \
-            (graphs.dense_layers() if a.graphs else encoder.dense_layers()) if a.dense else contextlib.nullcontext():
+            dense() if a.dense else contextlib.nullcontext():
         _count(enc, out, timed=a.backend != "triton", graphed=a.graphs)
     print(json.dumps(out))
 
@@ -72,8 +74,8 @@ def _count(enc, out: dict, timed: bool, graphed: bool = False) -> None:
             items = [(None if name == "fixed" else d, m, x) for d, m, x in pool]  # fixed: no depths
             with torch.inference_mode():
                 counter = CountOps()
-                for d, m, x in items[:3]:  # graph mode: the captures (first calls) before counting
-                    enc(x, d, m, cuda_graphs=graphed)
+                for d, m, x in items[:3] if graphed else ():  # the captures (first calls) before counting
+                    enc(x, d, m, cuda_graphs=True)
                 with counter:
                     for d, m, x in items[:3]:
                         enc(x, d, m, cuda_graphs=graphed)

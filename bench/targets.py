@@ -6,8 +6,8 @@ Reads whatever of these the folder has (not below run<N>/: earlier runs kept bes
 correctness.json (gpu_check.py), summary.json and records.jsonl (gpu.sh's benchmark suite: its
 records, and the kernels' bandwidth), gpu_scaling.json (gpu.sh's scaling stage), and anywhere
 below it followup_scaling.json, nsweep/gpu_scaling.json, records.jsonl and host_profile.json
-(gpu_followup.sh's archive, unpacked). Every line names its source and gives the numbers; a target without numbers
-says "not measured". The verdicts apply the issue's words to the numbers and nothing else: why a
+(gpu_followup.sh's archive, unpacked). Every line names its source and gives the numbers; a
+target without numbers says "not measured". The verdicts apply the issue's words to the numbers and nothing else: why a
 target is missed (launch-bound, padding, ...) is for bench/NOTES.md. Eager, graph mode
 (cuda_graphs=True) and auto (cuda_graphs="auto") are judged on separate lines, each adaptive arm
 over its own mode's full depth. A second table gives the settings the run's numbers decide
@@ -469,18 +469,20 @@ def decisions(results: dict) -> list:
 
 def read(folder: str) -> dict:
     """{path relative to folder: JSON} of gpu.sh's files at its top and gpu_followup.sh's anywhere
-    below it (however its archive was unpacked)."""
-    names = ["correctness.json", "summary.json", "gpu_scaling.json"] + sorted(
-        os.path.relpath(p, folder) for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"),
-                                                   "host_profile.json")
-        for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
+    below it (however its archive was unpacked), none from an earlier run kept beside this one
+    (bench/results/h200/run3/)."""
+    def below(pattern: str) -> list:
+        paths = (os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "**", pattern), recursive=True))
+        return sorted(p for p in paths if not any(re.fullmatch(r"run\d+", part) for part in p.split(os.sep)))
+
+    names = ["correctness.json", "summary.json", "gpu_scaling.json"] + [
+        name for pattern in ("followup_scaling.json", os.path.join("nsweep", "gpu_scaling.json"), "host_profile.json")
+        for name in below(pattern)]
     found = {name: data for name in names if (data := _load(os.path.join(folder, name))) is not None}
-    for path in sorted(glob.glob(os.path.join(folder, "**", "records.jsonl"), recursive=True)):
-        if any(re.fullmatch(r"run\d+", part) for part in os.path.relpath(path, folder).split(os.sep)):
-            continue  # an earlier run kept beside this one (bench/results/h200/run3/)
+    for name in below("records.jsonl"):
         try:
-            with open(path) as f:
-                found[os.path.relpath(path, folder)] = [json.loads(line) for line in f if line.strip()]
+            with open(os.path.join(folder, name)) as f:
+                found[name] = [json.loads(line) for line in f if line.strip()]
         except (OSError, ValueError):
             pass
     return found

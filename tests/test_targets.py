@@ -227,6 +227,8 @@ def test_ideal_split_from_a_kernel_profile(targets, tmp_path):
         rec("fixed+graphs", 200.0, 2000.0, 2.0), rec("mi+graphs", 100.0, 1000.0, 1.0),
         rec("hf_sdpa", 200.0, 1500.0, 2.0),                                                   # not adaptive
         rec("mi", 100.0, None, 1.0, batch=1), rec("fixed", 200.0, None, 2.0, batch=1)]})  # no kernel times
+    _write(tmp_path / "run3" / "host_profile.json", {"device": "d", "records": [  # an earlier run: not read
+        rec("fixed", 200.0, 2000.0, 2.5, batch=64), rec("mi", 100.0, 1000.0, 1.0, batch=64)]})
     split = {(s["model"], s["batch"]): s for s in targets.ideal_split(targets.read(str(tmp_path)))}
     assert set(split) == {("mi", 16), ("mi+graphs", 16)}
     eager, graphs = split["mi", 16], split["mi+graphs", 16]
