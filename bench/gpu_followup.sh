@@ -23,10 +23,11 @@
 # 3. where the host time of an eager and a graph-mode forward goes (torch.profiler, batch 1
 #    and 16: launches, syncs, self CPU time per op; GPU kernel time, so that targets.py splits
 #    batch 1's adaptive-vs-fixed ratio the same way) -> host_profile.{txt,json};
-# 3a. one forward's GPU kernels at batch 16 and 128, eager and graph mode, full depth and MI
-#    (run 5: MI at 0.69 of the FLOP ideal at batch 16 in graph mode; targets.py splits that into
-#    what the kernels lose on the smaller layers and the time the GPU waits; at 128 graph mode
-#    0.80x eager: half padding, half the GEMM cuBLAS picks) -> kernels/host_profile.{txt,json} (kernels_128/ in run 5);
+# 3a. one forward's GPU kernels at batch 1, 16 and 128, eager and graph mode, full depth and MI
+#    (run 5: MI at 0.69 of the FLOP ideal at batch 16 in graph mode, behind full depth at batch 1;
+#    targets.py splits each into what the kernels lose on the smaller layers and the time the GPU
+#    waits; batch 1 here too, so that this early step answers it even if step 3 is cut; at 128
+#    graph mode 0.80x eager: half padding, half the GEMM cuBLAS picks) -> kernels/host_profile.{txt,json} (kernels_128/ in run 5);
 # 3b. batch 1 at N = 2, 4, 8 (fixed, MI eager with dense layers; graph mode: fixed, MI compact,
 #    MI dense): the batch-1 target
 #    says "at any N"; step 2 has N = 12 -> nsweep/gpu_scaling.json; pool 64 (run 5: 32 documents,
@@ -95,7 +96,7 @@ else
   fi
   step suite 75 suite.txt env BENCH_RECORDS="$DEST/records.jsonl" python -m pytest bench/test_kernels.py \
     --benchmark-only -q -p no:cacheprovider
-  step kernels 50 kernels_log.txt python bench/gpu_host_profile.py --batches 16 128 --forwards 3 --top 5 --kernels 15 \
+  step kernels 60 kernels_log.txt python bench/gpu_host_profile.py --batches 1 16 128 --forwards 3 --top 5 --kernels 15 \
     --models fixed fixed+graphs mi mi+graphs --out "$DEST/kernels"
   step scaling 120 followup_scaling.txt python bench/gpu_scaling.py --pool 64 --batches 1 2 4 8 15 \
     --models fixed mi --graphs --host1 --stack --flash --cudanorm --dense --eager-dense --out "$DEST"
