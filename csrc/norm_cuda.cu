@@ -10,15 +10,7 @@
 // measured the Triton form losing to torch's add + LayerNorm pair in launch-bound forwards
 // (0.82-0.95x at batch 2-15), while its kernel moved 2.56x the pair's rows at 65k rows.
 //
-// One warp per row, the row held in registers: each lane loads vectors of the widest access
-// (16 bytes) that the row size and every pointer allow, else single elements, MAXV vectors at
-// most; D <= kMaxD. The sum is rounded to the input dtype (as `x + residual` stores it), mean
-// and biased variance (two passes over the registers) and the affine in float32, stored in the
-// input dtype. float32, bfloat16, float16 (float64 takes the reference: adaptive_encoder/norm.py).
-//
-// Rows are masked, not checked here (the check would need the rows on the host, a sync): a
-// destination row outside [0, R) is neither read nor written. The public Python functions
-// check the range first unless told the rows come from a plan.
+// The kernel and its launch shapes: norm_kernels.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,118 +18,14 @@
 
 #include <cstdint>
 
+#include "cuda_launch.cuh"
+#include "norm_kernels.cuh"
 #include "ops.h"
 
 namespace adaptive_encoder {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
-constexpr int64_t kMaxD = 2048;  // 64 floats per lane at most
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-__device__ __forceinline__ float warp_sum(float s) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
-}
-
-// Row i of A: out[dst] = LayerNorm(x[src] + r[src]) * w + b, dst = rows ? rows[i] : i,
-// src = at_rows ? dst : i. A warp returns as a whole (one row each), so the shuffles see
-// every lane.
-template <typename T, int VEC, int MAXV>
-__global__ void add_layer_norm_kernel(T* __restrict__ out, const int64_t* __restrict__ rows,
-                                      const T* __restrict__ x, const T* __restrict__ r,
-                                      const T* __restrict__ w, const T* __restrict__ b, int64_t A, int64_t D,
-                                      int64_t n_out, bool at_rows, float eps) {
-  using P = Pack<T, VEC>;
-  const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (i >= A) return;
-  const int64_t dst = rows ? rows[i] : i;
-  if (dst < 0 || dst >= n_out) return;
-  const int64_t src = at_rows ? dst : i;
-  const int64_t nvec = D / VEC;
-  const P* xp = reinterpret_cast<const P*>(x + src * D);
-  const P* rp = reinterpret_cast<const P*>(r + src * D);
-
-  float v[MAXV][VEC];
-  float sum = 0.f;
-#pragma unroll
-  for (int k = 0; k < MAXV; ++k) {
-    const int64_t j = lane + 32 * k;
-    if (j < nvec) {
-      const P a = xp[j], c = rp[j];
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        // The sum as torch stores it (T), then in float.
-        v[k][e] = static_cast<float>(static_cast<T>(static_cast<float>(a.v[e]) + static_cast<float>(c.v[e])));
-        sum += v[k][e];
-      }
-    }
-  }
-  const float mean = warp_sum(sum) / static_cast<float>(D);
-  float sq = 0.f;
-#pragma unroll
-  for (int k = 0; k < MAXV; ++k) {
-    if (lane + 32 * k < nvec) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        v[k][e] -= mean;
-        sq += v[k][e] * v[k][e];
-      }
-    }
-  }
-  const float rstd = rsqrtf(warp_sum(sq) / static_cast<float>(D) + eps);
-  const P* wp = reinterpret_cast<const P*>(w);
-  const P* bp = reinterpret_cast<const P*>(b);
-  P* op = reinterpret_cast<P*>(out + dst * D);
-#pragma unroll
-  for (int k = 0; k < MAXV; ++k) {
-    const int64_t j = lane + 32 * k;
-    if (j < nvec) {
-      const P wv = wp[j], bv = bp[j];
-      P o;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        o.v[e] = static_cast<T>(v[k][e] * rstd * static_cast<float>(wv.v[e]) + static_cast<float>(bv.v[e]));
-      }
-      op[j] = o;
-    }
-  }
-}
-
-template <typename T, int VEC, int MAXV>
-void launch(T* out, const int64_t* rows, const T* x, const T* r, const T* w, const T* b, int64_t A, int64_t D,
-            int64_t n_out, bool at_rows, float eps) {
-  const int64_t blocks = (A + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  add_layer_norm_kernel<T, VEC, MAXV><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0,
-                                        at::cuda::getCurrentCUDAStream()>>>(out, rows, x, r, w, b, A, D, n_out,
-                                                                             at_rows, eps);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The fewest vectors per lane that hold a row: D / (32 * VEC) rounded up to a power of two.
-template <typename T, int VEC>
-void launch_vec(T* out, const int64_t* rows, const T* x, const T* r, const T* w, const T* b, int64_t A, int64_t D,
-                int64_t n_out, bool at_rows, float eps) {
-  const int64_t per_lane = (D / VEC + 31) / 32;
-  if (per_lane <= 1) return launch<T, VEC, 1>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  if (per_lane <= 2) return launch<T, VEC, 2>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  if (per_lane <= 4) return launch<T, VEC, 4>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  if (per_lane <= 8) return launch<T, VEC, 8>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  if constexpr (VEC <= 4) {
-    if (per_lane <= 16) return launch<T, VEC, 16>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  }
-  if constexpr (VEC == 1) {
-    if (per_lane <= 32) return launch<T, 1, 32>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-    if (per_lane <= 64) return launch<T, 1, 64>(out, rows, x, r, w, b, A, D, n_out, at_rows, eps);
-  }
-  TORCH_CHECK(false, "add_layer_norm (CUDA): hidden size ", D, " above ", kMaxD);
-}
+using norm_kernels::kMaxD;
 
 void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
          const at::Tensor& bias, double eps, const at::Tensor* rows, int64_t A, bool at_rows) {
@@ -152,19 +40,10 @@ void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const
   const int64_t* pr = rows ? rows_c.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "add_layer_norm_cuda", [&] {
     using T = scalar_t;
-    constexpr int kVec = 16 / sizeof(T);
-    T* po = out.data_ptr<T>();
-    const T *px = xc.data_ptr<T>(), *prs = rc.data_ptr<T>(), *pw = wc.data_ptr<T>(), *pb = bc.data_ptr<T>();
-    const auto addr = reinterpret_cast<uintptr_t>(po) | reinterpret_cast<uintptr_t>(px) |
-                      reinterpret_cast<uintptr_t>(prs) | reinterpret_cast<uintptr_t>(pw) |
-                      reinterpret_cast<uintptr_t>(pb);
-    const float e = static_cast<float>(eps);
-    if constexpr (sizeof(T) <= 4) {
-      if (addr % 16 == 0 && D % kVec == 0) {
-        return launch_vec<T, kVec>(po, pr, px, prs, pw, pb, A, D, out.size(0), at_rows, e);
-      }
-      launch_vec<T, 1>(po, pr, px, prs, pw, pb, A, D, out.size(0), at_rows, e);
-    }
+    const bool launched = norm_kernels::add_layer_norm_rows<T>(
+        CudaLaunch{}, out.data_ptr<T>(), pr, xc.data_ptr<T>(), rc.data_ptr<T>(), wc.data_ptr<T>(), bc.data_ptr<T>(), A, D,
+        out.size(0), at_rows, static_cast<float>(eps));
+    TORCH_CHECK(launched, "add_layer_norm (CUDA): no kernel for ", xc.scalar_type(), " with hidden size ", D);
   });
 }
 
