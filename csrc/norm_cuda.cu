@@ -12,7 +12,6 @@
 //
 // The kernel and its launch shapes: norm_kernels.cuh.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -40,9 +39,9 @@ void run(at::Tensor& out, const at::Tensor& x, const at::Tensor& residual, const
   const int64_t* pr = rows ? rows_c.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "add_layer_norm_cuda", [&] {
     using T = scalar_t;
-    const bool launched = norm_kernels::add_layer_norm_rows<T>(
-        CudaLaunch{}, out.data_ptr<T>(), pr, xc.data_ptr<T>(), rc.data_ptr<T>(), wc.data_ptr<T>(), bc.data_ptr<T>(), A, D,
-        out.size(0), at_rows, static_cast<float>(eps));
+    const bool launched = norm_kernels::add_layer_norm_rows<T>(CudaLaunch{}, out.data_ptr<T>(), pr, xc.data_ptr<T>(),
+                                                               rc.data_ptr<T>(), wc.data_ptr<T>(), bc.data_ptr<T>(), A,
+                                                               D, out.size(0), at_rows, static_cast<float>(eps));
     TORCH_CHECK(launched, "add_layer_norm (CUDA): no kernel for ", xc.scalar_type(), " with hidden size ", D);
   });
 }

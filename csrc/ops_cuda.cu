@@ -1,6 +1,5 @@
 // CUDA implementations of plan / gather / scatter (schemas and semantics: ops.cpp; the
 // kernels and their launch shapes: ops_kernels.cuh).
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -20,7 +19,7 @@ at::Tensor gather_cuda(const at::Tensor& x, const at::Tensor& rows) {
   const at::Tensor rc = rows.contiguous();
   at::Tensor out = at::empty({rc.size(0), xc.size(1)}, xc.options());
   ops_kernels::copy_rows(CudaLaunch{}, out.data_ptr(), nullptr, xc.data_ptr(), rc.data_ptr<int64_t>(), rc.size(0),
-                 xc.size(1) * xc.element_size(), out.size(0), xc.size(0));
+                         xc.size(1) * xc.element_size(), out.size(0), xc.size(0));
   return out;
 }
 
@@ -31,7 +30,7 @@ at::Tensor scatter_cuda(const at::Tensor& base, const at::Tensor& src, const at:
   const at::Tensor rc = rows.contiguous();
   at::Tensor out = base.contiguous().clone();
   ops_kernels::copy_rows(CudaLaunch{}, out.data_ptr(), rc.data_ptr<int64_t>(), sc.data_ptr(), nullptr, rc.size(0),
-                 out.size(1) * out.element_size(), out.size(0), sc.size(0));
+                         out.size(1) * out.element_size(), out.size(0), sc.size(0));
   return out;
 }
 
@@ -42,7 +41,7 @@ void scatter_inplace_cuda(at::Tensor base, const at::Tensor& src, const at::Tens
   const at::Tensor sc = src.contiguous();
   const at::Tensor rc = rows.contiguous();
   ops_kernels::copy_rows(CudaLaunch{}, base.data_ptr(), rc.data_ptr<int64_t>(), sc.data_ptr(), nullptr, rc.size(0),
-                 base.size(1) * base.element_size(), base.size(0), sc.size(0));
+                         base.size(1) * base.element_size(), base.size(0), sc.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor> plan_cuda(const at::Tensor& depths, const at::Tensor& mask,

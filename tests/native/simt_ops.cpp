@@ -84,7 +84,9 @@ __global__ void lane_ops_kernel(int64_t* ballots, float* sums) {
   sums[i] = k::norm_kernels::warp_sum(static_cast<float>(i));
 }
 
-void ballot_after_return(torch::Tensor out) { simt::launch(ballot_after_return_kernel, 1, 32, out.data_ptr<int64_t>()); }
+void ballot_after_return(torch::Tensor out) {
+  simt::launch(ballot_after_return_kernel, 1, 32, out.data_ptr<int64_t>());
+}
 
 void lane_ops(torch::Tensor ballots, torch::Tensor sums, int64_t blocks, int64_t threads) {
   simt::launch(lane_ops_kernel, blocks, static_cast<int>(threads), ballots.data_ptr<int64_t>(),
