@@ -62,6 +62,17 @@ def test_plan_kernels_match_reference(simt, B, T, L):
     assert torch.equal(rows, want_rows)
 
 
+def test_plan_kernels_on_random_shapes(simt):
+    """40 random (B, T, L) from a fixed seed: T up to 3 turns of the warp's token loop."""
+    gen = torch.Generator().manual_seed(2026)
+    for case in range(40):
+        B, T, L = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 6), (1, 97), (1, 13)))
+        depths, mask = _plan_inputs(B, T, L, seed=case)
+        rows, offsets = simt.plan(depths, mask, L)
+        want_rows, want_offsets = reference.plan(depths, mask, L)
+        assert torch.equal(offsets, want_offsets) and torch.equal(rows, want_rows), (B, T, L)
+
+
 def test_plan_kernels_all_active_and_none_active(simt):
     depths = torch.full((3, 40), 4)
     mask = torch.ones(3, 40, dtype=torch.bool)
