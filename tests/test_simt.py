@@ -41,6 +41,8 @@ def test_emulator_reports_a_vote_after_a_lane_returned(simt):
 
 
 def _plan_inputs(B, T, L, seed):
+    """As test_ops.py's, plus sequences with no real token and a left-padded one (test_ops keeps
+    its own draws, every sequence at least one token long, right-padded)."""
     gen = torch.Generator().manual_seed(seed)
     depths = torch.randint(0, L + 1, (B, T), generator=gen)
     lengths = torch.randint(0, T + 1, (B,), generator=gen)  # 0: a sequence with no real token
