@@ -196,8 +196,10 @@ def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
 def _key_rows(mask: torch.Tensor, min_k: int, num_real: int) -> torch.Tensor | None:
     """(K,) flattened rows of the real tokens, or None when every token is real; ValueError when
     a sequence has none (min_k, num_real: the host numbers the plan read)."""
-    if min_k == 0:
-        raise ValueError("attention_mask: every sequence needs at least one real token")
+    if min_k == 0:  # the error path may read the mask: name the first such sequence
+        empty = int((mask.sum(1) == 0).nonzero()[0, 0])
+        raise ValueError(f"attention_mask: every sequence needs at least one real token; sequence {empty} has none"
+                         " (an additive mask without padding is all zeros: pass the 0/1 mask)")
     if num_real == mask.numel():
         return None
     # nonzero_static: the count is known (num_real), so no second wait for the GPU as nonzero's.

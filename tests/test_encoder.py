@@ -213,7 +213,7 @@ def test_bad_inputs_name_the_argument():
         ((torch.randn(0, 5, 64), d[:0]), ValueError, "empty batch"),
         ((x.long(), d), TypeError, "hidden_states must be a floating"),
         ((x, d, torch.ones(2, 4)), ValueError, "attention_mask must have shape"),
-        ((x, d, torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])), ValueError, "at least one real token"),
+        ((x, d, torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])), ValueError, "at least one real token; sequence 1 has none"),
         # an additive mask (BERT-era code) would be read inverted: refused, not run
         ((x, d, torch.tensor([[0.0, 0, 0, -1e4, -1e4], [0, 0, 0, 0, 0]])), ValueError, "additive mask"),
         ((x, d, torch.tensor([[0.0, 0, 0, float("-inf"), 0], [0, 0, 0, 0, 0]])), ValueError, "additive mask"),
