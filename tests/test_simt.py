@@ -52,16 +52,19 @@ def _plan_inputs(B, T, L, seed):
     return depths, mask
 
 
+def _assert_plan_is_reference(simt, depths, mask, L):
+    rows, offsets = simt.plan(depths, mask, L)
+    want_rows, want_offsets = reference.plan(depths, mask, L)
+    assert torch.equal(offsets, want_offsets), (tuple(depths.shape), L)
+    assert torch.equal(rows, want_rows), (tuple(depths.shape), L)
+
+
 # T around the warp width (31, 32, 33, 100: 1-4 turns of the token loop, a partial last one);
 # L * B not a multiple of the 4 warps per block; B = 0.
 @pytest.mark.parametrize("B,T,L", [(1, 1, 1), (1, 31, 12), (3, 32, 4), (5, 33, 12), (2, 100, 3), (7, 65, 6),
                                    (0, 5, 3)])
 def test_plan_kernels_match_reference(simt, B, T, L):
-    depths, mask = _plan_inputs(B, T, L, seed=B * 1000 + T * 10 + L)
-    rows, offsets = simt.plan(depths, mask, L)
-    want_rows, want_offsets = reference.plan(depths, mask, L)
-    assert torch.equal(offsets, want_offsets)
-    assert torch.equal(rows, want_rows)
+    _assert_plan_is_reference(simt, *_plan_inputs(B, T, L, seed=B * 1000 + T * 10 + L), L)
 
 
 def test_plan_kernels_on_random_shapes(simt):
@@ -69,19 +72,14 @@ def test_plan_kernels_on_random_shapes(simt):
     gen = torch.Generator().manual_seed(2026)
     for case in range(40):
         B, T, L = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 6), (1, 97), (1, 13)))
-        depths, mask = _plan_inputs(B, T, L, seed=case)
-        rows, offsets = simt.plan(depths, mask, L)
-        want_rows, want_offsets = reference.plan(depths, mask, L)
-        assert torch.equal(offsets, want_offsets) and torch.equal(rows, want_rows), (B, T, L)
+        _assert_plan_is_reference(simt, *_plan_inputs(B, T, L, seed=case), L)
 
 
 def test_plan_kernels_all_active_and_none_active(simt):
     depths = torch.full((3, 40), 4)
     mask = torch.ones(3, 40, dtype=torch.bool)
     for d, m in [(depths, mask), (depths * 0, mask), (depths, ~mask)]:
-        rows, offsets = simt.plan(d, m, 4)
-        want_rows, want_offsets = reference.plan(d, m, 4)
-        assert torch.equal(offsets, want_offsets) and torch.equal(rows, want_rows)
+        _assert_plan_is_reference(simt, d, m, 4)
 
 
 def _misaligned(R, D, dtype, shift, gen):
