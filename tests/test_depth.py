@@ -108,7 +108,8 @@ def test_token_lookup_matches_exact_word_depths(tokenizer):
     docs, labels = _spread_corpus()
     est = MIDepthEstimator(num_layers=4).fit(docs, labels)
     look = TokenDepthLookup.from_estimator(est, tokenizer)
-    batch = [["good", "the", "mid"], ["bad", "x"], ["the", "serfdom"]]  # 'serfdom': 3 pieces, unseen
+    # 'serfdom': 3 pieces, unseen; [] : only [CLS] [SEP], which get N like a text of unseen words
+    batch = [["good", "the", "mid"], ["bad", "x"], ["the", "serfdom"], []]
     enc = tokenizer(batch, is_split_into_words=True, padding=True, return_tensors="pt")
     exact = est.batch_depths(batch, enc)
     fast = look(enc["input_ids"], enc["attention_mask"])
@@ -116,6 +117,7 @@ def test_token_lookup_matches_exact_word_depths(tokenizer):
     assert (fast[enc["attention_mask"] == 0] == 0).all()
     pieces = tokenizer.convert_ids_to_tokens(enc["input_ids"][2])
     assert pieces[2:5] == ["ser", "##f", "##dom"] and fast[2, 2:5].tolist() == [4, 4, 4]
+    assert fast[3, :2].tolist() == [4, 4]
 
 
 def test_depths_from_losses_hand_case_and_lambda_monotone():

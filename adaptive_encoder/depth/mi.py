@@ -276,6 +276,8 @@ class TokenDepthLookup(torch.nn.Module):
         d = torch.where(d == INHERIT, torch.full_like(d, self.num_layers), d)  # a '##' piece at t=0
         real = torch.ones_like(d, dtype=torch.bool) if attention_mask is None else attention_mask != 0
         special = d == SEQ_MAX
-        word_max = torch.where(special | ~real, torch.zeros_like(d), d).amax(1, keepdim=True).clamp(min=1)
+        word_max = torch.where(special | ~real, torch.zeros_like(d), d).amax(1, keepdim=True)
+        # A text with no words (only [CLS] [SEP]) gets N, as `sequence_depths` gives it.
+        word_max = torch.where(word_max == 0, torch.full_like(word_max, self.num_layers), word_max)
         d = torch.where(special, word_max.expand_as(d), d)
         return torch.where(real, d, torch.zeros_like(d))
