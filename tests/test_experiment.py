@@ -34,6 +34,14 @@ def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
     assert "| trec | all-MiniLM-L6-v2 | 6 | fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text
     assert "| trec | all-MiniLM-L6-v2 | 6 | mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 10 | 96.50 |" in text
     assert "a note" in text
+    # Each run's command repeats the notes of its day: the table shows them once.
+    long = "python -m adaptive_encoder experiment --seeds 1 --notes 'TREC: a split; MR: another'"
+    write_markdown([dict(r, command=long) for r in _records() if r["layers"] == 6], str(path),
+                   "python -m adaptive_encoder experiment --seeds 2 --notes='TREC: a split'", notes="TREC: a split")
+    text = path.read_text()
+    assert "Command: `python -m adaptive_encoder experiment --seeds 1 --notes NOTES`" in text
+    assert "Command: `python -m adaptive_encoder experiment --seeds 2 --notes=NOTES`" in text
+    assert text.count("TREC: a split") == 1 and "MR: another" not in text and "NOTES stands for" in text
     # Another model's rows form their own group, never averaged with these.
     mpnet = [{**r, "model": "all-mpnet-base-v2", "layers": 12, "accuracy": 0.5} for r in _records()
              if r["layers"] == 6]
