@@ -257,7 +257,7 @@ def test_pipeline_depths_plug_into_adaptive_encoder(tokenizer):
 
 
 def test_data_loaders_decode_real_files():
-    from adaptive_encoder.data import kfold, load_dataset, read_file
+    from adaptive_encoder.data import kfold, load_dataset
 
     trec = load_dataset("trec")
     assert (len(trec["train"]), len(trec["test"])) == (5452, 500)
@@ -317,3 +317,35 @@ def test_fit_refuses_strings_and_texts_to_words_matches_the_tokenizer():
     assert MIDepthEstimator(num_layers=2).fit(words, [1]).mi.keys() == {"who", "was", "galileo", "?"}
     with pytest.raises(TypeError, match="list of texts"):
         texts_to_words(Tok, "one text")
+
+
+def test_token_lookup_threads_on_two_devices_and_fresh_copies():
+    """One lookup called from threads with ids on different devices ('meta' stands in for a
+    GPU here): each call reads a table on its ids' device, the buffer itself never moves, and
+    a write to the buffer reaches the kept copies."""
+    import threading
+
+    look = TokenDepthLookup(torch.randint(1, 4, (3000,)), 3)
+    errors = []
+
+    def run(device):
+        ids = torch.randint(0, 3000, (2, 16), device=device)
+        try:
+            for _ in range(300):
+                assert look(ids).device == ids.device
+        except Exception as e:  # noqa: BLE001 -- reported below, with the device
+            errors.append(f"{device}: {e!r}")
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in ("cpu", "meta", "cpu", "meta")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert look.table.device.type == "cpu"
+    copy = look._table_on(torch.device("meta"))
+    assert look._table_on(torch.device("meta")) is copy  # kept, not remade per call
+    with torch.no_grad():
+        look.table.fill_(2)  # in place (as load_state_dict writes): the kept copy is remade
+    assert look._table_on(torch.device("meta")) is not copy
+    assert torch.equal(look(torch.tensor([[5, 7]])), torch.tensor([[2, 2]]))

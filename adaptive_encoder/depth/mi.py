@@ -240,6 +240,7 @@ class TokenDepthLookup(torch.nn.Module):
         super().__init__()
         self.register_buffer("table", table.long())
         self.num_layers = num_layers
+        self._copies: dict = {}  # device -> (source table, its version, the copy there)
 
     @classmethod
     def from_estimator(cls, est: MIDepthEstimator, tokenizer) -> "TokenDepthLookup":
@@ -264,10 +265,23 @@ class TokenDepthLookup(torch.nn.Module):
             data = json.load(f)
         return cls(torch.tensor(data["table"], dtype=torch.int64), int(data["num_layers"]))
 
+    def _table_on(self, device: torch.device) -> torch.Tensor:
+        """The table on `device`. A depth_fn is not a registered submodule of the patched model,
+        so `model.to(...)` leaves it behind: copy once per device and keep the copy, without
+        touching the buffer, so threads calling with ids on different devices never see each
+        other's table. A copy is remade when the buffer is replaced or written in place."""
+        table = self.table
+        if table.device == device:
+            return table
+        copies = self.__dict__.setdefault("_copies", {})  # absent in lookups pickled before it
+        kept = copies.get(device)
+        if kept is None or kept[0] is not table or kept[1] != table._version:
+            kept = (table, table._version, table.to(device))
+            copies[device] = kept  # one dict store: atomic under the GIL
+        return kept[2]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.table.device != input_ids.device:  # not a registered submodule of the patched model
-            self.table = self.table.to(input_ids.device)
-        d = self.table[input_ids]
+        d = self._table_on(input_ids.device)[input_ids]
         T = d.shape[1]
         pos = torch.arange(T, device=d.device).expand_as(d)
         # Continuation pieces take the depth of the closest word start to their left.
