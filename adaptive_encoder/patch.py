@@ -68,9 +68,10 @@ class PatchedEncoder(AdaptiveEncoder):
     """
 
     def __init__(self, encoder: nn.Module, config, depth_fn=None, backend: str | None = None,
-                 modules: dict | None = None, cuda_graphs: bool | str = False):
+                 modules: dict | None = None, cuda_graphs: bool | str = False, reads_first: str | None = None):
         super().__init__(encoder.layer, config, backend=backend, modules=modules, cuda_graphs=cuda_graphs)
         self.train(encoder.training)
+        self.reads_first = reads_first  # what of the model reads position 0 (_first_position_reader)
         # Kept out of the module registry: a depth table is not a weight of the model, and
         # registering it would add keys to the transformers checkpoint.
         self.__dict__["depth_fn"] = depth_fn
@@ -100,7 +101,16 @@ class PatchedEncoder(AdaptiveEncoder):
         if states is not None:
             states.append(hidden_states)
             on_layer = lambda s: states.append(s.view(hidden_states.shape))  # noqa: E731
-        state, _ = self._run(hidden_states, depths, mask, self.backend, on_layer=on_layer, graphed=self.cuda_graphs)
+        state, plan = self._run(hidden_states, depths, mask, self.backend, on_layer=on_layer, graphed=self.cuda_graphs)
+        reader = getattr(self, "reads_first", None)  # absent in models pickled before it
+        if reader is not None and plan.first_real is False:
+            b = int((mask[:, 0] == 0).nonzero()[0, 0])
+            raise ValueError(
+                f"sequence {b} starts with padding (attention_mask[{b}, 0] is 0) and {reader} reads position 0: "
+                "the adaptive encoder never computes padding, so that state would not be transformers' "
+                "(which computes it). Pad on the right (tokenizer.padding_side = 'right')"
+                + ("; or build the model without its pooler (add_pooling_layer=False) if pooler_output is "
+                   "not used" if "pooler" in reader else ""))
         last = state.view(hidden_states.shape)
         if states is not None:  # layers above n_max repeat the last state
             states.extend([last] * (self.num_layers + 1 - len(states)))
@@ -116,6 +126,18 @@ def _key_mask_from_4d(mask: torch.Tensor, bt) -> torch.Tensor:
         raise ValueError(f"attention_mask of shape {tuple(mask.shape)} is neither (B,T) nor (B,1,Q,T)")
     allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
     return allowed.any(dim=(1, 2)).expand(bt)
+
+
+def _first_position_reader(model: nn.Module, base: nn.Module) -> str | None:
+    """What in `model` reads the final state at position 0 (a pooler, or a classification head
+    over the first token), or None. Such a model is exact only when position 0 is a real token
+    of every sequence (right padding); PatchedEncoder checks each call."""
+    if getattr(base, "pooler", None) is not None:
+        return f"{type(base).__name__}'s pooler"
+    name = type(model).__name__
+    if name.endswith(("ForSequenceClassification", "ForMultipleChoice")):
+        return f"{name}'s classification head"
+    return None
 
 
 def _arg(args, kwargs, name: str, pos: int):
@@ -236,7 +258,8 @@ def apply_adaptive_encoder(model: nn.Module, depth_fn=None, backend: str | None 
     family = check_supported(base.config, enc.layer)  # refuses before anything is changed
     modules = {m: getattr(enc, m) for m in family.encoder_modules}
     setattr(base, family.encoder_attr, PatchedEncoder(enc, base.config, depth_fn, backend=backend, modules=modules,
-                                                             cuda_graphs=cuda_graphs))
+                                                             cuda_graphs=cuda_graphs,
+                                                             reads_first=_first_position_reader(model, base)))
     if family.kwargs_reach_encoder:
         base.register_forward_pre_hook(_base_pre_hook, with_kwargs=True)
         base.register_forward_hook(_base_post_hook, with_kwargs=True)

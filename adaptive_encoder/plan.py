@@ -43,6 +43,10 @@ class Plan:
     # (S,) int64: `rows` as rows of the compact state (the real tokens in order, K rows), which
     # the encoder runs on instead of the (B*T) padded one; `rows` itself when all are real.
     state_rows: torch.Tensor | None = None
+    # Whether every sequence's position 0 is a real token (read on the host with the counts;
+    # None when traced). Poolers and classification heads read position 0, which is never
+    # computed when it is padding: the patched model refuses that case (patch.py).
+    first_real: bool | None = None
 
     def __post_init__(self):
         if self.state_rows is None:
@@ -159,10 +163,10 @@ def _traceable() -> bool:
 def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
     """What both routes share: the plan op's rows and offsets, the host-side numbers, cu_k.
 
-    Returns (rows, offsets, layer_counts, layer_max_q, (max_k, min_k, num_real, dmin, dmax),
-    cu_k): per layer the active rows and the longest active run of one sequence; then the
-    longest and shortest sequence, real tokens, min and max depth. Python ints eagerly,
-    unbacked sizes when traced."""
+    Returns (rows, offsets, layer_counts, layer_max_q, (max_k, min_k, num_real, dmin, dmax,
+    first), cu_k): per layer the active rows and the longest active run of one sequence; then
+    the longest and shortest sequence, real tokens, min and max depth, and how many sequences
+    start with a real token. Python ints eagerly, unbacked sizes when traced."""
     B, T = depths.shape
     if B == 0 or T == 0:
         raise ValueError(f"make_plan: empty batch (depths shape {tuple(depths.shape)})")
@@ -173,7 +177,7 @@ def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
     (min_k, max_k), (dmin, dmax) = torch.aminmax(lengths), torch.aminmax(depths)
     # One op per statistic at most (each is a launch on a GPU, where small batches are launch-bound).
     stats = torch.cat([counts.sum(1), counts.amax(1), max_k.view(1), min_k.view(1), lengths.sum().view(1),
-                       dmin.view(1), dmax.view(1)]).tolist()  # the one host sync of the forward (besides the plan op's own)
+                       dmin.view(1), dmax.view(1), mask[:, 0].sum().view(1)]).tolist()  # the one host sync of the forward (besides the plan op's own)
     L = num_layers
     cu_k = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     return rows, offsets, stats[:L], stats[L:2 * L], stats[2 * L:], cu_k
@@ -183,14 +187,15 @@ def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
 def _eager_plan(depths, mask, num_layers: int, backend) -> Plan:
     B, T = depths.shape
     rows, offsets, layer_counts, layer_max_q, rest, cu_k = _plan_and_stats(depths, mask, num_layers, backend)
-    max_k, min_k, num_real, dmin, dmax = rest
+    max_k, min_k, num_real, dmin, dmax, first = rest
     if dmin < 0 or dmax > num_layers:
         ops.check_depths(depths, mask, num_layers, op="depths")  # raises, naming where
     key_rows = _key_rows(mask, min_k, num_real)
     n_max = sum(1 for c in layer_counts if c > 0)
     return Plan(rows=rows, offsets=offsets, layer_counts=layer_counts, layer_max_q=layer_max_q,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=n_max,
-                num_layers=num_layers, batch=B, state_rows=None if key_rows is None else _state_rows(rows, mask))
+                num_layers=num_layers, batch=B, state_rows=None if key_rows is None else _state_rows(rows, mask),
+                first_real=first == B)
 
 
 def _key_rows(mask: torch.Tensor, min_k: int, num_real: int) -> torch.Tensor | None:
@@ -216,7 +221,8 @@ def _full_plan(mask, num_layers: int) -> Plan:
     L, dev = num_layers, mask.device
     lengths = mask.sum(1)
     min_k, max_k = torch.aminmax(lengths)
-    max_k, min_k, num_real = torch.cat([max_k.view(1), min_k.view(1), lengths.sum().view(1)]).tolist()  # one sync
+    max_k, min_k, num_real, first = torch.cat([max_k.view(1), min_k.view(1), lengths.sum().view(1),
+                                               mask[:, 0].sum().view(1)]).tolist()  # one sync
     key_rows = _key_rows(mask, min_k, num_real)
     cu_k = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     layer_starts = torch.arange(0, L * num_real, num_real, device=dev).unsqueeze(1)
@@ -224,7 +230,8 @@ def _full_plan(mask, num_layers: int) -> Plan:
     rows = (key_rows if key_rows is not None else torch.arange(B * T, device=dev)).repeat(L)
     return Plan(rows=rows, offsets=offsets, layer_counts=[num_real] * L, layer_max_q=[max_k] * L,
                 key_rows=key_rows, cu_k=cu_k, max_k=max_k, num_real=num_real, n_max=L,
-                num_layers=L, batch=B, state_rows=None if key_rows is None else torch.arange(num_real, device=dev).repeat(L))
+                num_layers=L, batch=B, state_rows=None if key_rows is None else torch.arange(num_real, device=dev).repeat(L),
+                first_real=first == B)
 
 
 def _state_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -237,7 +244,7 @@ def _traced_plan(depths, mask, num_layers: int, backend) -> Plan:
     """The same plan inside a graph: every count an unbacked size, no branch on the data.
     Bad depths or an all-padding sequence fail the graph's runtime asserts (RuntimeError)."""
     rows, offsets, layer_counts, layer_max_q, rest, cu_k = _plan_and_stats(depths, mask, num_layers, backend)
-    max_k, min_k, num_real, dmin, dmax = rest
+    max_k, min_k, num_real, dmin, dmax, _ = rest
     # The real tokens' rows: the plan op with one layer and depth 1 on every real token.
     key_rows, _ = ops.plan(mask.long(), mask, 1, backend=backend, check=False)
     for size in layer_counts + layer_max_q + [max_k, num_real]:

@@ -112,6 +112,52 @@ def test_unsupported_models_are_refused_before_any_change(name, make):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def _left_padded(B=3, T=10):
+    ids, mask, depths = _inputs(B, T)
+    return ids, mask.flip(1), depths  # the same lengths, padding first
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_left_padding_is_refused_only_where_position_0_is_read(family):
+    """Padding is never computed, so its state is not transformers'. Poolers and sequence
+    classification heads read position 0: with a sequence starting with padding they would
+    silently differ, so the call is refused; a model that reads no such state stays exact."""
+    torch.manual_seed(0)
+    base = FAMILY_MODELS[family]().eval()
+    head_cls = getattr(tf, type(base).__name__.replace("Model", "ForSequenceClassification"))
+    head = head_cls(base.config).eval()
+    ids, left, _ = _left_padded()
+    right = left.flip(1)
+    has_pooler = getattr(base, "pooler", None) is not None
+    plain_base, plain_head = copy.deepcopy(base), copy.deepcopy(head)
+    apply_adaptive_encoder(base)
+    apply_adaptive_encoder(head)
+    with torch.no_grad():
+        if has_pooler:
+            with pytest.raises(ValueError, match=r"sequence 1 starts with padding .* pooler reads position 0"):
+                base(input_ids=ids, attention_mask=left)
+        else:  # exact on the real tokens, left padding or not
+            _close_on_real(base(input_ids=ids, attention_mask=left).last_hidden_state,
+                           plain_base(input_ids=ids, attention_mask=left).last_hidden_state, left)
+        with pytest.raises(ValueError, match="sequence 1 starts with padding"):
+            head(input_ids=ids, attention_mask=left)
+        # Right padding: the head's logits are transformers' own (no false refusal).
+        torch.testing.assert_close(head(input_ids=ids, attention_mask=right).logits,
+                                   plain_head(input_ids=ids, attention_mask=right).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_token_classification_accepts_left_padding():
+    torch.manual_seed(0)
+    model = tf.BertForTokenClassification(tf.BertConfig(**{**SMALL, "num_labels": 3})).eval()  # no pooler
+    plain = copy.deepcopy(model)
+    apply_adaptive_encoder(model)
+    ids, left, depths = _left_padded()
+    with torch.no_grad():
+        _close_on_real(model(input_ids=ids, attention_mask=left).logits,
+                       plain(input_ids=ids, attention_mask=left).logits, left)
+        model(input_ids=ids, attention_mask=left, depths=depths * left)
+
+
 def _patched_bert(seed=0, **cfg):
     torch.manual_seed(seed)
     model = tf.BertForSequenceClassification(tf.BertConfig(**{**SMALL, "num_labels": 3, **cfg})).eval()

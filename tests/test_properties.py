@@ -69,6 +69,7 @@ def test_plan_state_rows_index_the_compact_state(device, backend, inp):
     K = int(mask.sum())
     key_rows = torch.arange(K, device=device) if plan.key_rows is None else plan.key_rows
     assert plan.key_rows is not None or plan.state_rows is plan.rows
+    assert plan.first_real is bool(mask[:, 0].all())  # what the patched model's position-0 check reads
     for n in range(plan.n_max):
         lp = plan.layer(n)
         assert ((lp.state_rows >= 0) & (lp.state_rows < K)).all() and (lp.state_rows.diff() > 0).all()
@@ -91,8 +92,9 @@ def test_full_depth_plan_from_the_mask_equals_the_plan_op(device, backend, inp):
     for name in ("rows", "offsets", "cu_k", "key_rows", "state_rows", "cu_q_table"):
         a, b = getattr(fast, name), getattr(general, name)
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
-    for name in ("layer_counts", "layer_max_q", "max_k", "num_real", "n_max", "num_layers", "batch"):
+    for name in ("layer_counts", "layer_max_q", "max_k", "num_real", "n_max", "num_layers", "batch", "first_real"):
         assert getattr(fast, name) == getattr(general, name), name
+    assert fast.first_real is bool(mask[:, 0].all())
     assert (fast.state_rows is fast.rows) == (general.state_rows is general.rows)
 
 
