@@ -145,6 +145,7 @@ class AdaptiveEncoder(nn.Module):
                  cuda_graphs: bool | str = False):
         super().__init__()
         graphs.check_mode(cuda_graphs)
+        ops.check_backend_name(backend)
         family = check_supported(config, layers)
         self.layer = layers
         # Encoder-level modules the layers use (MPNet's relative_attention_bias), same names.

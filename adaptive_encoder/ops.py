@@ -84,6 +84,13 @@ def _unavailable_reason(name: str, device_type: str) -> str | None:
     return None
 
 
+def check_backend_name(backend: str | None) -> str | None:
+    """`backend` if it is None or a known name (where it can run is asked per call); else ValueError."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """Name of the backend to use for tensors on `device`; raises if it cannot run there."""
     device_type = torch.device(device).type
@@ -91,8 +98,7 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     if name is None:
         order = ("cuda", "triton", "torch") if device_type == "cuda" else ("cpu", "torch")
         return next(n for n in order if _unavailable_reason(n, device_type) is None)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    check_backend_name(name)
     reason = _unavailable_reason(name, device_type)
     if reason is not None:
         raise RuntimeError(f"backend {name!r} is not available: {reason}")

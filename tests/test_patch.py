@@ -146,6 +146,25 @@ def test_left_padding_is_refused_only_where_position_0_is_read(family):
                                    plain_head(input_ids=ids, attention_mask=right).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_backend_name_is_checked_when_built_not_at_the_first_call():
+    from adaptive_encoder import AdaptiveEncoder
+    from adaptive_encoder.patch import is_patched
+
+    torch.manual_seed(0)
+    model = FAMILY_MODELS["bert"]().eval()
+    for bad in ("reference", "CUDA", ""):
+        with pytest.raises(ValueError, match=f"unknown backend {bad!r}"):
+            AdaptiveEncoder.from_model(model, backend=bad)
+        with pytest.raises(ValueError, match="unknown backend"):
+            apply_adaptive_encoder(model, backend=bad)
+        assert not is_patched(model)
+    enc = AdaptiveEncoder.from_model(model, backend="torch")
+    ids, mask, depths = _inputs()
+    x = _encoder_input(model, ids, mask)
+    with pytest.raises(ValueError, match="unknown backend 'reference'"):
+        enc(x, depths, mask, backend="reference")
+
+
 def test_token_classification_accepts_left_padding():
     torch.manual_seed(0)
     model = tf.BertForTokenClassification(tf.BertConfig(**{**SMALL, "num_labels": 3})).eval()  # no pooler
