@@ -58,6 +58,17 @@ class AdaptiveClassifier(nn.Module):
         if halting:  # layers 2..N, driven by the halting unit's depths (minus one)
             self.upper = AdaptiveEncoder.from_model(bert, first_layer=1, cuda_graphs="auto")
 
+    def embed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,T) ids, (B,T) mask -> (B,T,D) embeddings, the same for a text whatever its padding.
+        BERT-style embeddings number positions 0..T-1 over padding too, so left padding would
+        shift a text's positions: they are counted over its real tokens instead (right padding
+        gives the usual 0..len-1). RoBERTa/MPNet-style embeddings (a padding_idx) already
+        count them from the ids."""
+        if hasattr(self.bert.embeddings, "padding_idx"):
+            return self.bert.embeddings(input_ids=input_ids)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return self.bert.embeddings(input_ids=input_ids, position_ids=positions)
+
     def classify(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pool(states, mask)))
 
@@ -67,7 +78,7 @@ class AdaptiveClassifier(nn.Module):
         if anytime:
             return self.layer_logits(input_ids, attention_mask)
         mask = attention_mask != 0
-        x = self.bert.embeddings(input_ids=input_ids)
+        x = self.embed(input_ids, mask)
         if self.halting is not None and depths is None:
             depths, states, computed = self._halting_forward(x, mask)
         else:
@@ -99,7 +110,7 @@ class AdaptiveClassifier(nn.Module):
     def layer_logits(self, input_ids, attention_mask) -> torch.Tensor:
         """(N, B, C) classifier logits read at every layer of a full-depth pass (the shared head)."""
         mask = attention_mask != 0
-        states = self.encoder.all_layer_states(self.bert.embeddings(input_ids=input_ids), mask)
+        states = self.encoder.all_layer_states(self.embed(input_ids, mask), mask)
         return torch.stack([self.classify(h, mask) for h in states])
 
 

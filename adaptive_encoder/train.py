@@ -175,7 +175,7 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
             with torch.no_grad():
                 target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N
                 m = mask != 0
-                h1 = model.encoder(model.bert.embeddings(input_ids=ids), m.long(), m).last_hidden_state
+                h1 = model.encoder(model.embed(ids, m), m.long(), m).last_hidden_state
             logits = unit(h1)[m]  # the unit's logits over depths 1..N
             tok_target = (target.unsqueeze(1).expand_as(mask)[m]) - 1
             loss, logged = _global_mean(F.cross_entropy(logits, tok_target, reduction="sum"), int(m.sum()))

@@ -62,6 +62,40 @@ def test_pooling_ignores_padding():
     torch.testing.assert_close(a[0], expect0)
 
 
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_left_and_right_padding_give_the_same_logits(family):
+    """A text's logits do not depend on its padding side (a transformers pipeline pads on the
+    tokenizer's side): BERT-style positions are counted over real tokens, and right padding
+    keeps the embeddings transformers makes (positions 0..len-1)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "bert":
+        bert = tf.BertModel(small_bert_config(layers=3))
+    else:
+        bert = tf.MPNetModel(tf.MPNetConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                            intermediate_size=48, vocab_size=120, max_position_embeddings=64))
+    model = AdaptiveClassifier(bert, num_labels=3, halting=True).eval()
+    pad = bert.config.pad_token_id
+    ids = torch.randint(5, 120, (3, 9))
+    right = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 3 + [0] * 6])
+    ids_r = torch.where(right.bool(), ids, pad)
+    depths_r = torch.randint(1, 4, (3, 9)) * right
+    # The same texts padded on the left: each row's real tokens moved to its end.
+    ids_l, left, depths_l = (torch.stack([t.roll(int((1 - m).sum())) for t, m in zip(x, right)])
+                             for x in (ids_r, right, depths_r))
+    with torch.no_grad():
+        for depths in ((depths_r, depths_l), (None, None)):
+            a = model(ids_r, right, depths[0])
+            b = model(ids_l, left, depths[1])
+            torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.layer_logits(ids_r, right), model.layer_logits(ids_l, left),
+                                   rtol=1e-5, atol=1e-5)
+        # Right padding: the embeddings transformers makes, on the real tokens.
+        m = right.bool()
+        torch.testing.assert_close(model.embed(ids_r, right)[m], bert.embeddings(input_ids=ids_r)[m])
+
+
 def test_halting_pseudo_labels_hand_case():
     # 3 layers, 4 examples, label 0 everywhere; logits favour class (0 correct / 1 wrong).
     right, wrong = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
