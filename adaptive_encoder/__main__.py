@@ -468,6 +468,9 @@ def main(argv=None) -> int:
     distributed.init_from_env()  # under torchrun: one process group for the command
     try:
         return args.func(args)
+    except (distributed.InputError, FileNotFoundError) as e:
+        # A path or input the user gave: the message says what to do, a traceback adds nothing.
+        raise SystemExit(f"error: {e}") from None
     finally:
         distributed.shutdown()
 

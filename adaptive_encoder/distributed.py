@@ -49,18 +49,22 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+class InputError(RuntimeError):
+    """A bad input seen by one or more ranks (all_ok): the CLI prints it without a traceback."""
+
+
 def all_ok(error: str | None) -> None:
     """Collective: raise on every rank if any rank reports an error (its message, with its rank),
     so a bad input seen by one rank never leaves the others waiting in a later collective."""
     if not active():
         if error:
-            raise RuntimeError(error)
+            raise InputError(error)
         return
     errors = [None] * world_size()
     dist.all_gather_object(errors, error)
     bad = [(r, e) for r, e in enumerate(errors) if e]
     if bad:
-        raise RuntimeError("; ".join(f"rank {r}: {e}" for r, e in bad))
+        raise InputError("; ".join(f"rank {r}: {e}" for r, e in bad))
 
 
 def comm_device() -> torch.device:

@@ -76,7 +76,7 @@ def test_demo_checks_heads_and_runs_small(capsys):
 
 @needs_minilm
 def test_missing_depth_folder_is_an_error_not_a_long_job(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/nowhere/trec/depths_reconstruction.pt"):
+    with pytest.raises(SystemExit, match=f"^error: no reconstruction depths at {tmp_path}/nowhere/trec/depths_reconstruction.pt"):
         main(["train", "--depth", "reconstruction", "--depths", str(tmp_path / "nowhere"), "--limit", "5",
               "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--layers must be in 1..6"):

@@ -111,6 +111,7 @@ def test_bad_inputs_end_every_rank_with_a_clear_message(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(f),
                                "--out", str(tmp_path / "p.jsonl")], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode != 0 and msg in proc.stderr and str(f) in proc.stderr
+        assert "error: " in proc.stderr and "Traceback" not in proc.stderr  # a message, not a crash
 
 
 def test_a_rank_that_dies_ends_every_rank_in_bounded_time(tmp_path):
