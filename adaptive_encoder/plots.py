@@ -11,7 +11,7 @@ def _grouped_bars(ax, x, series: dict) -> None:
     width = 0.8 / max(len(series), 1)
     for i, (name, heights) in enumerate(series.items()):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # outside: bars reach the top
 
 
 def _finish(fig, path: str) -> None:
