@@ -84,11 +84,10 @@ def _unavailable_reason(name: str, device_type: str) -> str | None:
     return None
 
 
-def check_backend_name(backend: str | None) -> str | None:
-    """`backend` if it is None or a known name (where it can run is asked per call); else ValueError."""
+def check_backend_name(backend: str | None) -> None:
+    """ValueError unless `backend` is None or a known name (where it can run is asked per call)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    return backend
 
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:

@@ -176,8 +176,9 @@ def _plan_and_stats(depths, mask, num_layers: int, backend) -> tuple:
     lengths = mask.sum(1)
     (min_k, max_k), (dmin, dmax) = torch.aminmax(lengths), torch.aminmax(depths)
     # One op per statistic at most (each is a launch on a GPU, where small batches are launch-bound).
+    # The one host sync of the forward (besides the plan op's own):
     stats = torch.cat([counts.sum(1), counts.amax(1), max_k.view(1), min_k.view(1), lengths.sum().view(1),
-                       dmin.view(1), dmax.view(1), mask[:, 0].sum().view(1)]).tolist()  # the one host sync of the forward (besides the plan op's own)
+                       dmin.view(1), dmax.view(1), mask[:, 0].sum().view(1)]).tolist()
     L = num_layers
     cu_k = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
     return rows, offsets, stats[:L], stats[L:2 * L], stats[2 * L:], cu_k

@@ -240,7 +240,6 @@ class TokenDepthLookup(torch.nn.Module):
         super().__init__()
         self.register_buffer("table", table.long())
         self.num_layers = num_layers
-        self._copies: dict = {}  # device -> (source table, its version, the copy there)
 
     @classmethod
     def from_estimator(cls, est: MIDepthEstimator, tokenizer) -> "TokenDepthLookup":
@@ -273,7 +272,9 @@ class TokenDepthLookup(torch.nn.Module):
         table = self.table
         if table.device == device:
             return table
-        copies = self.__dict__.setdefault("_copies", {})  # absent in lookups pickled before it
+        # device -> (source table, its version, the copy there); made at the first copy, so
+        # lookups pickled before it have it too
+        copies = self.__dict__.setdefault("_copies", {})
         kept = copies.get(device)
         if kept is None or kept[0] is not table or kept[1] != table._version:
             kept = (table, table._version, table.to(device))
@@ -292,6 +293,6 @@ class TokenDepthLookup(torch.nn.Module):
         special = d == SEQ_MAX
         word_max = torch.where(special | ~real, torch.zeros_like(d), d).amax(1, keepdim=True)
         # A text with no words (only [CLS] [SEP]) gets N, as `sequence_depths` gives it.
-        word_max = torch.where(word_max == 0, torch.full_like(word_max, self.num_layers), word_max)
+        word_max = word_max.masked_fill(word_max == 0, self.num_layers)
         d = torch.where(special, word_max.expand_as(d), d)
         return torch.where(real, d, torch.zeros_like(d))
