@@ -4,6 +4,7 @@ Writes results incrementally (a long run that stops keeps what it finished):
     <out>/accuracy.json  list of {"dataset", "variant", "seed", "accuracy", "avg_depth",
                          "token_layer_fraction", "train_seconds", ...}
     <out>/accuracy.md    mean +- std per dataset and variant beside the paper's numbers
+    <out>/accuracy.png   each (dataset, model, N): accuracy against the token-layers computed
 The layer sweep (paper's Figure 3a) writes <out>/accuracy_vs_layers.{json,md} and a PNG: the same
 records for N = 1..6 (the bottom N layers of the pretrained model).
 """
@@ -156,7 +157,11 @@ def _without_notes(command: str) -> str:
     return command if out == words else " ".join(shlex.quote(w) for w in out)
 
 
+FIGURE = "accuracy.png"  # beside accuracy.md: each (dataset, model, N) as accuracy against token-layers
+
+
 def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
+    """accuracy.md (mean +- std per dataset, model, N and variant) and FIGURE beside it."""
     raw = list(dict.fromkeys([r["command"] for r in records if r.get("command")] + [command]))
     commands = list(dict.fromkeys(_without_notes(c) for c in raw))
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
@@ -170,6 +175,11 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> N
              "(speed is measured in bench/).", ""]
     if notes:
         lines += [notes, ""]
+    from . import plots  # matplotlib: imported when a table is written, not with the package
+
+    figure = os.path.join(os.path.dirname(path), FIGURE)
+    plots.accuracy_tradeoff_figure([dict(r, model=_model_of(r), layers=r.get("layers", 6)) for r in records], figure)
+    lines += [f"![accuracy against the share of token-layers computed]({FIGURE})", ""]
     lines += ["| dataset | model | N | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     groups = sorted({(r["dataset"], _model_of(r), r.get("layers", 6)) for r in records},

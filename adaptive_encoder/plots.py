@@ -81,3 +81,49 @@ def accuracy_vs_layers_figure(records: list, path: str, title: str = "") -> None
     if title:
         fig.suptitle(title)
     _finish(fig, path)
+
+
+def accuracy_tradeoff_figure(records: list, path: str, variants=("fixed", "halting", "mi", "reconstruction"),
+                             title: str = "") -> dict:
+    """Accuracy against compute: one panel per (dataset, model, N), one point per variant at
+    (share of token-layers computed %, mean test accuracy %), error bar = std over seeds.
+
+    records: dicts with "dataset", "model", "layers", "variant", "accuracy" (0..1) and
+    "token_layer_fraction" (accuracy.json's records). Returns what is drawn:
+    {(dataset, model, N): {variant: (token-layers %, accuracy %, std, seeds)}}."""
+    groups = sorted({(r["dataset"], r["model"], r["layers"]) for r in records}, key=lambda g: (g[0], g[2], g[1]))
+    drawn = {}
+    for g in groups:
+        drawn[g] = {}
+        for v in variants:
+            rs = [r for r in records if (r["dataset"], r["model"], r["layers"], r["variant"]) == (*g, v)]
+            if rs:
+                acc = [100 * r["accuracy"] for r in rs]
+                drawn[g][v] = (100 * float(np.mean([r["token_layer_fraction"] for r in rs])), float(np.mean(acc)),
+                               float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0, len(rs))
+    cols = min(3, max(len(groups), 1))
+    rows = -(-len(groups) // cols) if groups else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.6), squeeze=False)
+    most = max((n for d in drawn.values() for (_, _, _, n) in d.values()), default=0)
+    handles = {}
+    for ax, g in zip(axes.flat, groups):
+        for v, (x, y, sd, n) in drawn[g].items():
+            handles[v] = ax.errorbar([x], [y], yerr=[sd], marker="o", capsize=3, color=f"C{variants.index(v)}")
+            if n < most:  # fewer seeds than the rest of the figure: say so beside the point
+                ax.annotate(f"{n} seed{'s' if n > 1 else ''}", (x, y), xytext=(5, -3), textcoords="offset points",
+                            fontsize=7)
+        ax.set_title(f"{g[0]}, {g[1]}, N = {g[2]}", fontsize=10)
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("token-layers computed %")
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    # One legend for every panel, below them (inside a panel it covered points).
+    shown = [v for v in variants if v in handles]
+    fig.legend([handles[v] for v in shown], shown, loc="lower center", ncol=max(len(shown), 1), frameon=False)
+    fig.suptitle(title or f"Accuracy against compute (mean and std over {most} seeds)")
+    fig.tight_layout(rect=(0, 0.6 / (3.4 * rows + 0.6), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
