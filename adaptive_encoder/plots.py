@@ -122,7 +122,7 @@ def accuracy_tradeoff_figure(records: list, path: str, variants=("fixed", "halti
     # One legend for every panel, below them (inside a panel it covered points).
     shown = [v for v in variants if v in handles]
     fig.legend([handles[v] for v in shown], shown, loc="lower center", ncol=max(len(shown), 1), frameon=False)
-    fig.suptitle(title or f"Accuracy against compute (mean and std over {most} seeds)")
+    fig.suptitle(title or f"Accuracy against compute (mean and std over {most} seeds unless marked)")
     fig.tight_layout(rect=(0, 0.6 / (3.4 * rows + 0.6), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
