@@ -160,8 +160,10 @@ def _without_notes(command: str) -> str:
 FIGURE = "accuracy.png"  # beside accuracy.md: each (dataset, model, N) as accuracy against token-layers
 
 
-def write_markdown(records: list, path: str, command: str, notes: str = "") -> None:
-    """accuracy.md (mean +- std per dataset, model, N and variant) and FIGURE beside it."""
+def write_markdown(records: list, path: str, command: str, notes: str = "") -> dict:
+    """accuracy.md (mean +- std per dataset, model, N and variant) and FIGURE beside it.
+    Returns the figure's points: {(dataset, model, N): {variant: (token-layers %, accuracy %,
+    std, seeds)}}, the table's own numbers."""
     raw = list(dict.fromkeys([r["command"] for r in records if r.get("command")] + [command]))
     commands = list(dict.fromkeys(_without_notes(c) for c in raw))
     lines = ["# Accuracy: depth-adaptive BERT on real datasets", "",
@@ -175,29 +177,31 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> N
              "(speed is measured in bench/).", ""]
     if notes:
         lines += [notes, ""]
-    from . import plots  # matplotlib: imported when a table is written, not with the package
-
-    figure = os.path.join(os.path.dirname(path), FIGURE)
-    plots.accuracy_tradeoff_figure([dict(r, model=_model_of(r), layers=r.get("layers", 6)) for r in records], figure)
     lines += [f"![accuracy against the share of token-layers computed]({FIGURE})", ""]
     lines += ["| dataset | model | N | variant | seeds | accuracy % | avg depth | token-layers | train s | paper % |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     groups = sorted({(r["dataset"], _model_of(r), r.get("layers", 6)) for r in records},
                     key=lambda g: (g[0], g[2], g[1]))
+    points = {}
     for ds, model, n in groups:
         for v in VARIANTS:
             rs = [r for r in records if (r["dataset"], _model_of(r), r.get("layers", 6), r["variant"]) == (ds, model, n, v)]
             if not rs:
                 continue
             mean, sd = _mean_std([100 * r["accuracy"] for r in rs])
+            frac = statistics.mean(r["token_layer_fraction"] for r in rs)
+            points.setdefault((ds, model, n), {})[v] = (100 * frac, mean, sd, len(rs))
             paper = PAPER.get(ds, {}).get(v)
             lines.append(f"| {ds} | {model} | {n} | {v} | {len(rs)} | {mean:.2f} ± {sd:.2f} | "
-                         f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | "
-                         f"{statistics.mean(r['token_layer_fraction'] for r in rs):.1%} | "
+                         f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | {frac:.1%} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
                          f"{'' if paper is None else f'{paper:.2f}'} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    from . import plots  # matplotlib: imported when a table is written, not with the package
+
+    plots.accuracy_tradeoff_figure(points, os.path.join(os.path.dirname(path), FIGURE), VARIANTS)
+    return points
 
 
 def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out_dir: str, command: str,

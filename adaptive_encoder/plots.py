@@ -14,8 +14,8 @@ def _grouped_bars(ax, x, series: dict) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # outside: bars reach the top
 
 
-def _finish(fig, path: str) -> None:
-    fig.tight_layout()
+def _finish(fig, path: str, rect=(0, 0, 1, 1)) -> None:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -83,31 +83,21 @@ def accuracy_vs_layers_figure(records: list, path: str, title: str = "") -> None
     _finish(fig, path)
 
 
-def accuracy_tradeoff_figure(records: list, path: str, variants=("fixed", "halting", "mi", "reconstruction"),
-                             title: str = "") -> dict:
+def accuracy_tradeoff_figure(points: dict, path: str, variants: tuple, title: str = "") -> None:
     """Accuracy against compute: one panel per (dataset, model, N), one point per variant at
     (share of token-layers computed %, mean test accuracy %), error bar = std over seeds.
 
-    records: dicts with "dataset", "model", "layers", "variant", "accuracy" (0..1) and
-    "token_layer_fraction" (accuracy.json's records). Returns what is drawn:
-    {(dataset, model, N): {variant: (token-layers %, accuracy %, std, seeds)}}."""
-    groups = sorted({(r["dataset"], r["model"], r["layers"]) for r in records}, key=lambda g: (g[0], g[2], g[1]))
-    drawn = {}
-    for g in groups:
-        drawn[g] = {}
-        for v in variants:
-            rs = [r for r in records if (r["dataset"], r["model"], r["layers"], r["variant"]) == (*g, v)]
-            if rs:
-                acc = [100 * r["accuracy"] for r in rs]
-                drawn[g][v] = (100 * float(np.mean([r["token_layer_fraction"] for r in rs])), float(np.mean(acc)),
-                               float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0, len(rs))
+    points: {(dataset, model, N): {variant: (token-layers %, accuracy %, std, seeds)}}
+    (experiment.write_markdown's table numbers); variants: every variant name, for colours and
+    the legend's order."""
+    groups = list(points)
     cols = min(3, max(len(groups), 1))
     rows = -(-len(groups) // cols) if groups else 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.6), squeeze=False)
-    most = max((n for d in drawn.values() for (_, _, _, n) in d.values()), default=0)
+    most = max((n for d in points.values() for (_, _, _, n) in d.values()), default=0)
     handles = {}
     for ax, g in zip(axes.flat, groups):
-        for v, (x, y, sd, n) in drawn[g].items():
+        for v, (x, y, sd, n) in points[g].items():
             handles[v] = ax.errorbar([x], [y], yerr=[sd], marker="o", capsize=3, color=f"C{variants.index(v)}")
             if n < most:  # fewer seeds than the rest of the figure: say so beside the point
                 ax.annotate(f"{n} seed{'s' if n > 1 else ''}", (x, y), xytext=(5, -3), textcoords="offset points",
@@ -123,7 +113,4 @@ def accuracy_tradeoff_figure(records: list, path: str, variants=("fixed", "halti
     shown = [v for v in variants if v in handles]
     fig.legend([handles[v] for v in shown], shown, loc="lower center", ncol=max(len(shown), 1), frameon=False)
     fig.suptitle(title or f"Accuracy against compute (mean and std over {most} seeds unless marked)")
-    fig.tight_layout(rect=(0, 0.6 / (3.4 * rows + 0.6), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
+    _finish(fig, path, rect=(0, 0.6 / (3.4 * rows + 0.6), 1, 1))

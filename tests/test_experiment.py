@@ -52,12 +52,11 @@ def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
 
 
 def test_accuracy_figure_draws_each_group_mean_and_std(tmp_path):
-    from adaptive_encoder import plots
-
     recs = [dict(r, model="all-MiniLM-L6-v2") for r in _records()]
     recs.append({**recs[0], "variant": "halting", "token_layer_fraction": 0.7})  # one seed only
-    drawn = plots.accuracy_tradeoff_figure(recs, str(tmp_path / "acc.png"))
-    assert (tmp_path / "acc.png").stat().st_size > 0
+    drawn = write_markdown(recs, str(tmp_path / "accuracy.md"), "cmd")
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert "![accuracy against the share of token-layers computed](accuracy.png)" in (tmp_path / "accuracy.md").read_text()
     assert list(drawn) == [("trec", "all-MiniLM-L6-v2", 2), ("trec", "all-MiniLM-L6-v2", 6)]
     six = drawn[("trec", "all-MiniLM-L6-v2", 6)]
     assert list(six) == ["fixed", "mi"]  # the halting record has N = 2
@@ -65,10 +64,11 @@ def test_accuracy_figure_draws_each_group_mean_and_std(tmp_path):
         x, y, sd, n = six[v]
         assert (x, n) == (frac, 2) and y == pytest.approx(97.0) and sd == pytest.approx(1.41421, abs=1e-4)
     assert drawn[("trec", "all-MiniLM-L6-v2", 2)]["halting"] == pytest.approx((70.0, 92.0, 0.0, 1))
-    # accuracy.md shows the figure written beside it (old records without a model or N count as MiniLM, 6).
-    write_markdown([{k: v for k, v in r.items() if k not in ("model", "layers")} for r in recs if r["layers"] == 6],
-                   str(tmp_path / "accuracy.md"), "cmd")
-    assert "![accuracy against the share of token-layers computed](accuracy.png)" in (tmp_path / "accuracy.md").read_text()
+    # Old records without a model or N count as MiniLM, N = 6: the same points.
+    (tmp_path / "accuracy.png").unlink()
+    old = write_markdown([{k: v for k, v in r.items() if k not in ("model", "layers")} for r in recs if r["layers"] == 6],
+                         str(tmp_path / "accuracy.md"), "cmd")
+    assert old == {("trec", "all-MiniLM-L6-v2", 6): six}
     assert (tmp_path / "accuracy.png").stat().st_size > 0
 
 
