@@ -39,3 +39,79 @@ def test_mpnet_joins_once_and_loads(tmp_path):
     stamp = (tmp_path / pretrained.MPNET / "model.safetensors").stat().st_mtime_ns
     assert pretrained.mpnet_model_path(tmp_path) == folder  # the second call joins nothing
     assert (tmp_path / pretrained.MPNET / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+class _FakePiece:
+    """A RECORD entry of a fake piece package: a name and a recorded size."""
+
+    def __init__(self, path, size):
+        self.name, self.size, self.path = path.name, size, path
+
+
+class _FakeDist:
+    def __init__(self, entry):
+        self.files = [entry]
+
+    def locate_file(self, entry):
+        return entry.path
+
+
+def _fake_packages(monkeypatch, tmp_path, payload: dict, recorded_sizes=None) -> list:
+    """Five installed 'packages', each holding one piece of a zip of `payload` (name -> bytes),
+    as the real ones do; returns the piece paths. recorded_sizes: RECORD sizes (default: true)."""
+    import io
+    import zipfile
+    from importlib import metadata
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in payload.items():
+            z.writestr(f"{pretrained.MPNET}/{name}", data)
+    blob = buf.getvalue()
+    cut = [len(blob) * k // 5 for k in range(6)]
+    dists, paths = {}, []
+    for k, name in enumerate(pretrained.MPNET_PACKAGES, 1):
+        path = tmp_path / "site" / f"part_00{k}" / f"{pretrained.MPNET}.zip.00{k}"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(blob[cut[k - 1]:cut[k]])
+        size = path.stat().st_size if recorded_sizes is None else recorded_sizes[k - 1]
+        dists[name] = _FakeDist(_FakePiece(path, size))
+        paths.append(path)
+
+    def distribution(name):
+        if name not in dists:
+            raise metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    return paths
+
+
+def test_mpnet_pieces_join_into_one_folder_once(monkeypatch, tmp_path):
+    """The joining logic on five small pieces (runs everywhere; the real packages are 400 MB)."""
+    payload = {"config.json": b'{"model_type": "mpnet"}', "model.safetensors": bytes(range(256)) * 40}
+    _fake_packages(monkeypatch, tmp_path, payload)
+    cache = tmp_path / "cache"
+    folder = pretrained.mpnet_model_path(cache)
+    assert folder == str(cache / pretrained.MPNET)
+    for name, data in payload.items():
+        assert (cache / pretrained.MPNET / name).read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == [pretrained.MPNET]  # no temporary left
+    stamp = (cache / pretrained.MPNET / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(pretrained, "_mpnet_pieces", lambda: pytest.fail("joined a second time"))
+    assert pretrained.mpnet_model_path(cache) == folder
+    assert (cache / pretrained.MPNET / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_mpnet_piece_of_wrong_size_is_refused(monkeypatch, tmp_path):
+    paths = _fake_packages(monkeypatch, tmp_path, {"config.json": b"{}"}, recorded_sizes=[10 ** 6] * 5)
+    with pytest.raises(OSError, match=f"{paths[0]} is missing or has the wrong size.*reinstall"):
+        pretrained.mpnet_model_path(tmp_path / "cache")
+    assert not (tmp_path / "cache" / pretrained.MPNET).exists()
+
+
+def test_mpnet_zip_without_config_leaves_nothing(monkeypatch, tmp_path):
+    _fake_packages(monkeypatch, tmp_path, {"weights.bin": b"x" * 100})
+    with pytest.raises(OSError, match="has no config.json"):
+        pretrained.mpnet_model_path(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # the temporary folder is gone too
