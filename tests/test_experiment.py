@@ -17,12 +17,14 @@ def _records():
 
 def test_sweep_markdown_rows_per_layer_count(tmp_path):
     path = tmp_path / "sweep.md"
-    write_sweep_markdown(_records(), str(path), "python -m adaptive_encoder sweep-layers")
+    one_seed = {**_records()[0], "layers": 4, "accuracy": 0.95}
+    write_sweep_markdown(_records() + [one_seed], str(path), "python -m adaptive_encoder sweep-layers")
     text = path.read_text()
     assert "Commands: `python -m adaptive_encoder sweep-layers`" in text
     assert "## trec, all-MiniLM-L6-v2" in text and "(accuracy_vs_layers_trec.png)" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 2 ") or line.startswith("| 6 ")]
+    rows = [line for line in text.splitlines() if line[:4] in ("| 2 ", "| 4 ", "| 6 ")]
     assert rows == ["| 2 | 93.00 ± 1.41 / 100% (2) | 93.00 ± 1.41 / 50% (2) |",
+                    "| 4 | 95.00 / 100% (1) |  |",  # one seed: no spread to show
                     "| 6 | 97.00 ± 1.41 / 100% (2) | 97.00 ± 1.41 / 50% (2) |"]
     assert "| N | fixed | mi |" in text
 
@@ -58,6 +60,9 @@ def test_accuracy_figure_draws_each_group_mean_and_std(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert "![accuracy against the share of token-layers computed](accuracy.png)" in (tmp_path / "accuracy.md").read_text()
     assert list(drawn) == [("trec", "all-MiniLM-L6-v2", 2), ("trec", "all-MiniLM-L6-v2", 6)]
+    # One seed has no spread: the table gives its accuracy alone, not "± 0.00".
+    one = [l for l in (tmp_path / "accuracy.md").read_text().splitlines() if "| halting |" in l]
+    assert len(one) == 1 and "| halting | 1 | 92.00 | " in one[0] and "±" not in one[0], one
     six = drawn[("trec", "all-MiniLM-L6-v2", 6)]
     assert list(six) == ["fixed", "mi"]  # the halting record has N = 2
     for v, frac in (("fixed", 100.0), ("mi", 50.0)):
