@@ -251,9 +251,26 @@ def sweep_figure_name(dataset: str, model: str) -> str:
     return f"accuracy_vs_layers_{dataset}.png" if model == MINILM else f"accuracy_vs_layers_{dataset}_{model}.png"
 
 
-def write_sweep_markdown(records: list, path: str, command: str) -> None:
+def _sweep_cells(group: list) -> dict:
+    """{variant: {N: (accuracy %, std, token-layers %, seeds)}} of one (dataset, model) sweep:
+    the numbers its table prints and its figure draws."""
+    cells = {}
+    for v in [v for v in VARIANTS if any(r["variant"] == v for r in group)]:
+        for n in sorted({r["layers"] for r in group if r["variant"] == v}):
+            rs = [r for r in group if r["layers"] == n and r["variant"] == v]
+            m, sd = _mean_std([100 * r["accuracy"] for r in rs])
+            cells.setdefault(v, {})[n] = (m, sd, 100 * statistics.mean(r["token_layer_fraction"] for r in rs), len(rs))
+    return cells
+
+
+def _sweep_cell(acc: float, sd: float, frac: float, seeds: int) -> str:
+    return f"{_mean_pm(acc, sd, seeds)} / {frac:.0f}% ({seeds})"
+
+
+def write_sweep_markdown(records: list, path: str, command: str) -> dict:
     """Accuracy (mean ± std over seeds) with token-layer fraction, one row per N, one column per
-    variant; one table and figure per (dataset, model): runs of different models never mix."""
+    variant; one table and figure per (dataset, model): runs of different models never mix.
+    Returns {(dataset, model): _sweep_cells(...)}, the tables' own numbers, for the figures."""
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in records)]
     # The sweeps' own commands (a reused run's command is the accuracy table's, listed there).
     commands = list(dict.fromkeys([r["command"] for r in records if r.get("command") and not r.get("reused_from")]
@@ -272,24 +289,19 @@ def write_sweep_markdown(records: list, path: str, command: str) -> None:
     if reused:
         lines += ["Runs of N = " + ", ".join(str(n) for n, _ in reused) + " are the identical runs of "
                   + ", ".join(sorted({f for _, f in reused})) + " (taken, not retrained).", ""]
+    tables = {}
     for ds, model in sorted({(r["dataset"], _model_of(r)) for r in records}):
         group = [r for r in records if r["dataset"] == ds and _model_of(r) == model]
+        cells = tables[(ds, model)] = _sweep_cells(group)
         lines += [f"## {ds}, {model}", "", f"![accuracy vs N, {ds}, {model}]({sweep_figure_name(ds, model)})", "",
                   "| N | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
         for n in sorted({r["layers"] for r in group}):
-            cells = []
-            for v in variants:
-                rs = [r for r in group if r["layers"] == n and r["variant"] == v]
-                if not rs:
-                    cells.append("")
-                    continue
-                m, sd = _mean_std([100 * r["accuracy"] for r in rs])
-                frac = statistics.mean(r["token_layer_fraction"] for r in rs)
-                cells.append(f"{_mean_pm(m, sd, len(rs))} / {frac:.0%} ({len(rs)})")
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            row = [cells.get(v, {}).get(n) for v in variants]
+            lines.append(f"| {n} | " + " | ".join(_sweep_cell(*c) if c else "" for c in row) + " |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
+    return tables
 
 
 def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfig, out_dir: str, command: str,
@@ -325,10 +337,9 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
             return
         with open(json_path, "w") as f:
             json.dump(records, f, indent=1)
-        plots.accuracy_vs_layers_figure([r for r in records if r["dataset"] == dataset and _model_of(r) == model],
-                                        os.path.join(out_dir, sweep_figure_name(dataset, model)),
+        tables = write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command)
+        plots.accuracy_vs_layers_figure(tables[(dataset, model)], os.path.join(out_dir, sweep_figure_name(dataset, model)),
                                         title=f"{dataset}, {model}")
-        write_sweep_markdown(records, os.path.join(out_dir, "accuracy_vs_layers.md"), command)
 
     need = list(dict.fromkeys(["fixed", *variants]))  # "fixed" gives the label count
     tokenizer = None

@@ -59,20 +59,17 @@ def sentence_figure(tokens, depths_by_method: dict, num_layers: int, path: str, 
     _finish(fig, path)
 
 
-def accuracy_vs_layers_figure(records: list, path: str, title: str = "") -> None:
+def accuracy_vs_layers_figure(points: dict, path: str, title: str = "") -> None:
     """Paper's Figure 3a: test accuracy vs N per variant (mean, error bar = std over seeds),
     beside the share of token-layers each variant computes.
 
-    records: dicts with "variant", "layers", "accuracy" (0..1) and "token_layer_fraction"."""
+    points: {variant: {N: (accuracy %, std, token-layers %, seeds)}}
+    (experiment.write_sweep_markdown's table numbers)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for v in dict.fromkeys(r["variant"] for r in records):
-        ns = sorted({r["layers"] for r in records if r["variant"] == v})
-        acc = [[100 * r["accuracy"] for r in records if r["variant"] == v and r["layers"] == n] for n in ns]
-        frac = [np.mean([r["token_layer_fraction"] for r in records if r["variant"] == v and r["layers"] == n])
-                for n in ns]
-        a.errorbar(ns, [np.mean(x) for x in acc], yerr=[np.std(x, ddof=1) if len(x) > 1 else 0 for x in acc],
-                   marker="o", capsize=3, label=v)
-        b.plot(ns, [100 * f for f in frac], marker="o", label=v)
+    for v, by_n in points.items():
+        ns = sorted(by_n)
+        a.errorbar(ns, [by_n[n][0] for n in ns], yerr=[by_n[n][1] for n in ns], marker="o", capsize=3, label=v)
+        b.plot(ns, [by_n[n][2] for n in ns], marker="o", label=v)
     for ax, ylabel in ((a, "test accuracy %"), (b, "token-layers computed %")):
         ax.set_xlabel("N (layers)")
         ax.set_ylabel(ylabel)

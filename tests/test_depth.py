@@ -289,10 +289,8 @@ def test_figures_are_written_as_png(tmp_path):
                     str(tmp_path / "fig1.png"), title="toy")
     plots.sentence_figure(["[CLS]", "who", "[SEP]"], {"mi": [2, 1, 2], "reconstruction": [3, 3, 3]}, 3,
                           str(tmp_path / "fig5.png"))
-    recs = [{"variant": v, "layers": n, "seed": s, "accuracy": 0.8 + 0.01 * n + 0.001 * s,
-             "token_layer_fraction": 1.0 if v == "fixed" else 0.6, "dataset": "toy"}
-            for v in ("fixed", "mi") for n in (1, 2, 3) for s in (0, 1)]
-    plots.accuracy_vs_layers_figure(recs, str(tmp_path / "fig3a.png"), title="toy")
+    points = {v: {n: (80 + n, 0.5, 100.0 if v == "fixed" else 60.0, 2) for n in (1, 2, 3)} for v in ("fixed", "mi")}
+    plots.accuracy_vs_layers_figure(points, str(tmp_path / "fig3a.png"), title="toy")
     for name in ("fig1.png", "fig5.png", "fig3a.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
