@@ -74,7 +74,7 @@ def _estimate_depths(args) -> int:
 
     from adaptive_encoder import plots
     from adaptive_encoder.data import load_dataset
-    from adaptive_encoder.depth.pipeline import (Timer, encode_words, mi_depths, reconstruction_depths,
+    from adaptive_encoder.depth.pipeline import (Timer, encode_words, estimate_reconstruction, mi_depths,
                                                  summarize, tokenizer_words)
     from adaptive_encoder.pretrained import load_pretrained
 
@@ -96,23 +96,19 @@ def _estimate_depths(args) -> int:
         with Timer() as t:
             est, results["mi"] = mi_depths(splits, tokenizer, N, max_length=args.max_length)
         est.save(os.path.join(args.out, "mi_estimator.json"))
-        written.append("mi_estimator.json")
+        torch.save({"layers": N, "max_length": args.max_length, "depths": results["mi"]},
+                   os.path.join(args.out, "depths_mi.pt"))
+        written += ["mi_estimator.json", "depths_mi.pt"]
         summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
     if "reconstruction" in methods:
         with Timer() as t:
-            model, results["reconstruction"], losses, _ = reconstruction_depths(
-                splits, bert, tokenizer, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
-                cache_dir=os.path.join(args.out, "cache"), progress=True)
-        torch.save(model.state_dict(), os.path.join(args.out, "anytime_mlm.pt"))
-        written.append("anytime_mlm.pt")
+            results["reconstruction"], losses, _ = estimate_reconstruction(
+                splits, bert, tokenizer, args.out, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
+                progress=True)
+        written += ["anytime_mlm.pt", "depths_reconstruction.pt"]
         summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,
                                      "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,
                                      **{k: summarize(v, N) for k, v in results["reconstruction"].items()}}
-    for m in methods:
-        torch.save({"layers": N, "max_length": args.max_length, "depths": results[m],
-                    **({"lam": args.lam} if m == "reconstruction" else {})},
-                   os.path.join(args.out, f"depths_{m}.pt"))
-        written.append(f"depths_{m}.pt")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     written.append("summary.json")

@@ -16,7 +16,7 @@ import torch
 
 from . import distributed
 from .data import load_dataset
-from .depth.pipeline import encode_words, mi_depths, reconstruction_depths, saved_loss_tables, tokenizer_words
+from .depth.pipeline import encode_words, estimate_reconstruction, mi_depths, saved_loss_tables, tokenizer_words
 from .depth.reconstruction import table_depths
 from .train import VARIANTS, Encoded, TrainConfig, build_model, evaluate, train
 
@@ -34,8 +34,9 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
     """{variant: (train Encoded, test Encoded)} with each variant's depths.
 
     Reconstruction depths are read from <depth_dir>/depths_reconstruction.pt (written by
-    `estimate-depths`), or computed and written there when missing. For N below the depth
-    there, they come from the saved anytime MLM's loss tables cut to the first N layers.
+    `estimate-depths`), or computed and written there when missing (the anytime MLM on the whole
+    pretrained encoder, whatever N is). For N below the depth there, they come from the saved
+    anytime MLM's loss tables cut to the first N layers.
     With estimate_missing=False a missing depth file is a FileNotFoundError naming it (the CLI:
     no surprise multi-minute MLM training)."""
     splits = load_dataset(dataset, root=data_root)
@@ -47,44 +48,47 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
     est = None
     if "mi" in variants:
         est, depth_sets["mi"] = mi_depths(splits, tokenizer, layers, max_length=max_length)
-    recon_file = os.path.join(depth_dir, "depths_reconstruction.pt") if depth_dir else None
-    if "reconstruction" not in variants:
-        pass
-    elif recon_file and os.path.exists(recon_file):
-        saved = torch.load(recon_file)
-        if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
-            raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
-        if saved["layers"] == layers:
-            depth_sets["reconstruction"] = saved["depths"]
-        else:  # a shallower encoder: argmin over the first N layers' losses of the same anytime MLM
-            tables = saved_loss_tables(depth_dir, splits, tokenizer, saved["layers"], model_path, max_length,
-                                       progress)
-            lam = saved.get("lam", 0.1)
-            depth_sets["reconstruction"] = {k: [table_depths(t[:, :layers], lam) for t in ts]
-                                            for k, ts in tables.items()}
-    elif not estimate_missing:
-        raise FileNotFoundError(
-            f"no reconstruction depths at {recon_file or '(no depth folder given)'}: run `python -m adaptive_encoder "
-            f"estimate-depths --dataset {dataset} --method reconstruction --out {depth_dir or 'DIR'}` first "
-            f"(or pass --estimate-missing to train the anytime MLM now, several minutes)")
-    else:
-        from .pretrained import load_pretrained, truncate_layers
-
-        bert, _ = load_pretrained(model_path)
-        truncate_layers(bert, layers)
-        cache = os.path.join(depth_dir, "cache") if depth_dir else None
-        _, depth_sets["reconstruction"], _, _ = reconstruction_depths(
-            splits, bert, tokenizer, steps=mlm_steps, max_length=max_length, cache_dir=cache, progress=progress)
-        if recon_file:
-            os.makedirs(depth_dir, exist_ok=True)
-            torch.save({"layers": layers, "max_length": max_length, "lam": 0.1,
-                        "depths": depth_sets["reconstruction"]}, recon_file)
+    if "reconstruction" in variants:
+        depth_sets["reconstruction"] = _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir,
+                                                       model_path, mlm_steps, progress, estimate_missing, dataset)
     out = {}
     for v, d in depth_sets.items():
         meta = {"mi_estimator": est} if v == "mi" else {}  # a checkpoint's depth table is made from it
         out[v] = tuple(Encoded(ids[k], splits[k].labels, None if d is None else d[k], dict(meta))
                        for k in ("train", "test"))
     return out
+
+
+def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model_path, mlm_steps, progress,
+                    estimate_missing, dataset) -> dict:
+    """Reconstruction depth lists for an N-layer encoder: argmin over the first N layers' losses
+    of the anytime MLM trained on the whole pretrained encoder, read from depth_dir or (when
+    allowed) estimated now and written there. Estimating on the whole encoder, whatever N asks
+    for first, keeps every N of a sweep on one MLM, as `estimate-depths` does."""
+    recon_file = os.path.join(depth_dir, "depths_reconstruction.pt") if depth_dir else None
+    tables = None
+    if recon_file and os.path.exists(recon_file):
+        saved = torch.load(recon_file)
+    elif not estimate_missing:
+        raise FileNotFoundError(
+            f"no reconstruction depths at {recon_file or '(no depth folder given)'}: run `python -m adaptive_encoder "
+            f"estimate-depths --dataset {dataset} --method reconstruction --out {depth_dir or 'DIR'}` first "
+            f"(or pass --estimate-missing to train the anytime MLM now, several minutes)")
+    else:
+        from .pretrained import load_pretrained
+
+        bert, _ = load_pretrained(model_path)
+        depths, _, tables = estimate_reconstruction(splits, bert, tokenizer, depth_dir, steps=mlm_steps,
+                                                    max_length=max_length, progress=progress)
+        saved = {"layers": bert.config.num_hidden_layers, "lam": 0.1, "depths": depths}
+    if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
+        raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
+    if saved["layers"] == layers:
+        return saved["depths"]
+    if tables is None:  # a shallower encoder: the saved MLM's loss tables, cut below
+        tables = saved_loss_tables(depth_dir, splits, tokenizer, saved["layers"], model_path, max_length, progress)
+    lam = saved.get("lam", 0.1)
+    return {k: [table_depths(t[:, :layers], lam) for t in ts] for k, ts in tables.items()}
 
 
 def checkpoint_name(dataset: str, variant: str, layers: int, seed: int) -> str:

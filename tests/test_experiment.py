@@ -160,3 +160,34 @@ def test_experiment_runs_a_variant_without_fixed(tmp_path):
                              out_dir=str(tmp_path), command="test", progress=False, limit=16, log=lambda *a: None)
     assert [(r["variant"], r["layers"]) for r in records] == [("mi", 2)]
     assert json.load(open(tmp_path / "accuracy.json"))[0]["variant"] == "mi"
+
+
+@needs_minilm
+def test_estimated_reconstruction_depths_come_from_the_whole_encoder_for_every_n(tmp_path):
+    # A sweep that starts below the model's depth estimates the missing depths on its first N.
+    # They must come from the anytime MLM on all 6 layers, cut to N, as `estimate-depths` writes
+    # them: an MLM on N layers alone gave other depths, and its file (written as N layers) made
+    # every larger N an error.
+    import torch
+
+    from adaptive_encoder.data import load_dataset
+    from adaptive_encoder.depth.pipeline import saved_loss_tables
+    from adaptive_encoder.depth.reconstruction import table_depths
+    from adaptive_encoder.experiment import prepare
+    from adaptive_encoder.pretrained import load_pretrained
+
+    _, tok = load_pretrained()
+    d = str(tmp_path / "trec")
+    two = prepare("trec", tok, 2, 64, d, mlm_steps=2, limit=6, variants=["reconstruction"])
+    saved = torch.load(f"{d}/depths_reconstruction.pt")
+    assert saved["layers"] == 6 and (tmp_path / "trec" / "anytime_mlm.pt").exists()
+    four = prepare("trec", tok, 4, 64, d, limit=6, variants=["reconstruction"], estimate_missing=False)
+    six = prepare("trec", tok, 6, 64, d, limit=6, variants=["reconstruction"], estimate_missing=False)
+    splits = {k: v.subset(range(6)) for k, v in load_dataset("trec").items()}
+    tables = saved_loss_tables(d, splits, tok, 6, max_length=64)
+    for n, got in ((2, two), (4, four), (6, six)):
+        for i, split in enumerate(("train", "test")):
+            want = [table_depths(t[:, :n], 0.1) for t in tables[split]]
+            assert [x.tolist() for x in got["reconstruction"][i].depths] == [x.tolist() for x in want]
+            assert max(int(x.max()) for x in want) <= n
+    assert [x.tolist() for x in six["reconstruction"][0].depths] == [x.tolist() for x in saved["depths"]["train"]]

@@ -81,6 +81,26 @@ def mlm_texts(splits: dict, tokenizer) -> dict:
     return {name: [" ".join(tokenizer_words(tokenizer, t)) for t in s.texts] for name, s in splits.items()}
 
 
+def estimate_reconstruction(splits: dict, bert, tokenizer, out_dir: str | None = None, lam: float = 0.1,
+                            steps: int = 300, max_length: int = 128, progress: bool = False):
+    """The anytime MLM on every layer of `bert` (a whole pretrained encoder) and its depths;
+    with out_dir, writes anytime_mlm.pt, depths_reconstruction.pt ({"layers", "max_length",
+    "lam", "depths"}) and the loss-table cache there: what `estimate-depths` writes and the
+    experiments read. Depths for an encoder of N < its layers are cut from the same loss tables
+    (saved_loss_tables), so every N of a sweep sees one MLM.
+
+    Returns (depth lists, per-step training losses, loss tables {split: [(T_i, layers)]})."""
+    cache = os.path.join(out_dir, "cache") if out_dir else None
+    model, depths, losses, tables = reconstruction_depths(splits, bert, tokenizer, lam=lam, steps=steps,
+                                                          max_length=max_length, cache_dir=cache, progress=progress)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        torch.save(model.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
+        torch.save({"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam, "depths": depths},
+                   os.path.join(out_dir, "depths_reconstruction.pt"))
+    return depths, losses, tables
+
+
 def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, mlm_layers: int, model_path: str | None = None,
                       max_length: int = 512, progress: bool = False) -> dict:
     """{split: [(T_i, N_mlm) loss tables]} of the anytime MLM that `estimate-depths` saved in
