@@ -364,7 +364,8 @@ def _add_train_args(p, layers: bool = True) -> None:
     p.add_argument("--depths", default="runs/depths",
                    help="folder of estimate-depths outputs, one subfolder per dataset (reconstruction depths)")
     p.add_argument("--estimate-missing", action="store_true",
-                   help="train the anytime MLM when reconstruction depths are missing (minutes) instead of failing")
+                   help="train the anytime MLM (on every layer of the model, as estimate-depths does) when "
+                        "reconstruction depths are missing (minutes) instead of failing")
 
 
 def build_parser() -> argparse.ArgumentParser:
