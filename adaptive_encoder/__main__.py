@@ -102,9 +102,10 @@ def _estimate_depths(args) -> int:
         summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
     if "reconstruction" in methods:
         with Timer() as t:
-            results["reconstruction"], losses, _ = estimate_reconstruction(
+            saved, losses, _ = estimate_reconstruction(
                 splits, bert, tokenizer, args.out, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
                 progress=True)
+        results["reconstruction"] = saved["depths"]
         written += ["anytime_mlm.pt", "depths_reconstruction.pt"]
         summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,
                                      "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,

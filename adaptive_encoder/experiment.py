@@ -78,9 +78,8 @@ def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model
         from .pretrained import load_pretrained
 
         bert, _ = load_pretrained(model_path)
-        depths, _, tables = estimate_reconstruction(splits, bert, tokenizer, depth_dir, steps=mlm_steps,
-                                                    max_length=max_length, progress=progress)
-        saved = {"layers": bert.config.num_hidden_layers, "lam": 0.1, "depths": depths}
+        saved, _, tables = estimate_reconstruction(splits, bert, tokenizer, depth_dir, steps=mlm_steps,
+                                                   max_length=max_length, progress=progress)
     if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
         raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
     if saved["layers"] == layers:

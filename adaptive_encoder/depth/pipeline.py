@@ -89,16 +89,16 @@ def estimate_reconstruction(splits: dict, bert, tokenizer, out_dir: str | None =
     experiments read. Depths for an encoder of N < its layers are cut from the same loss tables
     (saved_loss_tables), so every N of a sweep sees one MLM.
 
-    Returns (depth lists, per-step training losses, loss tables {split: [(T_i, layers)]})."""
+    Returns (the depth file's dict, per-step training losses, loss tables {split: [(T_i, layers)]})."""
     cache = os.path.join(out_dir, "cache") if out_dir else None
     model, depths, losses, tables = reconstruction_depths(splits, bert, tokenizer, lam=lam, steps=steps,
                                                           max_length=max_length, cache_dir=cache, progress=progress)
+    saved = {"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam, "depths": depths}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         torch.save(model.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
-        torch.save({"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam, "depths": depths},
-                   os.path.join(out_dir, "depths_reconstruction.pt"))
-    return depths, losses, tables
+        torch.save(saved, os.path.join(out_dir, "depths_reconstruction.pt"))
+    return saved, losses, tables
 
 
 def saved_loss_tables(depth_dir: str, splits: dict, tokenizer, mlm_layers: int, model_path: str | None = None,
