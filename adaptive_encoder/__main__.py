@@ -104,7 +104,7 @@ def _estimate_depths(args) -> int:
         with Timer() as t:
             saved, losses, _ = estimate_reconstruction(
                 splits, bert, tokenizer, args.out, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
-                progress=True)
+                progress=True, model=args.model)
         results["reconstruction"] = saved["depths"]
         written += ["anytime_mlm.pt", "depths_reconstruction.pt"]
         summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,

@@ -18,6 +18,7 @@ from . import distributed
 from .data import load_dataset
 from .depth.pipeline import encode_words, estimate_reconstruction, mi_depths, saved_loss_tables, tokenizer_words
 from .depth.reconstruction import table_depths
+from .pretrained import MINILM, load_pretrained, model_label
 from .train import VARIANTS, Encoded, TrainConfig, build_model, evaluate, train
 
 # Liu et al. 2021, Table 3 (BERT-base initialised): fixed / halting / MI / reconstruction.
@@ -75,19 +76,35 @@ def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model
             f"estimate-depths --dataset {dataset} --method reconstruction --out {depth_dir or 'DIR'}` first "
             f"(or pass --estimate-missing to train the anytime MLM now, several minutes)")
     else:
-        from .pretrained import load_pretrained
-
         bert, _ = load_pretrained(model_path)
         saved, _, tables = estimate_reconstruction(splits, bert, tokenizer, depth_dir, steps=mlm_steps,
-                                                   max_length=max_length, progress=progress)
-    if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
-        raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; re-run estimate-depths")
+                                                   max_length=max_length, progress=progress, model=model_path)
+    _check_saved_depths(saved, recon_file, ids, dataset, layers, model_path, max_length)
     if saved["layers"] == layers:
         return saved["depths"]
     if tables is None:  # a shallower encoder: the saved MLM's loss tables, cut below
         tables = saved_loss_tables(depth_dir, splits, tokenizer, saved["layers"], model_path, max_length, progress)
     lam = saved.get("lam", 0.1)
     return {k: [table_depths(t[:, :layers], lam) for t in ts] for k, ts in tables.items()}
+
+
+def _check_saved_depths(saved: dict, recon_file, ids: dict, dataset: str, layers: int, model_path, max_length):
+    """Refuse a depth file that is not this run's: another model's anytime MLM (the file's
+    "model"; files written before it was recorded have none), too few layers, another dataset
+    or limit, or another tokenisation. Another model sharing the tokenizer would otherwise give
+    depths of the same lengths, used without a word."""
+    redo = f"estimate them with `estimate-depths --dataset {dataset} --method reconstruction` into another folder"
+    want = model_label(model_path)
+    if saved.get("model", want) != want:
+        raise ValueError(f"{recon_file} holds the depths of {saved['model']}'s anytime MLM, not {want}'s: "
+                         f"{redo} (--model, --out DIR/{dataset}) and pass --depths DIR")
+    if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
+        raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; {redo}")
+    for k in ids:  # a text shorter than max_length was not clipped here: its depths must fit it exactly
+        for i, (d, t) in enumerate(zip(saved["depths"][k], ids[k])):
+            if len(d) != len(t) and not (len(t) == max_length and len(d) > len(t)):
+                raise ValueError(f"{recon_file}: {k} text {i} has {len(d)} depths for {len(t)} tokens "
+                                 f"(another tokenizer, or a shorter max length there); {redo}")
 
 
 def checkpoint_name(dataset: str, variant: str, layers: int, seed: int) -> str:
@@ -112,8 +129,6 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
                          "halting": variant == "halting", "dropout": cfg.dropout, "dataset": dataset,
                          "variant": variant, "config": cfg.__dict__, "limit": limit},
                         tokenizer, None if est is None else TokenDepthLookup.from_estimator(est, tokenizer))
-    from .pretrained import model_label
-
     return {"dataset": dataset, "variant": variant, "seed": seed, "model": model_label(model_path),
             "accuracy": ev["accuracy"],
             "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
@@ -219,8 +234,6 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
-    from .pretrained import load_pretrained, model_label
-
     label = model_label(model_path)
     done = {(r["dataset"], r["variant"], r["seed"], _model_of(r), r.get("layers", 6)) for r in records}
 
@@ -249,8 +262,6 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
 
 def sweep_figure_name(dataset: str, model: str) -> str:
     """PNG of one (dataset, model) sweep; MiniLM keeps the name it had before models were recorded."""
-    from .pretrained import MINILM
-
     return f"accuracy_vs_layers_{dataset}.png" if model == MINILM else f"accuracy_vs_layers_{dataset}_{model}.png"
 
 
@@ -315,10 +326,6 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
     reuse: an accuracy.json whose records with the same dataset, N, variant, seed, epochs, lr
     and batch size are taken instead of training again (the main table's N = 6 runs)."""
     from . import plots
-    from .pretrained import load_pretrained
-
-    from .pretrained import model_label
-
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []

@@ -191,3 +191,32 @@ def test_estimated_reconstruction_depths_come_from_the_whole_encoder_for_every_n
             assert [x.tolist() for x in got["reconstruction"][i].depths] == [x.tolist() for x in want]
             assert max(int(x.max()) for x in want) <= n
     assert [x.tolist() for x in six["reconstruction"][0].depths] == [x.tolist() for x in saved["depths"]["train"]]
+
+
+@needs_minilm
+def test_reconstruction_depths_of_another_model_or_tokenisation_are_refused(tmp_path):
+    # The depth folder is <depths>/<dataset> whatever the model: a run on another model used to
+    # take MiniLM's depths as they were whenever its tokenizer gave the same lengths.
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from adaptive_encoder.experiment import prepare
+    from adaptive_encoder.pretrained import load_pretrained
+
+    _, tok = load_pretrained()
+    d = str(tmp_path / "trec")
+    prepare("trec", tok, 6, 64, d, mlm_steps=2, limit=4, variants=["reconstruction"])
+    saved = torch.load(f"{d}/depths_reconstruction.pt")
+    assert saved["model"] == "all-MiniLM-L6-v2"
+    other = tmp_path / "other-bert"  # another 6-layer model with MiniLM's tokenizer
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=tok.vocab_size)).save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ValueError, match="all-MiniLM-L6-v2's anytime MLM, not other-bert's"):
+        prepare("trec", tok, 6, 64, d, str(other), limit=4, variants=["reconstruction"], estimate_missing=False)
+    # A file written before the model was recorded: its lengths are still checked, text by text.
+    del saved["model"]
+    saved["depths"]["test"][1] = torch.cat([saved["depths"]["test"][1], torch.tensor([1])])
+    torch.save(saved, f"{d}/depths_reconstruction.pt")
+    with pytest.raises(ValueError, match="test text 1 has"):
+        prepare("trec", tok, 6, 64, d, limit=4, variants=["reconstruction"], estimate_missing=False)

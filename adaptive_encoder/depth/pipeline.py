@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..pretrained import load_pretrained, truncate_layers
+from ..pretrained import load_pretrained, model_label, truncate_layers
 
 from .mi import MIDepthEstimator
 from .reconstruction import AnytimeMLM, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
@@ -82,21 +82,26 @@ def mlm_texts(splits: dict, tokenizer) -> dict:
 
 
 def estimate_reconstruction(splits: dict, bert, tokenizer, out_dir: str | None = None, lam: float = 0.1,
-                            steps: int = 300, max_length: int = 128, progress: bool = False):
+                            steps: int = 300, max_length: int = 128, progress: bool = False,
+                            model: str | None = None):
     """The anytime MLM on every layer of `bert` (a whole pretrained encoder) and its depths;
     with out_dir, writes anytime_mlm.pt, depths_reconstruction.pt ({"layers", "max_length",
-    "lam", "depths"}) and the loss-table cache there: what `estimate-depths` writes and the
-    experiments read. Depths for an encoder of N < its layers are cut from the same loss tables
-    (saved_loss_tables), so every N of a sweep sees one MLM.
+    "lam", "model", "depths"}) and the loss-table cache there: what `estimate-depths` writes and
+    the experiments read. Depths for an encoder of N < its layers are cut from the same loss
+    tables (saved_loss_tables), so every N of a sweep sees one MLM.
+
+    model: the argument `bert` was loaded with (None: MiniLM, as in load_pretrained); its
+    `model_label` is recorded so that a run on another model refuses these depths.
 
     Returns (the depth file's dict, per-step training losses, loss tables {split: [(T_i, layers)]})."""
     cache = os.path.join(out_dir, "cache") if out_dir else None
-    model, depths, losses, tables = reconstruction_depths(splits, bert, tokenizer, lam=lam, steps=steps,
-                                                          max_length=max_length, cache_dir=cache, progress=progress)
-    saved = {"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam, "depths": depths}
+    mlm, depths, losses, tables = reconstruction_depths(splits, bert, tokenizer, lam=lam, steps=steps,
+                                                        max_length=max_length, cache_dir=cache, progress=progress)
+    saved = {"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam,
+             "model": model_label(model), "depths": depths}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        torch.save(model.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
+        torch.save(mlm.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
         torch.save(saved, os.path.join(out_dir, "depths_reconstruction.pt"))
     return saved, losses, tables
 
