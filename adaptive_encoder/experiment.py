@@ -293,7 +293,7 @@ def write_sweep_markdown(records: list, path: str, command: str) -> dict:
              "Commands: " + "; ".join(f"`{c}`" for c in commands), "",
              "Model: the bottom N layers of the pretrained encoder named in each section. Each cell: test accuracy % (mean ± std over "
              "seeds; the accuracy alone for one seed) / share of token-layers computed. MI depths are re-binned into N bins; reconstruction "
-             "depths are argmin over the first N layers of the same anytime MLM (trained on 6 layers); the "
+             "depths are argmin over the first N layers of the same anytime MLM (trained on all of the model's layers: 6 for MiniLM, 12 for MPNet); the "
              "halting unit predicts over 1..N (none at N = 1, where there is nothing to choose). At N = 1 every "
              "token has depth 1, so all variants compute the same function: their spread there is run-to-run "
              "noise, a yardstick for single-seed differences. In these runs (as in accuracy.json) `seed` "
