@@ -100,11 +100,14 @@ def _check_saved_depths(saved: dict, recon_file, ids: dict, dataset: str, layers
                          f"{redo} (--model, --out DIR/{dataset}) and pass --depths DIR")
     if saved["layers"] < layers or any(len(saved["depths"][k]) != len(ids[k]) for k in ids):
         raise ValueError(f"{recon_file} does not match {dataset} with N={layers}; {redo}")
-    for k in ids:  # a text shorter than max_length was not clipped here: its depths must fit it exactly
+    # A text clipped neither here (max_length) nor there (the file's) must have one depth a token.
+    for k in ids:
         for i, (d, t) in enumerate(zip(saved["depths"][k], ids[k])):
-            if len(d) != len(t) and not (len(t) == max_length and len(d) > len(t)):
+            clipped = (len(t) == max_length and len(d) > len(t)) or (len(d) == saved.get("max_length")
+                                                                     and len(t) > len(d))
+            if len(d) != len(t) and not clipped:
                 raise ValueError(f"{recon_file}: {k} text {i} has {len(d)} depths for {len(t)} tokens "
-                                 f"(another tokenizer, or a shorter max length there); {redo}")
+                                 f"(another tokenizer, clipped at neither max length); {redo}")
 
 
 def checkpoint_name(dataset: str, variant: str, layers: int, seed: int) -> str:

@@ -220,3 +220,19 @@ def test_reconstruction_depths_of_another_model_or_tokenisation_are_refused(tmp_
     torch.save(saved, f"{d}/depths_reconstruction.pt")
     with pytest.raises(ValueError, match="test text 1 has"):
         prepare("trec", tok, 6, 64, d, limit=4, variants=["reconstruction"], estimate_missing=False)
+
+
+def test_saved_depth_lengths_may_differ_only_where_a_max_length_clipped_the_text():
+    from adaptive_encoder.experiment import _check_saved_depths
+
+    def check(depth_len, token_len, here=8, there=6):
+        saved = {"layers": 6, "max_length": there, "model": "all-MiniLM-L6-v2",
+                 "depths": {"test": [[1] * depth_len]}}
+        _check_saved_depths(saved, "f.pt", {"test": [[0] * token_len]}, "trec", 6, None, here)
+
+    check(5, 5)
+    check(6, 7)  # clipped by the file's max length (6): the tokens go on
+    check(10, 8, here=8, there=16)  # clipped by this run's max length (8): the depths go on
+    for depth_len, token_len in ((5, 4), (4, 5), (7, 6)):
+        with pytest.raises(ValueError, match="clipped at neither max length"):
+            check(depth_len, token_len)
