@@ -204,12 +204,12 @@ def _predict(args) -> int:
     from adaptive_encoder import distributed
     from adaptive_encoder.predict import predict, read_texts
 
-    error, texts, split = None, None, None
+    error, texts, split, indices = None, None, None, None
     try:  # every rank checks its inputs; any failure ends every rank with the message
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
         if args.input:
-            texts = read_texts(args.input)
+            texts, indices = read_texts(args.input)
         else:
             from adaptive_encoder.data import load_dataset
 
@@ -218,12 +218,12 @@ def _predict(args) -> int:
                 raise ValueError(f"dataset {args.dataset} has splits {sorted(splits)}, not {args.split!r}")
             texts, split = splits[args.split].texts, (args.dataset, args.split)
         if args.limit:
-            texts = texts[:args.limit]
+            texts, indices = texts[:args.limit], indices and indices[:args.limit]
     except (OSError, ValueError) as e:
         error = str(e)
     distributed.all_ok(error)
     summary = predict(args.checkpoint, texts, args.out, batch_size=args.batch_size, data_root=args.data,
-                      depth_dir=args.depths, dataset_split=split)
+                      depth_dir=args.depths, dataset_split=split, indices=indices)
     if distributed.is_main():
         frac = summary["token_layer_fraction"]
         print(f"wrote {args.out}: {summary['texts']} texts, {summary['texts'] / summary['seconds']:.1f} texts/s "

@@ -4,16 +4,20 @@
            --out preds.jsonl [--limit K] [--batch-size B]
     torchrun --nproc_per_node=2 -m adaptive_encoder predict ...
 
-Writes one JSON line per text, in input order: {"index", "label" (predicted class index),
-"depth_mean" (mean depth of the text's real tokens)}. Under torchrun rank r takes the r-th
+Writes one JSON line per text, in input order: {"index" (the text's 0-based line in --input,
+or its position in the dataset split), "label" (predicted class index), "depth_mean" (mean
+depth of the text's real tokens)}. Blank lines of --input are skipped, so their indices are
+missing rather than every later text's index shifting. Under torchrun rank r takes the r-th
 contiguous share of the texts and writes `<out>.shard<r>of<W>` (renamed into place only when
 complete); rank 0 then merges the shards into `<out>`. A rerun with the same number of ranks
-skips shards that are complete.
+skips shards that are complete and were made from the same checkpoint files, texts and depths
+(the shard's first line is a fingerprint of them); any other shard is recomputed.
 
 Depths come from the checkpoint's variant: fixed (all N), halting (the model's unit), MI (the
 estimator refitted on the checkpoint's training data, deterministic), reconstruction (only
 for texts of the checkpoint's own dataset, from estimate-depths' file).
 """
+import hashlib
 import json
 import os
 import time
@@ -23,11 +27,12 @@ import torch
 from . import distributed
 
 
-def read_texts(path: str) -> list:
-    """Non-empty lines of a UTF-8 text file; errors name the file (and line)."""
+def read_texts(path: str) -> tuple:
+    """(texts, indices): the non-empty lines of a UTF-8 text file and their 0-based line numbers;
+    errors name the file (and line)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--input {path}: no such file")
-    texts = []
+    texts, indices = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -36,9 +41,39 @@ def read_texts(path: str) -> list:
                 raise ValueError(f"--input {path}, line {lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if line:
                 texts.append(line)
+                indices.append(lineno - 1)
     if not texts:
         raise ValueError(f"--input {path}: the file has no text (empty or only blank lines)")
-    return texts
+    return texts, indices
+
+
+def _stat(path: str):
+    """(name, size, mtime_ns) of a file, or of each file of a folder; None if absent."""
+    if os.path.isdir(path):
+        return sorted((n, *_stat(os.path.join(path, n))[1:]) for n in os.listdir(path)
+                      if os.path.isfile(os.path.join(path, n)))
+    if not os.path.isfile(path):
+        return None
+    st = os.stat(path)
+    return (os.path.basename(path), st.st_size, st.st_mtime_ns)
+
+
+def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split, depth_dir: str) -> str:
+    """What a shard's lines depend on: the checkpoint's files (path, sizes, times), the shard's
+    texts and indices, and for a dataset split the reconstruction depth file a run may read."""
+    depth_file = None
+    if dataset_split is not None:
+        depth_file = _stat(os.path.join(depth_dir, dataset_split[0], "depths_reconstruction.pt"))
+    key = [os.path.abspath(checkpoint), _stat(checkpoint), texts, indices, dataset_split, depth_file]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+
+
+def _complete_shard(path: str, fingerprint: str) -> bool:
+    """Whether `path` holds a finished shard made from the same inputs (its first line says)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return f.readline().rstrip("\n") == json.dumps({"fingerprint": fingerprint})
 
 
 def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir):
@@ -61,18 +96,24 @@ def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir):
 
 
 def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
-            data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None) -> dict:
-    """Write `out` (see the module docstring); returns {"texts", "seconds", "token_layer_fraction"}."""
+            data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None,
+            indices: list | None = None) -> dict:
+    """Write `out` (see the module docstring); returns {"texts", "seconds", "token_layer_fraction"}.
+    `indices` (one int per text, default 0, 1, ...) are written as each line's "index"."""
     from .depth.pipeline import encode_words, tokenizer_words
     from .train import Encoded, _progress, batches, load_checkpoint
 
     rank, W = distributed.rank(), distributed.world_size()
     shard_path = f"{out}.shard{rank}of{W}"
     model, tokenizer, meta = load_checkpoint(checkpoint)
+    indices = list(range(len(texts))) if indices is None else list(indices)
+    if len(indices) != len(texts):
+        raise ValueError(f"predict: {len(indices)} indices for {len(texts)} texts")
     lo, hi = rank * len(texts) // W, (rank + 1) * len(texts) // W
+    fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir)
     t0 = time.perf_counter()
     computed = tokens = 0
-    if not os.path.isfile(shard_path):  # a complete shard from an earlier run is kept
+    if not _complete_shard(shard_path, fingerprint):  # a shard of an earlier run on the same inputs is kept
         words = [tokenizer_words(tokenizer, t) for t in texts[lo:hi]]
         if dataset_split is not None and meta["variant"] == "reconstruction":
             from .experiment import prepare
@@ -85,7 +126,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
             depths = _depths_for(meta, tokenizer, words, data_root, depth_dir)
         ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
         data = Encoded(ids, [0] * len(ids), depths)
-        lines = []
+        lines = [json.dumps({"fingerprint": fingerprint})]
         n_batches = (len(ids) + batch_size - 1) // batch_size
         with torch.inference_mode():
             for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
@@ -94,7 +135,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
                 real = mask != 0
                 per_text = (res.depths * real).sum(1).double() / real.sum(1)
                 for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
-                    lines.append(json.dumps({"index": lo + b * batch_size + j, "label": label,
+                    lines.append(json.dumps({"index": indices[lo + b * batch_size + j], "label": label,
                                              "depth_mean": round(dm, 6)}))
                 computed += res.computed_token_layers
                 tokens += res.real_tokens
@@ -111,6 +152,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
         with open(tmp, "w") as f:
             for r in range(W):
                 with open(f"{out}.shard{r}of{W}") as part:
+                    part.readline()  # the fingerprint
                     f.write(part.read())
         os.replace(tmp, out)
         for r in range(W):

@@ -89,14 +89,37 @@ def test_predict_one_and_two_processes_write_identical_files(tmp_path):
     assert all(json.loads(line)["depth_mean"] == 3 for line in lines)  # a fixed-depth checkpoint
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     assert "23 texts" in one.stdout and "texts/s" in one.stdout and "token-layers 100.0%" in one.stdout
-    # A rerun skips complete shards: leave shard 1 of 2 in place with a marker, rerun, see it kept.
-    # A rerun skips complete shards: a shard file left in place is taken as it is, not recomputed.
+    # A rerun skips a complete shard of the same inputs: a shard file left in place with the
+    # matching fingerprint is taken as it is, not recomputed.
+    from adaptive_encoder.predict import read_texts, shard_fingerprint
+
+    all_texts, indices = read_texts(str(texts))
+    fingerprint = shard_fingerprint(str(ckpt), all_texts[11:], indices[11:], None, "runs/depths")
     kept = "".join(json.dumps({"index": i, "label": 9, "depth_mean": 0.5}) + "\n" for i in range(11, 23))
-    (tmp_path / "two.jsonl.shard1of2").write_text(kept)
+    (tmp_path / "two.jsonl.shard1of2").write_text(json.dumps({"fingerprint": fingerprint}) + "\n" + kept)
     _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
     merged = (tmp_path / "two.jsonl").read_text().splitlines(True)
     assert "".join(merged[:11]) == "".join(x + "\n" for x in lines[:11]) and "".join(merged[11:]) == kept
+    # A shard left by a run on other texts (another fingerprint, or none: an older version) is
+    # recomputed, never merged into this run's output.
+    for header in (json.dumps({"fingerprint": "0" * 24}) + "\n", ""):
+        (tmp_path / "two.jsonl.shard1of2").write_text(header + kept)
+        _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
+        assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     assert not list(tmp_path.glob("two.jsonl.shard*"))  # merged and cleaned up
+
+
+def test_predict_indices_are_input_lines_when_blank_lines_are_skipped(tmp_path):
+    """A blank line has no prediction; every later text keeps its own line number as index
+    (before, indices counted texts, so each line after a blank was labelled as the one above)."""
+    ckpt = _tiny_checkpoint(tmp_path)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("w1 w2\n\n   \nw3\r\nw4 w5 w6\n\n")
+    args = ["-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(texts)]
+    _single(*args, "--out", str(tmp_path / "all.jsonl"))
+    assert [json.loads(x)["index"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == [0, 3, 4]
+    _single(*args, "--limit", "2", "--out", str(tmp_path / "two.jsonl"))
+    assert [json.loads(x)["index"] for x in (tmp_path / "two.jsonl").read_text().splitlines()] == [0, 3]
 
 
 def test_bad_inputs_end_every_rank_with_a_clear_message(tmp_path):
