@@ -137,7 +137,43 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
             "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
             "train_seconds": hist["seconds"], "eval_samples_per_s": ev["samples_per_s"], "layers": layers,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "final_train_loss": hist["losses"][-1] if hist["losses"] else None}
+            "final_train_loss": hist["losses"][-1] if hist["losses"] else None,
+            "settings": run_settings(cfg, limit)}
+
+
+def run_settings(cfg: TrainConfig, limit: int) -> dict:
+    """Everything besides (dataset, model, N, variant, seed) that a run's accuracy depends on:
+    the training config without the seed, and the --limit (0: the whole data)."""
+    return {**{k: v for k, v in cfg.__dict__.items() if k != "seed"}, "limit": limit}
+
+
+def _settings_of(record: dict) -> dict:
+    """A record's run_settings; records written before they were recorded ran with the defaults
+    (every committed command set only --epochs 3, the default) on the whole data."""
+    old = {**run_settings(TrainConfig(), 0), "epochs": record.get("epochs"), "lr": record.get("lr"),
+           "batch_size": record.get("batch_size")}
+    return record.get("settings", old)
+
+
+def _run_key(record: dict) -> tuple:
+    """(dataset, model, N, variant, seed): what names a run in a results file."""
+    return record["dataset"], _model_of(record), record.get("layers", 6), record["variant"], record["seed"]
+
+
+def _check_same_settings(records: list, keys: set, settings: dict, path: str) -> None:
+    """Refuse to add runs to a results file whose runs of the same (dataset, model, N, variant)
+    were trained otherwise (a --limit smoke run, other epochs): one with the same seed would be
+    skipped as done and its accuracy reported as this run's, others averaged with this run's in
+    one table row. `keys`: this run's _run_key tuples. Every rank reads the same file and raises alike."""
+    groups = {k[:4] for k in keys}
+    for r in records:
+        if _run_key(r)[:4] in groups and _settings_of(r) != settings:
+            theirs = _settings_of(r)
+            diff = ", ".join(f"{k} {theirs.get(k)} there, {v} here" for k, v in settings.items() if theirs.get(k) != v)
+            raise distributed.InputError(
+                f"{path} already has {r['dataset']} {r['variant']} N={r.get('layers', 6)} ({_model_of(r)}) "
+                f"seed {r['seed']} trained with other settings ({diff}); its accuracy would be reported as "
+                f"or averaged with this run's: write to another --out, or remove those records first")
 
 
 def _model_of(record: dict) -> str:
@@ -238,7 +274,9 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     json_path = os.path.join(out_dir, "accuracy.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
     label = model_label(model_path)
-    done = {(r["dataset"], r["variant"], r["seed"], _model_of(r), r.get("layers", 6)) for r in records}
+    done = {_run_key(r) for r in records}
+    _check_same_settings(records, {(ds, label, layers, v, s) for ds in datasets for v in variants for s in seeds},
+                         run_settings(cfg, limit), json_path)
 
     _, tokenizer = load_pretrained(model_path)
     for ds in datasets:
@@ -248,7 +286,7 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
         num_labels = _num_labels(data)
         for seed in seeds:
             for v in variants:
-                if (ds, v, seed, label, layers) in done:
+                if (ds, label, layers, v, seed) in done:
                     continue
                 r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit)
                 r["command"] = command
@@ -326,20 +364,22 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
                     log=print, reuse: str | None = None, data_root=None, estimate_missing: bool = True) -> list:
     """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json.
 
-    reuse: an accuracy.json whose records with the same dataset, N, variant, seed, epochs, lr
-    and batch size are taken instead of training again (the main table's N = 6 runs)."""
+    reuse: an accuracy.json whose records with the same dataset, model, N, variant, seed and
+    run_settings are taken instead of training again (the main table's N = 6 runs)."""
     from . import plots
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy_vs_layers.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
     model = model_label(model_path)
     # The model is part of a run's identity: an MPNet sweep must neither skip nor reuse MiniLM runs.
-    done = {(r["dataset"], _model_of(r), r["layers"], r["variant"], r["seed"]) for r in records}
+    done = {_run_key(r) for r in records}
+    settings = run_settings(cfg, limit)
+    _check_same_settings(records, {(dataset, model, n, v, s) for n in layer_counts for v in variants for s in seeds},
+                         settings, json_path)
     if reuse and not limit:
         for r in json.load(open(reuse)):
             same = (r["dataset"] == dataset and _model_of(r) == model and r.get("layers") in layer_counts
-                    and r["variant"] in variants and r["seed"] in seeds
-                    and (r.get("epochs"), r.get("lr"), r.get("batch_size")) == (cfg.epochs, cfg.lr, cfg.batch_size))
+                    and r["variant"] in variants and r["seed"] in seeds and _settings_of(r) == settings)
             key = (r["dataset"], model, r["layers"], r["variant"], r["seed"])
             if same and key not in done:
                 done.add(key)

@@ -101,6 +101,43 @@ def test_layer_sweep_reuses_only_identical_runs(tmp_path):
     assert "Runs of N = 6 are the identical runs of accuracy.json" in (tmp_path / "out" / "accuracy_vs_layers.md").read_text()
 
 
+def test_results_trained_otherwise_are_refused_not_skipped(tmp_path):
+    """A results file holding runs of the same (dataset, model, N, variant) trained with other
+    settings (a --limit smoke run, other epochs) stops the experiment and the sweep: one of the
+    same seed used to be skipped as done and its accuracy reported as the new run's, one of
+    another seed averaged with it in the table."""
+    import json
+
+    from adaptive_encoder.distributed import InputError
+    from adaptive_encoder.experiment import run_experiment, run_layer_sweep, run_settings
+    from adaptive_encoder.train import TrainConfig
+
+    cfg, no_model = TrainConfig(), str(tmp_path / "no-model")
+    fixed6 = next(r for r in _records() if r["layers"] == 6 and r["variant"] == "fixed" and r["seed"] == 0)
+    fixed6["model"] = "no-model"  # the label of model_path below
+    smoke = dict(fixed6, epochs=1, lr=5e-5, batch_size=32, settings=run_settings(TrainConfig(epochs=1), 16))
+    old = dict(fixed6, epochs=1, lr=5e-5, batch_size=32)  # written before settings were recorded
+    for rec, says in ((smoke, "epochs 1 there, 3 here, limit 16 there, 0 here"), (old, "epochs 1 there, 3 here")):
+        (tmp_path / "accuracy.json").write_text(json.dumps([rec]))
+        (tmp_path / "accuracy_vs_layers.json").write_text(json.dumps([rec]))
+        with pytest.raises(InputError, match=says):
+            run_experiment(["trec"], ["fixed"], [0], cfg, 6, str(tmp_path), "cmd", model_path=no_model)
+        with pytest.raises(InputError, match="trec fixed N=6 \\(no-model\\) seed 0"):
+            run_layer_sweep("trec", ["fixed"], [6], [0], cfg, str(tmp_path), "cmd", model_path=no_model)
+        with pytest.raises(InputError, match="seed 0 trained with other settings"):  # another seed, same row
+            run_experiment(["trec"], ["fixed"], [1], cfg, 6, str(tmp_path), "cmd", model_path=no_model)
+        # Other N or variants are other rows: the run goes on (to train: no model here).
+        for variants, n in ((["mi"], 6), (["fixed"], 4)):
+            with pytest.raises(OSError):
+                run_experiment(["trec"], variants, [0], cfg, n, str(tmp_path), "cmd", model_path=no_model)
+    # The same settings, recorded or (old records) the defaults: done, nothing trained.
+    for rec in (dict(fixed6, epochs=3, lr=5e-5, batch_size=32, settings=run_settings(cfg, 0)),
+                dict(fixed6, epochs=3, lr=5e-5, batch_size=32)):
+        (tmp_path / "accuracy_vs_layers.json").write_text(json.dumps([rec]))
+        assert run_layer_sweep("trec", ["fixed"], [6], [0], cfg, str(tmp_path), "cmd", model_path=no_model,
+                               log=lambda *a: None) == [rec]
+
+
 def test_layer_sweep_keeps_models_apart(tmp_path):
     """An MPNet sweep neither skips nor reuses MiniLM runs of the same N, and each model gets
     its own table and figure."""
