@@ -194,7 +194,8 @@ def _evaluate(args) -> int:
     ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
     _say(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
-          f"{ev['samples_per_s']:.0f} samples/s")
+          f"{ev['samples_per_s']:.0f} samples/s"
+          + (f" (on the first {meta['limit']} test texts: trained with --limit)" if meta.get("limit") else ""))
     return 0
 
 

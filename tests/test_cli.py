@@ -81,3 +81,17 @@ def test_missing_depth_folder_is_an_error_not_a_long_job(tmp_path):
               "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--layers must be in 1..6"):
         main(["train", "--layers", "7", "--limit", "5", "--out", str(tmp_path)])
+
+
+@needs_minilm
+def test_train_then_evaluate_a_limited_checkpoint_says_so(tmp_path, capsys):
+    """evaluate re-reads the checkpoint's data with its --limit: the accuracy it prints is on
+    those few test texts, and the line says so (a smoke checkpoint's number is not the dataset's)."""
+    assert main(["train", "--dataset", "trec", "--depth", "mi", "--layers", "2", "--epochs", "1", "--limit", "16",
+                 "--out", str(tmp_path)]) == 0
+    trained = capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "trec_mi_N2_seed0")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("trec mi N=2: accuracy ") and line.endswith("(on the first 16 test texts: trained with --limit)")
+    accuracy = re.search(r"accuracy ([0-9.]+)%", line).group(1)
+    assert f"test accuracy {accuracy}%" in trained  # the same model on the same texts
