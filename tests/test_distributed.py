@@ -51,7 +51,7 @@ def test_mi_counts_are_summed_over_ranks(tmp_path):
     assert all(abs(two["mi"][w] - one["mi"][w]) < 1e-12 for w in one["mi"])
 
 
-def _tiny_checkpoint(tmp_path, variant="fixed"):
+def _tiny_checkpoint(tmp_path, variant="fixed", limit=0):
     """A checkpoint of a tiny random BERT saved as a local model folder (no pretrained package)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -71,7 +71,7 @@ def _tiny_checkpoint(tmp_path, variant="fixed"):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(str(path), model, {"model_path": str(folder), "num_labels": 3, "layers": 3, "halting": False,
                                        "dropout": 0.1, "dataset": "trec", "variant": variant,
-                                       "config": {"max_length": 64}, "limit": 0})
+                                       "config": {"max_length": 64}, "limit": limit})
     return path
 
 
@@ -120,6 +120,39 @@ def test_predict_indices_are_input_lines_when_blank_lines_are_skipped(tmp_path):
     assert [json.loads(x)["index"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == [0, 3, 4]
     _single(*args, "--limit", "2", "--out", str(tmp_path / "two.jsonl"))
     assert [json.loads(x)["index"] for x in (tmp_path / "two.jsonl").read_text().splitlines()] == [0, 3]
+
+
+def test_reconstruction_checkpoints_say_which_texts_they_have_depths_for(tmp_path):
+    """Reconstruction depths exist only for the checkpoint's dataset, and for a --limit run only
+    for its first texts: other texts are an error that says so (it was a traceback, an
+    IndexError for texts past the limit), the texts that have depths run."""
+    from transformers import BertTokenizerFast
+
+    from adaptive_encoder.data import load_dataset
+    from adaptive_encoder.depth.pipeline import encode_words, tokenizer_words
+
+    ckpt = _tiny_checkpoint(tmp_path, "reconstruction", limit=4)
+    tok = BertTokenizerFast.from_pretrained(str(tmp_path / "tiny-bert"))
+    splits = load_dataset("trec")
+    depths = {k: [[1 + i % 3 for i in range(len(ids))]
+                  for ids in encode_words(tok, [tokenizer_words(tok, t) for t in splits[k].texts[:4]], 64)["input_ids"]]
+              for k in ("train", "test")}
+    (tmp_path / "depths" / "trec").mkdir(parents=True)
+    torch.save({"layers": 3, "max_length": 64, "lam": 0.1, "model": "tiny-bert", "depths": depths},
+               tmp_path / "depths" / "trec" / "depths_reconstruction.pt")
+    (tmp_path / "in.txt").write_text("w1 w2\n")
+    base = [sys.executable, "-m", "adaptive_encoder", "predict", str(ckpt), "--depths", str(tmp_path / "depths"),
+            "--out", str(tmp_path / "p.jsonl")]
+    for extra, msg in ((["--input", str(tmp_path / "in.txt")], "depths for new texts need the anytime MLM"),
+                       (["--dataset", "trec"], "cover the first 4 texts of the split, not 500: pass --limit 4")):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode != 0 and msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run(base + ["--dataset", "trec", "--limit", "3"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2]
+    want = [sum(d) / len(d) for d in depths["test"][:3]]  # depth_mean: the file's depths, as given
+    assert [x["depth_mean"] for x in lines] == pytest.approx(want, abs=1e-6)
 
 
 def test_bad_inputs_end_every_rank_with_a_clear_message(tmp_path):
