@@ -191,6 +191,10 @@ def _evaluate(args) -> int:
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
                    variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
+    if meta["variant"] == "mi" and os.path.isdir(args.checkpoint):  # the same data, so the same depths
+        from adaptive_encoder.checkpoint import check_mi_refit
+
+        check_mi_refit(args.checkpoint, data["mi"][0].meta["mi_estimator"], tokenizer)
     ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
     _say(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "

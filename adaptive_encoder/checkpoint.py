@@ -85,8 +85,9 @@ def convert(old: str, new: str) -> None:
     save_checkpoint(new, model, meta, tokenizer, table)
 
 
-def mi_estimator(meta: dict, tokenizer, data_root=None):
-    """The MIDepthEstimator of an MI checkpoint, refitted on its training data (deterministic)."""
+def mi_estimator(meta: dict, tokenizer, data_root=None, checkpoint: str | None = None):
+    """The MIDepthEstimator of an MI checkpoint, refitted on its training data (deterministic).
+    With `checkpoint` (its folder), the refit is checked against the depth table saved there."""
     from .data import load_dataset
     from .depth.mi import MIDepthEstimator
     from .depth.pipeline import tokenizer_words
@@ -94,7 +95,28 @@ def mi_estimator(meta: dict, tokenizer, data_root=None):
     train = load_dataset(meta["dataset"], root=data_root)["train"]
     if meta.get("limit"):
         train = train.subset(range(min(meta["limit"], len(train))))
-    return MIDepthEstimator(meta["layers"]).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+    est = MIDepthEstimator(meta["layers"]).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+    if checkpoint is not None:
+        check_mi_refit(checkpoint, est, tokenizer)
+    return est
+
+
+def check_mi_refit(checkpoint: str, est, tokenizer) -> None:
+    """Refuse MI depths refitted on other training data than the checkpoint's (another --data
+    folder, an edited dataset): the refit's token table must equal the checkpoint's
+    depth_table.json, else every depth would silently differ from the ones it was trained with.
+    Old checkpoints without a table (.pt files) are not checked."""
+    from .depth.mi import TokenDepthLookup, lookup_table
+
+    if not os.path.isfile(os.path.join(checkpoint, TokenDepthLookup.FILE)):
+        return
+    saved = TokenDepthLookup.load(checkpoint)
+    refit = lookup_table(est, tokenizer)
+    if saved.num_layers != est.num_layers or not torch.equal(saved.table, refit.long()):
+        differ = int((saved.table != refit.long()).sum()) if saved.table.shape == refit.shape else "all"
+        raise distributed.InputError(f"MI depths refitted on this training data differ from the checkpoint's "
+                         f"({checkpoint}/{TokenDepthLookup.FILE}: {differ} of {refit.numel()} tokens): the "
+                         f"dataset is not the one it was trained on (--data, or an edited file)")
 
 
 def mi_table(meta: dict, tokenizer, data_root=None):

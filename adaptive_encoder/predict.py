@@ -14,8 +14,9 @@ skips shards that are complete and were made from the same checkpoint files, tex
 (the shard's first line is a fingerprint of them); any other shard is recomputed.
 
 Depths come from the checkpoint's variant: fixed (all N), halting (the model's unit), MI (the
-estimator refitted on the checkpoint's training data, deterministic), reconstruction (only
-for texts of the checkpoint's own dataset, from estimate-depths' file).
+estimator refitted on the checkpoint's training data, deterministic, and refused unless its
+token table equals the checkpoint's depth_table.json), reconstruction (only for texts of the
+checkpoint's own dataset, from estimate-depths' file).
 """
 import hashlib
 import json
@@ -76,7 +77,7 @@ def _complete_shard(path: str, fingerprint: str) -> bool:
         return f.readline().rstrip("\n") == json.dumps({"fingerprint": fingerprint})
 
 
-def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir):
+def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir, checkpoint: str):
     """Per-text depth lists (or None per text: the model decides) for the checkpoint's variant."""
     from .depth.pipeline import encode_words
 
@@ -87,7 +88,7 @@ def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir):
     if variant == "mi":  # exact per-word depths from the refitted estimator (not the token table)
         from .checkpoint import mi_estimator
 
-        est = mi_estimator(meta, tokenizer, data_root)
+        est = mi_estimator(meta, tokenizer, data_root, checkpoint=checkpoint)
         enc = encode_words(tokenizer, words, max_length)
         return [est.sequence_depths(words[i], enc.word_ids(i)) for i in range(len(words))]
     raise distributed.InputError(f"predict: {variant} depths for new texts need the anytime MLM's loss tables, which "
@@ -128,7 +129,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
                                  f"split, not {len(texts)}: pass --limit {len(split_depths)} or less")
             depths = split_depths[lo:hi]
         else:
-            depths = _depths_for(meta, tokenizer, words, data_root, depth_dir)
+            depths = _depths_for(meta, tokenizer, words, data_root, depth_dir, checkpoint)
         ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
         data = Encoded(ids, [0] * len(ids), depths)
         lines = [json.dumps({"fingerprint": fingerprint})]

@@ -95,3 +95,23 @@ def test_train_then_evaluate_a_limited_checkpoint_says_so(tmp_path, capsys):
     assert line.startswith("trec mi N=2: accuracy ") and line.endswith("(on the first 16 test texts: trained with --limit)")
     accuracy = re.search(r"accuracy ([0-9.]+)%", line).group(1)
     assert f"test accuracy {accuracy}%" in trained  # the same model on the same texts
+    # Other training data (here its lines reversed) refits other MI depths than the checkpoint's
+    # table: evaluate and predict refuse it instead of running the model on depths it never saw.
+    import shutil
+
+    from adaptive_encoder.data import data_root
+
+    other = tmp_path / "data"
+    shutil.copytree(data_root(), other)
+    train_file = other / "TREC.train.all"
+    lines = train_file.read_bytes().splitlines(True)
+    train_file.chmod(0o644)
+    train_file.write_bytes(b"".join(reversed(lines)))
+    (tmp_path / "in.txt").write_text("who was galileo ?\n")
+    for argv in (["evaluate", str(tmp_path / "trec_mi_N2_seed0"), "--data", str(other)],
+                 ["predict", str(tmp_path / "trec_mi_N2_seed0"), "--input", str(tmp_path / "in.txt"),
+                  "--out", str(tmp_path / "p.jsonl"), "--data", str(other)]):
+        with pytest.raises(SystemExit, match="^error: MI depths refitted on this training data differ"):
+            main(argv)
+    assert main(["predict", str(tmp_path / "trec_mi_N2_seed0"), "--input", str(tmp_path / "in.txt"),
+                 "--out", str(tmp_path / "p.jsonl")]) == 0
