@@ -191,7 +191,7 @@ def _evaluate(args) -> int:
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
                    variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
-    if meta["variant"] == "mi" and os.path.isdir(args.checkpoint):  # the same data, so the same depths
+    if meta["variant"] == "mi":  # the same training data, so the depths it was trained with
         from adaptive_encoder.checkpoint import check_mi_refit
 
         check_mi_refit(args.checkpoint, data["mi"][0].meta["mi_estimator"], tokenizer)

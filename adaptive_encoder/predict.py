@@ -91,9 +91,9 @@ def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir, checkp
         est = mi_estimator(meta, tokenizer, data_root, checkpoint=checkpoint)
         enc = encode_words(tokenizer, words, max_length)
         return [est.sequence_depths(words[i], enc.word_ids(i)) for i in range(len(words))]
-    raise distributed.InputError(f"predict: {variant} depths for new texts need the anytime MLM's loss tables, which "
-                     f"only exist for the checkpoint's dataset: use --dataset {meta['dataset']} "
-                     f"(depths from {depth_dir}/{meta['dataset']})")
+    raise distributed.InputError(f"predict: {variant} depths for new texts need the anytime MLM's loss tables, "
+                                 f"which only exist for the checkpoint's dataset: use --dataset {meta['dataset']} "
+                                 f"(depths from {depth_dir}/{meta['dataset']})")
 
 
 def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
@@ -124,9 +124,10 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
                            variants=["reconstruction"], data_root=data_root, estimate_missing=False)
             split_depths = full["reconstruction"][1 if dataset_split[1] == "test" else 0].depths
             if len(split_depths) < len(texts):  # a checkpoint of a --limit run: its depth file is as short
-                raise distributed.InputError(f"predict: the checkpoint was trained with --limit {meta.get('limit')}; its "
-                                 f"reconstruction depths cover the first {len(split_depths)} texts of the "
-                                 f"split, not {len(texts)}: pass --limit {len(split_depths)} or less")
+                raise distributed.InputError(
+                    f"predict: the checkpoint was trained with --limit {meta.get('limit')}; its reconstruction "
+                    f"depths cover the first {len(split_depths)} texts of the split, not {len(texts)}: "
+                    f"pass --limit {len(split_depths)} or less")
             depths = split_depths[lo:hi]
         else:
             depths = _depths_for(meta, tokenizer, words, data_root, depth_dir, checkpoint)
