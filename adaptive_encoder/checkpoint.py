@@ -112,8 +112,8 @@ def check_mi_refit(checkpoint: str, est, tokenizer) -> None:
         return
     saved = TokenDepthLookup.load(checkpoint)
     refit = lookup_table(est, tokenizer)
-    if saved.num_layers != est.num_layers or not torch.equal(saved.table, refit.long()):
-        differ = int((saved.table != refit.long()).sum()) if saved.table.shape == refit.shape else "all"
+    if saved.num_layers != est.num_layers or not torch.equal(saved.table, refit):
+        differ = int((saved.table != refit).sum()) if saved.table.shape == refit.shape else "all"
         raise distributed.InputError(f"MI depths refitted on this training data differ from the checkpoint's "
                                      f"({checkpoint}/{TokenDepthLookup.FILE}: {differ} of {refit.numel()} tokens): "
                                      f"the dataset is not the one it was trained on (--data, or an edited file)")

@@ -150,9 +150,10 @@ def run_settings(cfg: TrainConfig, limit: int) -> dict:
 def _settings_of(record: dict) -> dict:
     """A record's run_settings; records written before they were recorded ran with the defaults
     (every committed command set only --epochs 3, the default) on the whole data."""
-    old = {**run_settings(TrainConfig(), 0), "epochs": record.get("epochs"), "lr": record.get("lr"),
-           "batch_size": record.get("batch_size")}
-    return record.get("settings", old)
+    if "settings" in record:
+        return record["settings"]
+    return {**run_settings(TrainConfig(), 0), "epochs": record.get("epochs"), "lr": record.get("lr"),
+            "batch_size": record.get("batch_size")}
 
 
 def _run_key(record: dict) -> tuple:
@@ -167,8 +168,8 @@ def _check_same_settings(records: list, keys: set, settings: dict, path: str) ->
     one table row. `keys`: this run's _run_key tuples. Every rank reads the same file and raises alike."""
     groups = {k[:4] for k in keys}
     for r in records:
-        if _run_key(r)[:4] in groups and _settings_of(r) != settings:
-            theirs = _settings_of(r)
+        theirs = _settings_of(r)
+        if _run_key(r)[:4] in groups and theirs != settings:
             diff = ", ".join(f"{k} {theirs.get(k)} there, {v} here" for k, v in settings.items() if theirs.get(k) != v)
             raise distributed.InputError(
                 f"{path} already has {r['dataset']} {r['variant']} N={r.get('layers', 6)} ({_model_of(r)}) "
@@ -380,7 +381,7 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
         for r in json.load(open(reuse)):
             same = (r["dataset"] == dataset and _model_of(r) == model and r.get("layers") in layer_counts
                     and r["variant"] in variants and r["seed"] in seeds and _settings_of(r) == settings)
-            key = (r["dataset"], model, r["layers"], r["variant"], r["seed"])
+            key = _run_key(r)
             if same and key not in done:
                 done.add(key)
                 records.append({**r, "reused_from": os.path.basename(reuse)})

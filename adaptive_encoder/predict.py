@@ -69,12 +69,17 @@ def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 
+def _shard_header(fingerprint: str) -> str:
+    """A shard's first line: the fingerprint of the inputs it was made from."""
+    return json.dumps({"fingerprint": fingerprint})
+
+
 def _complete_shard(path: str, fingerprint: str) -> bool:
     """Whether `path` holds a finished shard made from the same inputs (its first line says)."""
     if not os.path.isfile(path):
         return False
     with open(path) as f:
-        return f.readline().rstrip("\n") == json.dumps({"fingerprint": fingerprint})
+        return f.readline().rstrip("\n") == _shard_header(fingerprint)
 
 
 def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir, checkpoint: str):
@@ -133,7 +138,7 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
             depths = _depths_for(meta, tokenizer, words, data_root, depth_dir, checkpoint)
         ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
         data = Encoded(ids, [0] * len(ids), depths)
-        lines = [json.dumps({"fingerprint": fingerprint})]
+        lines = [_shard_header(fingerprint)]
         n_batches = (len(ids) + batch_size - 1) // batch_size
         with torch.inference_mode():
             for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
