@@ -95,7 +95,8 @@ def mi_estimator(meta: dict, tokenizer, data_root=None, checkpoint: str | None =
     train = load_dataset(meta["dataset"], root=data_root)["train"]
     if meta.get("limit"):
         train = train.subset(range(min(meta["limit"], len(train))))
-    est = MIDepthEstimator(meta["layers"]).fit([tokenizer_words(tokenizer, t) for t in train.texts], train.labels)
+    words = [tokenizer_words(tokenizer, t) for t in train.texts]
+    est = MIDepthEstimator(meta["layers"]).fit_replicated(words, train.labels)  # every rank loaded it all
     if checkpoint is not None:
         check_mi_refit(checkpoint, est, tokenizer)
     return est

@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py train OUT.json      one short training run: losses + final weights
     python tests/dist_worker.py mi OUT.json         MI table fitted on this rank's share of docs
+    python tests/dist_worker.py mi_depths OUT.json  the pipeline's MI depths, every rank holding all texts
     python tests/dist_worker.py die OUT.json        rank 1 exits at once, rank 0 waits in a collective
 """
 import json
@@ -38,14 +39,37 @@ def run_train(halting: bool):
     return {"losses": hist["losses"], "params": flat.tolist()}
 
 
-def run_mi():
+def mi_docs():
     gen = torch.Generator().manual_seed(1)
     docs = [[f"w{int(w)}" for w in torch.randint(0, 40, (int(torch.randint(2, 9, (1,), generator=gen)),),
                                                    generator=gen)] for _ in range(60)]
-    labels = [int(torch.randint(0, 3, (1,), generator=gen)) for _ in docs]
+    return docs, [int(torch.randint(0, 3, (1,), generator=gen)) for _ in docs]
+
+
+def run_mi():
+    docs, labels = mi_docs()
     r, W = distributed.rank(), distributed.world_size()
     est = MIDepthEstimator(4).fit(docs[r::W], labels[r::W])  # this rank's share only
     return {"mi": est.mi, "word_depth": est.word_depth}
+
+
+def run_mi_depths():
+    """What `train --depth mi` and `evaluate` do: every rank loaded the whole training split."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from transformers import BertTokenizerFast
+
+    from adaptive_encoder.depth.pipeline import mi_depths
+
+    docs, labels = mi_docs()
+    with tempfile.TemporaryDirectory() as folder:
+        with open(f"{folder}/vocab.txt", "w") as f:
+            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)]) + "\n")
+        tokenizer = BertTokenizerFast(f"{folder}/vocab.txt")
+    texts = [" ".join(d) for d in docs]
+    est, depths = mi_depths({"train": SimpleNamespace(texts=texts, labels=labels)}, tokenizer, 4)
+    return {"mi": est.mi, "word_depth": est.word_depth, "depths": [d.tolist() for d in depths["train"]]}
 
 
 if __name__ == "__main__":
@@ -56,7 +80,8 @@ if __name__ == "__main__":
             sys.exit(3)  # a rank that dies before its collective
         distributed.sum_([1.0])  # rank 0 would wait here for ever without timeouts / torchrun
         sys.exit(0)
-    result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi}[what]()
+    result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi,
+              "mi_depths": run_mi_depths}[what]()
     if distributed.is_main():
         with open(out, "w") as f:
             json.dump({"world": distributed.world_size(), **result}, f)

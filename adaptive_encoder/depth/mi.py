@@ -109,6 +109,21 @@ class MIDepthEstimator:
         self.word_depth = dict(zip(words, self._bin(mi).tolist()))
         return self
 
+    def fit_replicated(self, docs: Sequence, labels: Sequence) -> "MIDepthEstimator":
+        """fit() for documents that every rank holds in full (each rank loaded the dataset):
+        under torch.distributed each rank counts only its share docs[r::W], so the summed counts,
+        and the table, are those of one process fitting `docs`, not of W copies of them (which
+        would weaken the smoothing W-fold and move words across bin edges). Alone: fit(docs)."""
+        world = _world()
+        if world is None:
+            return self.fit(docs, labels)
+        if len(docs) != len(labels):
+            raise ValueError(f"{len(docs)} docs but {len(labels)} labels")
+        from .. import distributed
+
+        r = distributed.rank()
+        return self.fit(list(docs)[r::world], list(labels)[r::world])
+
     @staticmethod
     def _counts(X, Y) -> tuple:
         """(n11 (V,C) docs with word and label, n1_ (V,1) docs with word, n_1 (1,C) docs with

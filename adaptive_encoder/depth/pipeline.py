@@ -39,9 +39,10 @@ def encode_words(tokenizer, docs, max_length: int):
 
 
 def mi_depths(splits: dict, tokenizer, num_layers: int, max_length: int = 128, smoothing: float = 0.1):
-    """Fit on splits['train'] only; returns (estimator, depth lists for every split)."""
+    """Fit on splits['train'] only; returns (estimator, depth lists for every split). Under
+    torchrun every rank holds the whole split and gets the 1-process table (fit_replicated)."""
     words = {name: [tokenizer_words(tokenizer, t) for t in s.texts] for name, s in splits.items()}
-    est = MIDepthEstimator(num_layers, smoothing=smoothing).fit(words["train"], splits["train"].labels)
+    est = MIDepthEstimator(num_layers, smoothing=smoothing).fit_replicated(words["train"], splits["train"].labels)
     out = {}
     for name, docs in words.items():
         enc = encode_words(tokenizer, docs, max_length)
