@@ -10,7 +10,8 @@
     convert-checkpoint  rewrite an old pickled .pt checkpoint as a transformers-format folder
 
 train, experiment, sweep-layers, evaluate and predict run data parallel under torchrun
-(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`): gloo on CPU, nccl on GPUs.
+(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`): gloo on CPU, nccl on GPUs;
+estimate-depths shares its longest part, the reconstruction loss tables, among the ranks.
 """
 import argparse
 import sys
@@ -72,7 +73,7 @@ def _estimate_depths(args) -> int:
 
     import torch
 
-    from adaptive_encoder import plots
+    from adaptive_encoder import distributed, plots
     from adaptive_encoder.data import load_dataset
     from adaptive_encoder.depth.pipeline import (Timer, encode_words, estimate_reconstruction, mi_depths,
                                                  summarize, tokenizer_words)
@@ -89,15 +90,18 @@ def _estimate_depths(args) -> int:
     if "reconstruction" in methods and N != bert.config.num_hidden_layers:
         print(f"error: reconstruction depths need --layers = the model's {bert.config.num_hidden_layers}")
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    main = distributed.is_main()  # under torchrun the ranks share the reconstruction work; rank 0 writes
+    if main:
+        os.makedirs(args.out, exist_ok=True)
     written = []
     results, summary = {}, {"dataset": args.dataset, "layers": N, "sizes": {k: len(v) for k, v in splits.items()}}
     if "mi" in methods:
         with Timer() as t:
             est, results["mi"] = mi_depths(splits, tokenizer, N, max_length=args.max_length)
-        est.save(os.path.join(args.out, "mi_estimator.json"))
-        torch.save({"layers": N, "max_length": args.max_length, "depths": results["mi"]},
-                   os.path.join(args.out, "depths_mi.pt"))
+        if main:
+            est.save(os.path.join(args.out, "mi_estimator.json"))
+            torch.save({"layers": N, "max_length": args.max_length, "depths": results["mi"]},
+                       os.path.join(args.out, "depths_mi.pt"))
         written += ["mi_estimator.json", "depths_mi.pt"]
         summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
     if "reconstruction" in methods:
@@ -110,6 +114,8 @@ def _estimate_depths(args) -> int:
         summary["reconstruction"] = {"seconds": t.seconds, "lam": args.lam, "mlm_steps": args.mlm_steps,
                                      "mlm_loss_first_last": [losses[0], losses[-1]] if losses else None,
                                      **{k: summarize(v, N) for k, v in results["reconstruction"].items()}}
+    if not main:
+        return 0
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     written.append("summary.json")
@@ -464,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("demo", "estimate-depths", "convert-checkpoint"):
+    if args.command in ("demo", "convert-checkpoint"):
         return args.func(args)
     from adaptive_encoder import distributed
 

@@ -97,6 +97,29 @@ def gather_objects(obj) -> list:
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's obj on every rank (picklable objects; tensors keep their device)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def everywhere(flag: bool) -> bool:
+    """Collective: whether `flag` holds on every rank. For decisions that lead into collectives
+    (is a cache file there?), which every rank must take alike even when their views differ."""
+    return all(gather_objects(bool(flag)))
+
+
+def save_atomically(obj, path: str) -> None:
+    """torch.save through a temporary file and one rename: a reader (another rank, a rerun after
+    a kill) sees the old file or the whole new one, never a half-written one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

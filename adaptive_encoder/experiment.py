@@ -68,7 +68,8 @@ def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model
     for first, keeps every N of a sweep on one MLM, as `estimate-depths` does."""
     recon_file = os.path.join(depth_dir, "depths_reconstruction.pt") if depth_dir else None
     tables = None
-    if recon_file and os.path.exists(recon_file):
+    # Every rank takes the same branch (estimating is collective under torchrun).
+    if recon_file and distributed.everywhere(os.path.exists(recon_file)):
         saved = torch.load(recon_file)
     elif not estimate_missing:
         raise FileNotFoundError(

@@ -3,6 +3,7 @@
     python tests/dist_worker.py train OUT.json      one short training run: losses + final weights
     python tests/dist_worker.py mi OUT.json         MI table fitted on this rank's share of docs
     python tests/dist_worker.py mi_depths OUT.json  the pipeline's MI depths, every rank holding all texts
+    python tests/dist_worker.py recon OUT.json      reconstruction depths written to OUT.json.d/, work shared
     python tests/dist_worker.py die OUT.json        rank 1 exits at once, rank 0 waits in a collective
 """
 import json
@@ -39,10 +40,10 @@ def run_train(halting: bool):
     return {"losses": hist["losses"], "params": flat.tolist()}
 
 
-def mi_docs():
+def mi_docs(n=60):
     gen = torch.Generator().manual_seed(1)
     docs = [[f"w{int(w)}" for w in torch.randint(0, 40, (int(torch.randint(2, 9, (1,), generator=gen)),),
-                                                   generator=gen)] for _ in range(60)]
+                                                   generator=gen)] for _ in range(n)]
     return docs, [int(torch.randint(0, 3, (1,), generator=gen)) for _ in docs]
 
 
@@ -53,23 +54,55 @@ def run_mi():
     return {"mi": est.mi, "word_depth": est.word_depth}
 
 
-def run_mi_depths():
-    """What `train --depth mi` and `evaluate` do: every rank loaded the whole training split."""
+def tiny_tokenizer():
     import tempfile
-    from types import SimpleNamespace
 
     from transformers import BertTokenizerFast
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(f"{folder}/vocab.txt", "w") as f:
+            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)]) + "\n")
+        return BertTokenizerFast(f"{folder}/vocab.txt")
+
+
+def run_mi_depths():
+    """What `train --depth mi` and `evaluate` do: every rank loaded the whole training split."""
+    from types import SimpleNamespace
 
     from adaptive_encoder.depth.pipeline import mi_depths
 
     docs, labels = mi_docs()
-    with tempfile.TemporaryDirectory() as folder:
-        with open(f"{folder}/vocab.txt", "w") as f:
-            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)]) + "\n")
-        tokenizer = BertTokenizerFast(f"{folder}/vocab.txt")
     texts = [" ".join(d) for d in docs]
-    est, depths = mi_depths({"train": SimpleNamespace(texts=texts, labels=labels)}, tokenizer, 4)
+    est, depths = mi_depths({"train": SimpleNamespace(texts=texts, labels=labels)}, tiny_tokenizer(), 4)
     return {"mi": est.mi, "word_depth": est.word_depth, "depths": [d.tolist() for d in depths["train"]]}
+
+
+def run_recon(out_dir):
+    """What `estimate-depths --method reconstruction` and `--estimate-missing` do: every rank
+    trains the same tiny anytime MLM, the ranks share the loss tables, rank 0 writes."""
+    import os
+    from types import SimpleNamespace
+
+    from adaptive_encoder.depth import reconstruction
+    from adaptive_encoder.depth.pipeline import estimate_reconstruction
+
+    computed, real = [], reconstruction._chunk_losses
+    reconstruction._chunk_losses = lambda *a: computed.append(len(a[-1])) or real(*a)  # copies this rank ran
+    docs, labels = mi_docs(150)  # ~600 training tokens: chunks of 256 copies on both ranks
+    texts = [" ".join(d) for d in docs]
+    splits = {"train": SimpleNamespace(texts=texts[:120], labels=labels[:120]),
+              "test": SimpleNamespace(texts=texts[120:], labels=labels[120:])}
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+                                vocab_size=45, max_position_embeddings=32))
+    saved, losses, tables = estimate_reconstruction(splits, bert, tiny_tokenizer(), out_dir, steps=3, max_length=32)
+    mlm = torch.load(os.path.join(out_dir, "anytime_mlm.pt"))
+    return {"depths": {k: [d.tolist() for d in v] for k, v in saved["depths"].items()},
+            "tables": {k: [t.nan_to_num(-1.0).tolist() for t in v] for k, v in tables.items()},
+            "mlm": torch.cat([p.flatten() for p in mlm.values()]).tolist(), "losses": losses,
+            "computed": distributed.gather_objects(sum(computed)),
+            "files": sorted(os.path.relpath(os.path.join(d, f), out_dir)
+                            for d, _, fs in os.walk(out_dir) for f in fs)}
 
 
 if __name__ == "__main__":
@@ -81,7 +114,7 @@ if __name__ == "__main__":
         distributed.sum_([1.0])  # rank 0 would wait here for ever without timeouts / torchrun
         sys.exit(0)
     result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi,
-              "mi_depths": run_mi_depths}[what]()
+              "mi_depths": run_mi_depths, "recon": lambda: run_recon(out + ".d")}[what]()
     if distributed.is_main():
         with open(out, "w") as f:
             json.dump({"world": distributed.world_size(), **result}, f)

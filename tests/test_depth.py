@@ -347,3 +347,52 @@ def test_token_lookup_threads_on_two_devices_and_fresh_copies():
         look.table.fill_(2)  # in place (as load_state_dict writes): the kept copy is remade
     assert look._table_on(torch.device("meta")) is not copy
     assert torch.equal(look(torch.tensor([[5, 7]])), torch.tensor([[2, 2]]))
+
+
+def test_interrupted_loss_tables_resume_from_their_finished_chunks(tokenizer, tmp_path, monkeypatch):
+    """A long estimate killed midway loses at most one save interval: the rerun (with any
+    number of ranks) computes only the chunks no partial file holds, to the same tables."""
+    from adaptive_encoder import distributed
+    from adaptive_encoder.depth import reconstruction
+
+    model = _tiny_mlm(tokenizer)
+    whole = loss_tables(model, tokenizer, TEXTS, chunk=4)
+    n_chunks = math.ceil(sum(int(t[:, 0].isfinite().sum()) for t in whole) / 4)
+    assert n_chunks >= 6
+    partial = str(tmp_path / "job.partial")
+    real, computed = reconstruction._chunk_losses, []
+
+    def counting(model, tokenizer, ids_list, part):
+        if len(computed) == stop_after:
+            raise KeyboardInterrupt("killed")
+        computed.append(part)
+        return real(model, tokenizer, ids_list, part)
+
+    monkeypatch.setattr(reconstruction, "_chunk_losses", counting)
+    stop_after = 3  # one process, killed after three chunks (saved after each: save_every_s=0)
+    with pytest.raises(KeyboardInterrupt):
+        loss_tables(model, tokenizer, TEXTS, chunk=4, partial=partial, save_every_s=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["job.partial.rank0.pt"]
+    # Rank 1 of 2 finishes its half (chunks 1, 3, 5, ...), then dies before the gather.
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: pytest.fail("rank 0 is gone"))
+    computed.clear()
+    stop_after = None
+    with pytest.raises(pytest.fail.Exception, match="rank 0 is gone"):
+        loss_tables(model, tokenizer, TEXTS, chunk=4, partial=partial, save_every_s=0)
+    odd = [k for k in range(n_chunks) if k % 2 == 1]
+    assert len(computed) == len([k for k in odd if k >= 3])  # chunk 1 was done by the first run
+    monkeypatch.undo()
+    monkeypatch.setattr(reconstruction, "_chunk_losses", counting)
+    computed.clear()
+    resumed = loss_tables(model, tokenizer, TEXTS, chunk=4, partial=partial, save_every_s=0)
+    assert len(computed) == len([k for k in range(3, n_chunks) if k % 2 == 0])  # only what nobody finished
+    for x, y in zip(resumed, whole):
+        torch.testing.assert_close(x, y, equal_nan=True, rtol=0, atol=0)
+    # Another chunk size is another job: its partial files are not read.
+    computed.clear()
+    loss_tables(model, tokenizer, TEXTS, chunk=5, partial=partial)
+    assert sum(len(p) for p in computed) == sum(int(t[:, 0].isfinite().sum()) for t in whole)
+    reconstruction.remove_partials(partial)
+    assert not [p for p in tmp_path.iterdir() if ".rank" in p.name]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_minilm
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -55,6 +56,48 @@ def test_mi_counts_are_summed_over_ranks(tmp_path, what):
     assert two.get("depths") == one.get("depths")
     assert two["mi"].keys() == one["mi"].keys()
     assert all(abs(two["mi"][w] - one["mi"][w]) < 1e-12 for w in one["mi"])
+
+
+def test_reconstruction_depths_shared_by_two_ranks_are_one_process_depths(tmp_path):
+    """The loss tables (the long part: one forward per token) are split between the ranks by
+    chunk; both ranks end with every table, rank 0 alone writes the files."""
+    _single(str(HERE / "dist_worker.py"), "recon", str(tmp_path / "one.json"))
+    _torchrun(str(HERE / "dist_worker.py"), "recon", str(tmp_path / "two.json"))
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert sum(len(t) - 2 for t in one["depths"]["train"]) > 2 * 256  # three chunks or more: both ranks work
+    assert two["depths"] == one["depths"]
+    assert two["losses"] == one["losses"] and two["mlm"] == one["mlm"]
+    assert min(two["computed"]) > 0 and sum(two["computed"]) == one["computed"][0]  # shared, not repeated
+    for split in one["tables"]:
+        for a, b in zip(one["tables"][split], two["tables"][split]):
+            torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-6, atol=1e-6)
+    assert two["files"] == one["files"]  # no partial or temporary file left
+    assert sorted(f for f in one["files"] if not f.startswith("cache/loss_tables_")) == \
+        ["anytime_mlm.pt", "depths_reconstruction.pt"]
+    assert len(one["files"]) == 4  # one loss-table file per split
+
+
+@needs_minilm
+def test_estimate_depths_under_torchrun_writes_the_one_process_files(tmp_path):
+    """The CLI: MI fitted on the ranks' shares, reconstruction tables shared, rank 0 writes and prints."""
+    args = ["-m", "adaptive_encoder", "estimate-depths", "--dataset", "trec", "--limit", "40", "--mlm-steps", "2"]
+    one = _single(*args, "--out", str(tmp_path / "one"))
+    two = _torchrun(*args, "--out", str(tmp_path / "two"))
+    assert two.stdout.count("wrote ") == 1 and one.stdout.count("wrote ") == 1
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in ("depths_mi.pt", "depths_reconstruction.pt"):
+        a, b = (torch.load(tmp_path / run / name) for run in ("one", "two"))
+        assert a.keys() == b.keys() and a["depths"].keys() == b["depths"].keys()
+        for split in a["depths"]:
+            assert all(torch.equal(x, y) for x, y in zip(a["depths"][split], b["depths"][split]))
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two")]
+    for s in summaries:
+        for method in ("mi", "reconstruction"):
+            del s[method]["seconds"]
+    assert summaries[1] == summaries[0]
+    assert sorted(p.name for p in (tmp_path / "two" / "cache").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "cache").iterdir())  # no partial files left
 
 
 def _tiny_checkpoint(tmp_path, variant="fixed", limit=0):

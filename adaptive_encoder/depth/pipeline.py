@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from .. import distributed
 from ..pretrained import load_pretrained, model_label, truncate_layers
 
 from .mi import MIDepthEstimator
@@ -57,12 +58,18 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
     """Train the anytime MLM on the training texts (no labels), then depths for every split
     (or only the splits named in `depth_splits`: each token costs one forward pass).
 
+    Under torchrun every rank trains the same MLM (seeded, a few minutes), then takes rank 0's
+    weights, so the ranks' shares of the loss tables (loss_tables) come from one model.
+
     Returns (model, depth lists, per-step training losses, loss tables)."""
     torch.manual_seed(seed)
     model = AnytimeMLM(bert)
     texts = mlm_texts(splits, tokenizer)
     losses = train_anytime_mlm(model, tokenizer, texts["train"], steps=steps, batch_size=batch_size, lr=lr,
-                               max_length=max_length, seed=seed, progress=progress) if steps > 0 else []
+                               max_length=max_length, seed=seed,
+                               progress=progress and distributed.is_main()) if steps > 0 else []
+    if distributed.active():
+        model.load_state_dict(distributed.broadcast_object(model.state_dict()))
     tables, out = {}, {}
     for name, ts in texts.items():
         if depth_splits is not None and name not in depth_splits:
@@ -100,10 +107,11 @@ def estimate_reconstruction(splits: dict, bert, tokenizer, out_dir: str | None =
                                                         max_length=max_length, cache_dir=cache, progress=progress)
     saved = {"layers": bert.config.num_hidden_layers, "max_length": max_length, "lam": lam,
              "model": model_label(model), "depths": depths}
-    if out_dir:
+    if out_dir and distributed.is_main():  # under torchrun every rank has them; rank 0 writes
         os.makedirs(out_dir, exist_ok=True)
-        torch.save(mlm.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
-        torch.save(saved, os.path.join(out_dir, "depths_reconstruction.pt"))
+        distributed.save_atomically(mlm.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
+        distributed.save_atomically(saved, os.path.join(out_dir, "depths_reconstruction.pt"))
+    distributed.barrier()  # the files are there for every rank's next read
     return saved, losses, tables
 
 

@@ -14,8 +14,10 @@ estimator does).
 Loss tables (one (T, N) table per text, NaN at special tokens) are cached on disk, keyed by
 the model weights, texts and max length; depths for any lam are computed from them.
 """
+import glob
 import hashlib
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -102,39 +104,87 @@ def depths_from_losses(losses: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
 
 @torch.no_grad()
 def loss_tables(model: AnytimeMLM, tokenizer, texts, max_length: int = 128, chunk: int = 256,
-                progress: bool = False) -> list:
+                progress: bool = False, partial: str | None = None, save_every_s: float = 120.0) -> list:
     """One (T_i, N) float32 table per text: layer losses of each token masked alone; NaN rows
     at special tokens. Single-mask copies of many texts share each forward, `chunk` copies
-    at a time (bounded memory); texts are processed shortest first to limit padding."""
+    at a time (bounded memory); texts are processed shortest first to limit padding.
+
+    Under torch.distributed every rank passes the same model and texts: chunk k is computed
+    by rank k % W and every rank returns all the tables. A chunk holds the same copies
+    whatever W is, so the tables are the ones one process computes.
+
+    partial: a path prefix that makes the job resumable. Each rank writes the chunks it has
+    finished to <partial>.rank<r>.pt every `save_every_s` seconds and at its end; a rerun,
+    with any number of ranks, skips every chunk found in such files of the same job. The
+    caller removes them once it has kept the result (remove_partials)."""
     from tqdm.auto import tqdm
+
+    from .. import distributed
 
     model.eval()
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
     ids_list, special = enc["input_ids"], enc["special_tokens_mask"]
-    tables = [torch.full((len(ids), model.num_layers), float("nan")) for ids in ids_list]
     jobs = [(i, t) for i in sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
             for t in range(len(ids_list[i])) if not special[i][t]]
-    bar = tqdm(total=len(jobs), desc="reconstruction depths", unit="tok", disable=not progress)
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start:start + chunk]
-        T = max(len(ids_list[i]) for i, _ in part)
-        ids = torch.full((len(part), T), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(part), T), dtype=torch.long)
-        for r, (i, t) in enumerate(part):
-            ids[r, :len(ids_list[i])] = torch.tensor(ids_list[i])
-            mask[r, :len(ids_list[i])] = 1
-        rows = torch.arange(len(part))
-        pos = torch.tensor([t for _, t in part])
-        target = ids[rows, pos].clone()
-        ids[rows, pos] = tokenizer.mask_token_id
-        states = model.layer_states(ids, mask)
-        layer_loss = torch.stack([F.cross_entropy(model.logits(h[rows, pos]), target, reduction="none")
-                                  for h in states], dim=1)  # (copies, N)
-        for r, (i, t) in enumerate(part):
-            tables[i][t] = layer_loss[r].float()
-        bar.update(len(part))
+    chunks = [jobs[start:start + chunk] for start in range(0, len(jobs), chunk)]
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = [k for k in range(len(chunks)) if k % world == rank]
+    job = {"jobs": len(jobs), "chunk": chunk, "layers": model.num_layers}
+    done = {k: v for k, v in _read_partials(partial, job).items() if k % world == rank}
+    bar = tqdm(total=sum(len(chunks[k]) for k in mine), initial=sum(len(chunks[k]) for k in done),
+               desc="reconstruction depths", unit="tok", disable=not (progress and distributed.is_main()))
+    saved_at, unsaved = time.monotonic(), False
+    for k in mine:
+        if k in done:
+            continue
+        done[k] = _chunk_losses(model, tokenizer, ids_list, chunks[k])
+        unsaved = True
+        bar.update(len(chunks[k]))
+        if partial and time.monotonic() - saved_at >= save_every_s:
+            distributed.save_atomically({**job, "done": done}, f"{partial}.rank{rank}.pt")
+            saved_at, unsaved = time.monotonic(), False
+    if partial and unsaved:
+        distributed.save_atomically({**job, "done": done}, f"{partial}.rank{rank}.pt")
     bar.close()
+    for part in distributed.gather_objects(done):
+        done.update(part)
+    tables = [torch.full((len(ids), model.num_layers), float("nan")) for ids in ids_list]
+    for k, part in enumerate(chunks):
+        for r, (i, t) in enumerate(part):
+            tables[i][t] = done[k][r]
     return tables
+
+
+def _chunk_losses(model: AnytimeMLM, tokenizer, ids_list, part) -> torch.Tensor:
+    """(copies, N) float32 layer losses of the (text, position) copies in `part`, each masked alone."""
+    T = max(len(ids_list[i]) for i, _ in part)
+    ids = torch.full((len(part), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(part), T), dtype=torch.long)
+    for r, (i, t) in enumerate(part):
+        ids[r, :len(ids_list[i])] = torch.tensor(ids_list[i])
+        mask[r, :len(ids_list[i])] = 1
+    rows = torch.arange(len(part))
+    pos = torch.tensor([t for _, t in part])
+    target = ids[rows, pos].clone()
+    ids[rows, pos] = tokenizer.mask_token_id
+    states = model.layer_states(ids, mask)
+    return torch.stack([F.cross_entropy(model.logits(h[rows, pos]), target, reduction="none")
+                        for h in states], dim=1).float()
+
+
+def _read_partials(partial: str | None, job: dict) -> dict:
+    """{chunk: losses} from every rank's partial file of this job (other chunk sizes ignored)."""
+    done = {}
+    for path in sorted(glob.glob(f"{glob.escape(partial)}.rank*.pt")) if partial else ():
+        saved = torch.load(path)
+        if all(saved.get(key) == value for key, value in job.items()):
+            done.update(saved["done"])
+    return done
+
+
+def remove_partials(partial: str) -> None:
+    for path in glob.glob(f"{glob.escape(partial)}.rank*.pt"):
+        os.remove(path)
 
 
 def table_depths(table: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
@@ -163,11 +213,20 @@ def cache_key(model: nn.Module, texts, max_length: int) -> str:
 
 def cached_loss_tables(model, tokenizer, texts, cache_dir, max_length: int = 128, chunk: int = 256,
                        progress: bool = False) -> list:
-    """loss_tables, computed once per (model weights, texts, max_length) and kept in cache_dir."""
+    """loss_tables, computed once per (model weights, texts, max_length) and kept in cache_dir;
+    resumable (an interrupted run's finished chunks are kept there until the table is written).
+    Under torch.distributed the ranks share the work and rank 0 writes the file."""
+    from .. import distributed
+
     path = os.path.join(cache_dir, f"loss_tables_{cache_key(model, texts, max_length)}.pt")
-    if os.path.exists(path):
+    if distributed.everywhere(os.path.exists(path)):
         return torch.load(path)
-    tables = loss_tables(model, tokenizer, texts, max_length=max_length, chunk=chunk, progress=progress)
     os.makedirs(cache_dir, exist_ok=True)
-    torch.save(tables, path)
+    partial = path[:-len(".pt")] + ".partial"
+    tables = loss_tables(model, tokenizer, texts, max_length=max_length, chunk=chunk, progress=progress,
+                         partial=partial)
+    if distributed.is_main():
+        distributed.save_atomically(tables, path)
+        remove_partials(partial)
+    distributed.barrier()
     return tables
