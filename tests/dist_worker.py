@@ -4,6 +4,7 @@
     python tests/dist_worker.py mi OUT.json         MI table fitted on this rank's share of docs
     python tests/dist_worker.py mi_depths OUT.json  the pipeline's MI depths, every rank holding all texts
     python tests/dist_worker.py recon OUT.json      reconstruction depths written to OUT.json.d/, work shared
+    python tests/dist_worker.py recon_own OUT.json  loss tables of each rank's own texts: refused on every rank
     python tests/dist_worker.py die OUT.json        rank 1 exits at once, rank 0 waits in a collective
 """
 import json
@@ -105,6 +106,22 @@ def run_recon(out_dir):
                             for d, _, fs in os.walk(out_dir) for f in fs)}
 
 
+def run_recon_own_texts():
+    from adaptive_encoder.depth.reconstruction import AnytimeMLM, loss_tables
+
+    docs, _ = mi_docs()
+    torch.manual_seed(0)
+    mlm = AnytimeMLM(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=48, vocab_size=45, max_position_embeddings=32)))
+    r, W = distributed.rank(), distributed.world_size()
+    try:
+        loss_tables(mlm, tiny_tokenizer(), [" ".join(d) for d in docs[r::W]], chunk=16)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    return {"errors": distributed.gather_objects(error)}
+
+
 if __name__ == "__main__":
     distributed.init_from_env()
     what, out = sys.argv[1], sys.argv[2]
@@ -114,7 +131,8 @@ if __name__ == "__main__":
         distributed.sum_([1.0])  # rank 0 would wait here for ever without timeouts / torchrun
         sys.exit(0)
     result = {"train": lambda: run_train(False), "halting": lambda: run_train(True), "mi": run_mi,
-              "mi_depths": run_mi_depths, "recon": lambda: run_recon(out + ".d")}[what]()
+              "mi_depths": run_mi_depths, "recon": lambda: run_recon(out + ".d"),
+              "recon_own": run_recon_own_texts}[what]()
     if distributed.is_main():
         with open(out, "w") as f:
             json.dump({"world": distributed.world_size(), **result}, f)

@@ -77,6 +77,13 @@ def test_reconstruction_depths_shared_by_two_ranks_are_one_process_depths(tmp_pa
     assert len(one["files"]) == 4  # one loss-table file per split
 
 
+def test_loss_tables_of_each_ranks_own_texts_are_refused_on_every_rank(tmp_path):
+    # Shares of one job: ranks passing their own texts would get other texts' losses.
+    _torchrun(str(HERE / "dist_worker.py"), "recon_own", str(tmp_path / "two.json"))
+    errors = json.loads((tmp_path / "two.json").read_text())["errors"]
+    assert len(errors) == 2 and all(e and "the ranks passed different texts" in e for e in errors)
+
+
 @needs_minilm
 def test_estimate_depths_under_torchrun_writes_the_one_process_files(tmp_path):
     """The CLI: MI fitted on the ranks' shares, reconstruction tables shared, rank 0 writes and prints."""

@@ -128,6 +128,12 @@ def loss_tables(model: AnytimeMLM, tokenizer, texts, max_length: int = 128, chun
             for t in range(len(ids_list[i])) if not special[i][t]]
     chunks = [jobs[start:start + chunk] for start in range(0, len(jobs), chunk)]
     rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:  # shares of one job, so every rank must hold the same one (not its own texts)
+        digest = hashlib.sha1("\n".join(texts).encode("utf-8")).hexdigest()
+        if len(set(distributed.gather_objects((digest, len(jobs), chunk, model.num_layers)))) > 1:
+            raise ValueError("loss_tables under torch.distributed: the ranks passed different texts (or chunk "
+                             "sizes, or models of other depths); every rank passes the same ones and gets "
+                             "all the tables, the work being shared")
     mine = [k for k in range(len(chunks)) if k % world == rank]
     job = {"jobs": len(jobs), "chunk": chunk, "layers": model.num_layers}
     done = {k: v for k, v in _read_partials(partial, job).items() if k % world == rank}
