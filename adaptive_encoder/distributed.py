@@ -97,13 +97,15 @@ def gather_objects(obj) -> list:
     return out
 
 
-def broadcast_object(obj):
-    """Rank 0's obj on every rank (picklable objects; tensors keep their device)."""
+def data_parallel(module):
+    """DistributedDataParallel under torchrun, the module itself otherwise. Unused parameters
+    are normal here (layers above a batch's deepest token, the halting unit in stage 1, a
+    pooler the anytime MLM never reads)."""
     if not active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def everywhere(flag: bool) -> bool:

@@ -101,16 +101,6 @@ def _progress(iterable, desc, enabled, total=None):
     return tqdm(iterable, desc=desc, total=total, disable=not (enabled and distributed.is_main()), leave=False)
 
 
-def _data_parallel(module):
-    """DistributedDataParallel under torchrun, the module itself otherwise. Unused parameters
-    are normal here (layers above a batch's deepest token, the halting unit in stage 1)."""
-    if not distributed.active():
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(module, find_unused_parameters=True)
-
-
 def _global_mean(loss_sum: torch.Tensor, count: int) -> tuple:
     """(loss to backpropagate, global mean loss to log) from this rank's summed loss over its
     `count` items. The loss is the sum x W / the global count: DDP's gradient average is then
@@ -139,7 +129,7 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     losses = []
     t0 = time.perf_counter()
     n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    net = _data_parallel(model)
+    net = distributed.data_parallel(model)
     model.train()
     for epoch in range(cfg.epochs):
         for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
@@ -166,7 +156,7 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
     """Stage 2 on `data` (the held-out split): encoder frozen; each real token learns its
     example's pseudo depth."""
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
-    unit = _data_parallel(model.halting)
+    unit = distributed.data_parallel(model.halting)
     losses = []
     for epoch in range(cfg.halting_epochs):
         for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),

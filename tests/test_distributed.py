@@ -2,6 +2,7 @@
 training steps, MI table and predictions as one process; bad inputs end every rank."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,19 +60,24 @@ def test_mi_counts_are_summed_over_ranks(tmp_path, what):
 
 
 def test_reconstruction_depths_shared_by_two_ranks_are_one_process_depths(tmp_path):
-    """The loss tables (the long part: one forward per token) are split between the ranks by
-    chunk; both ranks end with every table, rank 0 alone writes the files."""
+    """The anytime MLM trains data parallel; the loss tables (the long part: one forward per
+    token) are split between the ranks by chunk; both ranks end with every table, rank 0
+    alone writes the files."""
     _single(str(HERE / "dist_worker.py"), "recon", str(tmp_path / "one.json"))
     _torchrun(str(HERE / "dist_worker.py"), "recon", str(tmp_path / "two.json"))
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert sum(len(t) - 2 for t in one["depths"]["train"]) > 2 * 256  # three chunks or more: both ranks work
+    # The MLM's steps: the 1-process losses and weights up to float summation order (gradients
+    # summed across ranks; Adam moves near-zero weights by ~1e-6, as in training).
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(two["mlm"]), torch.tensor(one["mlm"]), rtol=1e-5, atol=1e-5)
     assert two["depths"] == one["depths"]
-    assert two["losses"] == one["losses"] and two["mlm"] == one["mlm"]
     assert min(two["computed"]) > 0 and sum(two["computed"]) == one["computed"][0]  # shared, not repeated
     for split in one["tables"]:
         for a, b in zip(one["tables"][split], two["tables"][split]):
-            torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-6, atol=1e-6)
-    assert two["files"] == one["files"]  # no partial or temporary file left
+            torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-5)
+    keyless = [[re.sub(r"loss_tables_\w+\.pt", "loss_tables_KEY.pt", f) for f in run["files"]] for run in (one, two)]
+    assert keyless[1] == keyless[0]  # no partial or temporary file left (keys: weights equal to ~1e-6)
     assert sorted(f for f in one["files"] if not f.startswith("cache/loss_tables_")) == \
         ["anytime_mlm.pt", "depths_reconstruction.pt"]
     assert len(one["files"]) == 4  # one loss-table file per split
@@ -86,8 +92,10 @@ def test_loss_tables_of_each_ranks_own_texts_are_refused_on_every_rank(tmp_path)
 
 @needs_minilm
 def test_estimate_depths_under_torchrun_writes_the_one_process_files(tmp_path):
-    """The CLI: MI fitted on the ranks' shares, reconstruction tables shared, rank 0 writes and prints."""
-    args = ["-m", "adaptive_encoder", "estimate-depths", "--dataset", "trec", "--limit", "40", "--mlm-steps", "2"]
+    """The CLI: MI fitted on the ranks' shares, reconstruction tables shared, rank 0 writes and
+    prints. No MLM steps: its dropout draws differ between layouts (its data-parallel steps
+    are checked without dropout above), so only an untrained MLM gives equal depths."""
+    args = ["-m", "adaptive_encoder", "estimate-depths", "--dataset", "trec", "--limit", "40", "--mlm-steps", "0"]
     one = _single(*args, "--out", str(tmp_path / "one"))
     two = _torchrun(*args, "--out", str(tmp_path / "two"))
     assert two.stdout.count("wrote ") == 1 and one.stdout.count("wrote ") == 1

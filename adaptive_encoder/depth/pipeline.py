@@ -58,8 +58,8 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
     """Train the anytime MLM on the training texts (no labels), then depths for every split
     (or only the splits named in `depth_splits`: each token costs one forward pass).
 
-    Under torchrun every rank trains the same MLM (seeded, a few minutes), then takes rank 0's
-    weights, so the ranks' shares of the loss tables (loss_tables) come from one model.
+    Under torchrun the MLM is trained data parallel (DDP keeps the ranks' weights equal) and the
+    ranks share the loss tables (loss_tables); every rank returns everything.
 
     Returns (model, depth lists, per-step training losses, loss tables)."""
     torch.manual_seed(seed)
@@ -68,8 +68,6 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
     losses = train_anytime_mlm(model, tokenizer, texts["train"], steps=steps, batch_size=batch_size, lr=lr,
                                max_length=max_length, seed=seed,
                                progress=progress and distributed.is_main()) if steps > 0 else []
-    if distributed.active():
-        model.load_state_dict(distributed.broadcast_object(model.state_dict()))
     tables, out = {}, {}
     for name, ts in texts.items():
         if depth_splits is not None and name not in depth_splits:

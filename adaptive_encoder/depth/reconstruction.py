@@ -44,11 +44,12 @@ class AnytimeMLM(nn.Module):
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return list(out.hidden_states[1:])  # layers 1..N, each (B, T, D)
 
-    def forward(self, input_ids, attention_mask, labels) -> torch.Tensor:
-        """labels (B,T): original id at masked positions, -100 elsewhere. Returns (N,) losses."""
+    def forward(self, input_ids, attention_mask, labels, reduction: str = "mean") -> torch.Tensor:
+        """labels (B,T): original id at masked positions, -100 elsewhere. Returns (N,) losses,
+        each layer's mean (or with reduction="sum", sum) over the masked tokens."""
         where = labels != -100
         target = labels[where]
-        return torch.stack([F.cross_entropy(self.logits(h[where]), target) for h in
+        return torch.stack([F.cross_entropy(self.logits(h[where]), target, reduction=reduction) for h in
                             self.layer_states(input_ids, attention_mask)])
 
 
@@ -73,9 +74,20 @@ def mask_tokens(input_ids, attention_mask, special_mask, mask_id: int, vocab_siz
 
 def train_anytime_mlm(model: AnytimeMLM, tokenizer, texts, steps: int, batch_size: int = 32,
                       lr: float = 5e-5, max_length: int = 128, seed: int = 0, progress: bool = False) -> list:
-    """Train on `texts` for `steps` steps; returns the summed (over layers) loss per step."""
+    """Train on `texts` for `steps` steps; returns the summed (over layers) loss per step.
+
+    Data parallel under torch.distributed (every rank passes the same texts): each rank draws
+    the whole batch and its masks from the seeded generator, as one process does, and runs
+    rows r, r+W, ... of it under DistributedDataParallel, with its masked tokens' summed loss
+    x W / the batch's masked-token count, so the averaged gradient is the 1-process one."""
     from tqdm.auto import tqdm
 
+    from .. import distributed
+
+    rank, world = distributed.rank(), distributed.world_size()
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world} ranks sharing each batch")
+    net = distributed.data_parallel(model)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -86,12 +98,15 @@ def train_anytime_mlm(model: AnytimeMLM, tokenizer, texts, steps: int, batch_siz
                         return_tensors="pt", return_special_tokens_mask=True)
         ids, labels = mask_tokens(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"].bool(),
                                   tokenizer.mask_token_id, len(tokenizer), generator=gen)
-        loss = model(ids, enc["attention_mask"], labels).sum()
+        count = int((labels != -100).sum())  # the whole batch's masked tokens
+        mine = slice(rank, None, world)
+        share = (net(ids[mine], enc["attention_mask"][mine], labels[mine], reduction="sum") / count).sum()
+        loss = share * world  # one process: exactly the sum of the per-layer means
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(distributed.sum_([share.item()])[0])
     model.eval()
     return losses
 
