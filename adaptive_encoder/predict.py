@@ -101,13 +101,43 @@ def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir, checkp
                                  f"(depths from {depth_dir}/{meta['dataset']})")
 
 
+def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, progress, fingerprint,
+                 shard_path) -> tuple:
+    """Predict this rank's texts (word lists) into shard_path, header line first; returns
+    (computed token-layers, real tokens)."""
+    from .depth.pipeline import encode_words
+    from .train import Encoded, _progress, batches
+
+    ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
+    data = Encoded(ids, [0] * len(ids), depths)
+    lines = [_shard_header(fingerprint)]
+    computed = tokens = 0
+    n_batches = (len(ids) + batch_size - 1) // batch_size
+    with torch.inference_mode():
+        for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
+                                                      "predict", progress, n_batches)):
+            res = model(x, mask, d)
+            real = mask != 0
+            per_text = (res.depths * real).sum(1).double() / real.sum(1)
+            for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
+                lines.append(json.dumps({"index": indices[b * batch_size + j], "label": label,
+                                         "depth_mean": round(dm, 6)}))
+            computed += res.computed_token_layers
+            tokens += res.real_tokens
+    tmp = shard_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, shard_path)  # only a finished shard gets its final name
+    return computed, tokens
+
+
 def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
             data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None,
             indices: list | None = None) -> dict:
     """Write `out` (see the module docstring); returns {"texts", "seconds", "token_layer_fraction"}.
     `indices` (one int per text, default 0, 1, ...) are written as each line's "index"."""
-    from .depth.pipeline import encode_words, tokenizer_words
-    from .train import Encoded, _progress, batches, load_checkpoint
+    from .depth.pipeline import tokenizer_words
+    from .train import load_checkpoint
 
     rank, W = distributed.rank(), distributed.world_size()
     shard_path = f"{out}.shard{rank}of{W}"
@@ -119,7 +149,10 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
     fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir)
     t0 = time.perf_counter()
     computed = tokens = 0
-    if not _complete_shard(shard_path, fingerprint):  # a shard of an earlier run on the same inputs is kept
+    complete = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
+    # The depths' set-up can be collective (an MI refit sums counts over the ranks), so every
+    # rank runs it while any rank has a shard to compute; only those ranks run the model.
+    if not distributed.everywhere(complete):
         words = [tokenizer_words(tokenizer, t) for t in texts[lo:hi]]
         if dataset_split is not None and meta["variant"] == "reconstruction":
             from .experiment import prepare
@@ -136,25 +169,9 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
             depths = split_depths[lo:hi]
         else:
             depths = _depths_for(meta, tokenizer, words, data_root, depth_dir, checkpoint)
-        ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
-        data = Encoded(ids, [0] * len(ids), depths)
-        lines = [_shard_header(fingerprint)]
-        n_batches = (len(ids) + batch_size - 1) // batch_size
-        with torch.inference_mode():
-            for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
-                                                          "predict", progress, n_batches)):
-                res = model(x, mask, d)
-                real = mask != 0
-                per_text = (res.depths * real).sum(1).double() / real.sum(1)
-                for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
-                    lines.append(json.dumps({"index": indices[lo + b * batch_size + j], "label": label,
-                                             "depth_mean": round(dm, 6)}))
-                computed += res.computed_token_layers
-                tokens += res.real_tokens
-        tmp = shard_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, shard_path)  # only a finished shard gets its final name
+        if not complete:
+            computed, tokens = _write_shard(model, tokenizer, meta, words, depths, indices[lo:hi], batch_size,
+                                            progress, fingerprint, shard_path)
     seconds = time.perf_counter() - t0
     computed, tokens = distributed.sum_([computed, tokens])
     seconds = max(distributed.gather_objects(seconds))

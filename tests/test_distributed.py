@@ -173,6 +173,25 @@ def test_predict_one_and_two_processes_write_identical_files(tmp_path):
     assert not list(tmp_path.glob("two.jsonl.shard*"))  # merged and cleaned up
 
 
+def test_predict_reuses_one_ranks_shard_while_the_other_refits_mi_depths(tmp_path):
+    """Refitting an MI checkpoint's depths is collective (counts summed over ranks), so every
+    rank joins it whenever any rank has a shard to compute, its own shard kept or not."""
+    ckpt = _tiny_checkpoint(tmp_path, "mi", limit=60)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"w{i} w{i + 1} what is it" for i in range(9)) + "\n")
+    args = ["-m", "adaptive_encoder", "predict", str(ckpt), "--input", str(texts), "--batch-size", "4"]
+    _single(*args, "--out", str(tmp_path / "one.jsonl"))
+    lines = (tmp_path / "one.jsonl").read_text().splitlines(True)
+    from adaptive_encoder.predict import read_texts, shard_fingerprint
+
+    all_texts, indices = read_texts(str(texts))
+    fingerprint = shard_fingerprint(str(ckpt), all_texts[4:], indices[4:], None, "runs/depths")
+    (tmp_path / "two.jsonl.shard1of2").write_text(json.dumps({"fingerprint": fingerprint}) + "\n" + "".join(lines[4:]))
+    proc = _torchrun(*args, "--out", str(tmp_path / "two.jsonl"), check=False, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "two.jsonl").read_text() == "".join(lines)
+
+
 def test_predict_indices_are_input_lines_when_blank_lines_are_skipped(tmp_path):
     """A blank line has no prediction; every later text keeps its own line number as index
     (before, indices counted texts, so each line after a blank was labelled as the one above)."""
