@@ -10,8 +10,8 @@
     convert-checkpoint  rewrite an old pickled .pt checkpoint as a transformers-format folder
 
 train, experiment, sweep-layers, evaluate and predict run data parallel under torchrun
-(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`): gloo on CPU, nccl on GPUs;
-estimate-depths shares its longest part, the reconstruction loss tables, among the ranks.
+(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`; gloo: the commands compute on
+the CPU); estimate-depths shares its longest part, the reconstruction loss tables, among the ranks.
 """
 import argparse
 import sys

@@ -2,11 +2,15 @@
 
     torchrun --nproc_per_node=2 -m adaptive_encoder train ...
 
-`init_from_env()` starts the process group when torchrun's variables are set: gloo on CPU,
-nccl on CUDA (each rank on its LOCAL_RANK device), with a timeout on every collective so a
-rank that dies ends the others with an error instead of a hang
+`init_from_env()` starts the process group when torchrun's variables are set, with a timeout
+on every collective so a rank that dies ends the others with an error instead of a hang
 ($ADAPTIVE_ENCODER_DIST_TIMEOUT seconds, default 600). Without torchrun everything here is
 a no-op for a world of one process.
+
+The backend is gloo, also on a machine with GPUs: the commands train, estimate and predict
+with CPU tensors (their models are never moved to a GPU), and DistributedDataParallel over
+CPU parameters fails on an nccl-only group, which is what `torchrun ... train` got on a GPU
+machine before. nccl only pays once the commands compute on GPUs.
 """
 import datetime
 import os
@@ -36,11 +40,7 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
     timeout = datetime.timedelta(seconds=float(os.environ.get("ADAPTIVE_ENCODER_DIST_TIMEOUT", "600")))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl", timeout=timeout)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+    dist.init_process_group("gloo", timeout=timeout)  # CPU tensors only (module docstring)
     return True
 
 

@@ -260,3 +260,18 @@ def test_a_rank_that_dies_ends_every_rank_in_bounded_time(tmp_path):
     proc = _torchrun(str(HERE / "dist_worker.py"), "die", str(tmp_path / "x.json"), check=False, timeout=120)
     assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr
     assert time.perf_counter() - t0 < 100  # torchrun stops the others; the collective timeout is 60 s here
+
+
+def test_process_group_is_gloo_also_where_cuda_is_present(monkeypatch):
+    """The commands' tensors are CPU tensors: DistributedDataParallel over CPU parameters fails
+    on an nccl group, which `torchrun ... train` used on any machine with a GPU."""
+    import torch.distributed as dist
+
+    from adaptive_encoder import distributed
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend))
+    assert distributed.init_from_env() and seen == {"backend": "gloo"}
