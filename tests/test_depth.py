@@ -397,3 +397,38 @@ def test_interrupted_loss_tables_resume_from_their_finished_chunks(tokenizer, tm
     assert sum(len(p) for p in computed) == sum(int(t[:, 0].isfinite().sum()) for t in whole)
     reconstruction.remove_partials(partial)
     assert not [p for p in tmp_path.iterdir() if ".rank" in p.name]
+
+
+def test_trained_anytime_mlm_is_cached_so_a_rerun_does_not_train_again(tokenizer, tmp_path, monkeypatch):
+    """An interrupted estimate resumes without retraining the MLM: the trained weights are kept
+    in the cache folder (keyed by the initial weights, texts and training settings), a rerun
+    loads them and gets the same weights, losses, tables and depths bit for bit (and so the
+    loss tables' own cache and partial files, keyed by those weights, are found). Other
+    training settings are another MLM."""
+    from types import SimpleNamespace
+
+    from adaptive_encoder.depth import pipeline, reconstruction
+
+    def run(steps=4, seed=0):
+        torch.manual_seed(123)  # the same initial encoder every time
+        bert = _tiny_mlm(tokenizer).bert
+        splits = {"train": SimpleNamespace(texts=TEXTS), "test": SimpleNamespace(texts=TEXTS[:3])}
+        return pipeline.reconstruction_depths(splits, bert, tokenizer, steps=steps, batch_size=4, lr=1e-3,
+                                              max_length=32, cache_dir=str(tmp_path), seed=seed)
+
+    first_model, first_depths, first_losses, first_tables = run()
+    assert len(first_losses) == 4 and len(list(tmp_path.glob("anytime_mlm_*.pt"))) == 1
+    calls = []
+    real = reconstruction.train_anytime_mlm
+    monkeypatch.setattr(reconstruction, "train_anytime_mlm", lambda *a, **k: calls.append(k) or real(*a, **k))
+    model, depths, losses, tables = run()
+    assert calls == [] and losses == first_losses and not model.training
+    for (name, p), q in zip(model.state_dict().items(), first_model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert all(torch.equal(a, b) for s in depths for a, b in zip(depths[s], first_depths[s]))
+    for s in tables:
+        for a, b in zip(tables[s], first_tables[s]):
+            torch.testing.assert_close(a, b, equal_nan=True, rtol=0, atol=0)
+    run(steps=5)
+    run(seed=1)
+    assert [k["steps"] for k in calls] == [5, 4] and len(list(tmp_path.glob("anytime_mlm_*.pt"))) == 3

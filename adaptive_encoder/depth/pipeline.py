@@ -17,7 +17,7 @@ from .. import distributed
 from ..pretrained import load_pretrained, model_label, truncate_layers
 
 from .mi import MIDepthEstimator
-from .reconstruction import AnytimeMLM, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
+from .reconstruction import AnytimeMLM, cached_anytime_mlm, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
 
 
 def tokenizer_words(tokenizer, text: str) -> list:
@@ -65,9 +65,14 @@ def reconstruction_depths(splits: dict, bert, tokenizer, lam: float = 0.1, steps
     torch.manual_seed(seed)
     model = AnytimeMLM(bert)
     texts = mlm_texts(splits, tokenizer)
-    losses = train_anytime_mlm(model, tokenizer, texts["train"], steps=steps, batch_size=batch_size, lr=lr,
-                               max_length=max_length, seed=seed,
-                               progress=progress and distributed.is_main()) if steps > 0 else []
+    train = dict(steps=steps, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed,
+                 progress=progress and distributed.is_main())
+    if steps <= 0:
+        losses = []
+    elif cache_dir:  # a rerun (an interrupted estimate resuming) loads the trained MLM
+        losses = cached_anytime_mlm(model, tokenizer, texts["train"], cache_dir, **train)
+    else:
+        losses = train_anytime_mlm(model, tokenizer, texts["train"], **train)
     tables, out = {}, {}
     for name, ts in texts.items():
         if depth_splits is not None and name not in depth_splits:

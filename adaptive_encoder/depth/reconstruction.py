@@ -12,7 +12,9 @@ implement "+". [CLS]/[SEP] get the largest depth of their sequence, padding 0 (a
 estimator does).
 
 Loss tables (one (T, N) table per text, NaN at special tokens) are cached on disk, keyed by
-the model weights, texts and max length; depths for any lam are computed from them.
+the model weights, texts and max length; depths for any lam are computed from them. The
+trained MLM is cached beside them (cached_anytime_mlm), so an interrupted estimate resumes
+without training again.
 """
 import glob
 import hashlib
@@ -230,6 +232,34 @@ def cache_key(model: nn.Module, texts, max_length: int) -> str:
         h.update(t.encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()[:16]
+
+
+def cached_anytime_mlm(model: AnytimeMLM, tokenizer, texts, cache_dir: str, steps: int, batch_size: int = 32,
+                       lr: float = 5e-5, max_length: int = 128, seed: int = 0, progress: bool = False) -> list:
+    """train_anytime_mlm, done once per (initial weights, texts, max_length, steps, batch_size,
+    lr, seed): the trained weights and the losses are kept in cache_dir (anytime_mlm_<key>.pt),
+    and a rerun loads them into `model` instead of training again. Why: the loss tables' cache
+    and their resumable partial files are keyed by the trained weights' bytes, which a second
+    training does not reproduce with another number of ranks or threads (another summation
+    order), so without this a resumed estimate would retrain and then miss every finished chunk.
+    Under torch.distributed every rank loads or trains (data parallel) and rank 0 writes."""
+    from .. import distributed
+
+    h = hashlib.sha1(cache_key(model, texts, max_length).encode())
+    h.update(f"steps={steps} batch_size={batch_size} lr={lr!r} seed={seed}".encode())
+    path = os.path.join(cache_dir, f"anytime_mlm_{h.hexdigest()[:16]}.pt")
+    if distributed.everywhere(os.path.exists(path)):
+        saved = torch.load(path)
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        return saved["losses"]
+    losses = train_anytime_mlm(model, tokenizer, texts, steps=steps, batch_size=batch_size, lr=lr,
+                               max_length=max_length, seed=seed, progress=progress)
+    if distributed.is_main():
+        os.makedirs(cache_dir, exist_ok=True)
+        distributed.save_atomically({"state_dict": model.state_dict(), "losses": losses}, path)
+    distributed.barrier()
+    return losses
 
 
 def cached_loss_tables(model, tokenizer, texts, cache_dir, max_length: int = 128, chunk: int = 256,
