@@ -236,10 +236,12 @@ def _predict(args) -> int:
     summary = predict(args.checkpoint, texts, args.out, batch_size=args.batch_size, data_root=args.data,
                       depth_dir=args.depths, dataset_split=split, indices=indices)
     if distributed.is_main():
-        frac = summary["token_layer_fraction"]
-        print(f"wrote {args.out}: {summary['texts']} texts, {summary['texts'] / summary['seconds']:.1f} texts/s "
-              f"on {distributed.world_size()} process(es), token-layers "
-              f"{'n/a (all shards reused)' if frac is None else f'{frac:.1%}'}")
+        n, done = summary["texts"], summary["computed_texts"]
+        rate = f"{done / summary['seconds']:.1f} texts/s" if done else "every shard reused from an earlier run"
+        if 0 < done < n:
+            rate += f" over the {done} computed ({n - done} from finished shards of an earlier run)"
+        print(f"wrote {args.out}: {n} texts, {rate} on {distributed.world_size()} process(es), "
+              f"token-layers {summary['token_layer_fraction']:.1%}")
     return 0
 
 

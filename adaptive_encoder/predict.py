@@ -11,7 +11,9 @@ missing rather than every later text's index shifting. Under torchrun rank r tak
 contiguous share of the texts and writes `<out>.shard<r>of<W>` (renamed into place only when
 complete); rank 0 then merges the shards into `<out>`. A rerun with the same number of ranks
 skips shards that are complete and were made from the same checkpoint files, texts and depths
-(the shard's first line is a fingerprint of them); any other shard is recomputed.
+(the shard's first line is a fingerprint of them, with the shard's token-layer counts); any
+other shard is recomputed. The summary's rate counts only the texts computed in this run, and
+its token-layer fraction every shard's (a reused shard's from its first line).
 
 Depths come from the checkpoint's variant: fixed (all N), halting (the model's unit), MI (the
 estimator refitted on the checkpoint's training data, deterministic, and refused unless its
@@ -69,17 +71,26 @@ def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 
-def _shard_header(fingerprint: str) -> str:
-    """A shard's first line: the fingerprint of the inputs it was made from."""
-    return json.dumps({"fingerprint": fingerprint})
+def _shard_header(fingerprint: str, computed: int, tokens: int) -> str:
+    """A shard's first line: the fingerprint of the inputs it was made from, and the shard's
+    computed token-layers and real tokens (so a rerun that reuses it reports them)."""
+    return json.dumps({"fingerprint": fingerprint, "computed_token_layers": computed, "real_tokens": tokens})
 
 
-def _complete_shard(path: str, fingerprint: str) -> bool:
-    """Whether `path` holds a finished shard made from the same inputs (its first line says)."""
+def _complete_shard(path: str, fingerprint: str) -> tuple | None:
+    """(computed token-layers, real tokens) of a finished shard at `path` made from the same
+    inputs (its first line says), else None."""
     if not os.path.isfile(path):
-        return False
+        return None
     with open(path) as f:
-        return f.readline().rstrip("\n") == _shard_header(fingerprint)
+        try:
+            head = json.loads(f.readline())
+        except ValueError:
+            return None
+    if not isinstance(head, dict) or head.get("fingerprint") != fingerprint:
+        return None
+    counts = head.get("computed_token_layers"), head.get("real_tokens")
+    return counts if all(isinstance(c, int) for c in counts) else None
 
 
 def _depths_for(meta: dict, tokenizer, words: list, data_root, depth_dir, checkpoint: str):
@@ -110,7 +121,7 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
 
     ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
     data = Encoded(ids, [0] * len(ids), depths)
-    lines = [_shard_header(fingerprint)]
+    lines = []
     computed = tokens = 0
     n_batches = (len(ids) + batch_size - 1) // batch_size
     with torch.inference_mode():
@@ -126,7 +137,7 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
             tokens += res.real_tokens
     tmp = shard_path + ".tmp"
     with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
+        f.write("".join(line + "\n" for line in [_shard_header(fingerprint, computed, tokens)] + lines))
     os.replace(tmp, shard_path)  # only a finished shard gets its final name
     return computed, tokens
 
@@ -134,8 +145,10 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
 def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
             data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None,
             indices: list | None = None) -> dict:
-    """Write `out` (see the module docstring); returns {"texts", "seconds", "token_layer_fraction"}.
-    `indices` (one int per text, default 0, 1, ...) are written as each line's "index"."""
+    """Write `out` (see the module docstring); returns {"texts", "computed_texts" (those not
+    taken from a finished shard of an earlier run), "seconds" (the slowest computing rank's),
+    "token_layer_fraction" (over every text)}. `indices` (one int per text, default 0, 1, ...)
+    are written as each line's "index"."""
     from .depth.pipeline import tokenizer_words
     from .train import load_checkpoint
 
@@ -148,8 +161,9 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
     lo, hi = rank * len(texts) // W, (rank + 1) * len(texts) // W
     fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir)
     t0 = time.perf_counter()
-    computed = tokens = 0
-    complete = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
+    reused = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
+    complete = reused is not None
+    computed, tokens = reused if complete else (0, 0)
     # The depths' set-up can be collective (an MI refit sums counts over the ranks), so every
     # rank runs it while any rank has a shard to compute; only those ranks run the model.
     if not distributed.everywhere(complete):
@@ -172,8 +186,8 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
         if not complete:
             computed, tokens = _write_shard(model, tokenizer, meta, words, depths, indices[lo:hi], batch_size,
                                             progress, fingerprint, shard_path)
-    seconds = time.perf_counter() - t0
-    computed, tokens = distributed.sum_([computed, tokens])
+    seconds = time.perf_counter() - t0 if not complete else 0.0
+    computed, tokens, computed_texts = (int(v) for v in distributed.sum_([computed, tokens, 0 if complete else hi - lo]))
     seconds = max(distributed.gather_objects(seconds))
     distributed.barrier()
     if distributed.is_main():
@@ -187,5 +201,5 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
         for r in range(W):
             os.remove(f"{out}.shard{r}of{W}")
     distributed.barrier()
-    return {"texts": len(texts), "seconds": seconds,
-            "token_layer_fraction": computed / max(tokens * meta["layers"], 1) if tokens else None}
+    return {"texts": len(texts), "computed_texts": computed_texts, "seconds": seconds,
+            "token_layer_fraction": computed / max(tokens * meta["layers"], 1)}

@@ -161,13 +161,28 @@ def test_predict_one_and_two_processes_write_identical_files(tmp_path):
     all_texts, indices = read_texts(str(texts))
     fingerprint = shard_fingerprint(str(ckpt), all_texts[11:], indices[11:], None, "runs/depths")
     kept = "".join(json.dumps({"index": i, "label": 9, "depth_mean": 0.5}) + "\n" for i in range(11, 23))
-    (tmp_path / "two.jsonl.shard1of2").write_text(json.dumps({"fingerprint": fingerprint}) + "\n" + kept)
-    _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
+
+    def header(fp, computed, tokens):
+        return json.dumps({"fingerprint": fp, "computed_token_layers": computed, "real_tokens": tokens}) + "\n"
+
+    # The kept shard's first line says 1000 real tokens, none computed: the reported fraction
+    # counts it (before, only the computed shards', 100 % here), and the rate only this run's texts.
+    (tmp_path / "two.jsonl.shard1of2").write_text(header(fingerprint, 0, 1000) + kept)
+    out = _torchrun(*args, "--out", str(tmp_path / "two.jsonl")).stdout
     merged = (tmp_path / "two.jsonl").read_text().splitlines(True)
     assert "".join(merged[:11]) == "".join(x + "\n" for x in lines[:11]) and "".join(merged[11:]) == kept
+    assert "texts/s over the 11 computed (12 from finished shards of an earlier run)" in out, out
+    assert 0 < float(re.search(r"token-layers ([\d.]+)%", out).group(1)) < 30, out
+    # Both shards kept: no rate to report; the fraction is the shards' own (60 of 40 x 3 layers).
+    first = shard_fingerprint(str(ckpt), all_texts[:11], indices[:11], None, "runs/depths")
+    (tmp_path / "two.jsonl.shard0of2").write_text(header(first, 30, 20) + "".join(x + "\n" for x in lines[:11]))
+    (tmp_path / "two.jsonl.shard1of2").write_text(header(fingerprint, 30, 20) + kept)
+    out = _torchrun(*args, "--out", str(tmp_path / "two.jsonl")).stdout
+    assert "23 texts, every shard reused from an earlier run on 2 process(es), token-layers 50.0%" in out, out
+    assert "".join((tmp_path / "two.jsonl").read_text().splitlines(True)[11:]) == kept
     # A shard left by a run on other texts (another fingerprint, or none: an older version) is
     # recomputed, never merged into this run's output.
-    for header in (json.dumps({"fingerprint": "0" * 24}) + "\n", ""):
+    for header in (header("0" * 24, 1, 1), json.dumps({"fingerprint": fingerprint}) + "\n", ""):
         (tmp_path / "two.jsonl.shard1of2").write_text(header + kept)
         _torchrun(*args, "--out", str(tmp_path / "two.jsonl"))
         assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
@@ -187,7 +202,8 @@ def test_predict_reuses_one_ranks_shard_while_the_other_refits_mi_depths(tmp_pat
 
     all_texts, indices = read_texts(str(texts))
     fingerprint = shard_fingerprint(str(ckpt), all_texts[4:], indices[4:], None, "runs/depths")
-    (tmp_path / "two.jsonl.shard1of2").write_text(json.dumps({"fingerprint": fingerprint}) + "\n" + "".join(lines[4:]))
+    head = json.dumps({"fingerprint": fingerprint, "computed_token_layers": 1, "real_tokens": 1})
+    (tmp_path / "two.jsonl.shard1of2").write_text(head + "\n" + "".join(lines[4:]))
     proc = _torchrun(*args, "--out", str(tmp_path / "two.jsonl"), check=False, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "two.jsonl").read_text() == "".join(lines)
