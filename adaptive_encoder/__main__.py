@@ -188,12 +188,20 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import os
 
+    from adaptive_encoder import distributed
     from adaptive_encoder.experiment import prepare
     from adaptive_encoder.train import evaluate, load_checkpoint
 
     if not os.path.exists(args.checkpoint):
         raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
+    error = device = dtype = None
+    try:  # every rank checks its device; any failure ends every rank with the message
+        device, dtype = _inference_device(args)
+    except ValueError as e:
+        error = str(e)
+    distributed.all_ok(error)
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
+    model.to(device=device, dtype=dtype)
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
                    variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
@@ -215,8 +223,9 @@ def _predict(args) -> int:
     from adaptive_encoder import distributed
     from adaptive_encoder.predict import predict, read_texts
 
-    error, texts, split, indices = None, None, None, None
+    error, texts, split, indices, device, dtype = None, None, None, None, None, None
     try:  # every rank checks its inputs; any failure ends every rank with the message
+        device, dtype = _inference_device(args)
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
         if args.input:
@@ -234,7 +243,8 @@ def _predict(args) -> int:
         error = str(e)
     distributed.all_ok(error)
     summary = predict(args.checkpoint, texts, args.out, batch_size=args.batch_size, data_root=args.data,
-                      depth_dir=args.depths, dataset_split=split, indices=indices)
+                      depth_dir=args.depths, dataset_split=split, indices=indices, device=device,
+                      dtype=dtype)
     if distributed.is_main():
         n, done = summary["texts"], summary["computed_texts"]
         rate = f"{done / summary['seconds']:.1f} texts/s" if done else "every shard reused from an earlier run"
@@ -366,6 +376,25 @@ def _add_common(p, data: bool = True, model: bool = True, seed: bool = True) -> 
         p.add_argument("--seed", type=NONNEG, default=0, help="random seed")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_inference_args(p) -> None:
+    """--device and --dtype of the commands that only run a trained model (evaluate, predict)."""
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun each process takes the GPU of its local rank) or cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype")
+
+
+def _inference_device(args) -> tuple:
+    """(torch.device, torch.dtype) of --device and --dtype; ValueError if the device cannot run."""
+    import torch
+
+    from adaptive_encoder import distributed
+
+    return distributed.local_device(args.device), getattr(torch, args.dtype)
+
+
 def _add_train_args(p, layers: bool = True) -> None:
     if layers:
         p.add_argument("--layers", type=POSITIVE, default=6, help="N, in 1..the model's depth")
@@ -423,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = command("evaluate", "evaluate a checkpoint on its dataset's test split")
     ev.add_argument("checkpoint", help="a checkpoint folder written by train (or an old .pt file)")
     ev.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs")
+    _add_inference_args(ev)
     _add_common(ev, model=False, seed=False)
     ev.set_defaults(func=_evaluate)
 
@@ -460,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--limit", type=POSITIVE, default=None, help="first K texts only")
     pr.add_argument("--batch-size", type=POSITIVE, default=64, help="texts per forward")
     pr.add_argument("--depths", default="runs/depths", help="folder of estimate-depths outputs (reconstruction)")
+    _add_inference_args(pr)
     _add_common(pr, model=False, seed=False)
     pr.set_defaults(func=_predict)
 

@@ -7,10 +7,12 @@ on every collective so a rank that dies ends the others with an error instead of
 ($ADAPTIVE_ENCODER_DIST_TIMEOUT seconds, default 600). Without torchrun everything here is
 a no-op for a world of one process.
 
-The backend is gloo, also on a machine with GPUs: the commands train, estimate and predict
-with CPU tensors (their models are never moved to a GPU), and DistributedDataParallel over
-CPU parameters fails on an nccl-only group, which is what `torchrun ... train` got on a GPU
-machine before. nccl only pays once the commands compute on GPUs.
+The backend is gloo, also on a machine with GPUs: the commands train and estimate with CPU
+tensors (their models are never moved to a GPU), and DistributedDataParallel over CPU
+parameters fails on an nccl-only group, which is what `torchrun ... train` got on a GPU
+machine before. evaluate and predict can run their model on a GPU (`--device cuda`,
+local_device) but exchange only a few numbers and objects between ranks, which gloo carries
+from the CPU; nccl only pays once training computes on GPUs.
 """
 import datetime
 import os
@@ -42,6 +44,31 @@ def init_from_env() -> bool:
     timeout = datetime.timedelta(seconds=float(os.environ.get("ADAPTIVE_ENCODER_DIST_TIMEOUT", "600")))
     dist.init_process_group("gloo", timeout=timeout)  # CPU tensors only (module docstring)
     return True
+
+
+def local_device(spec: str) -> torch.device:
+    """The device a command computes on, from `--device`: 'cpu', 'cuda' (under torchrun each
+    rank takes the GPU of its LOCAL_RANK) or 'cuda:N' (one process only). Raises ValueError
+    naming the problem (no CUDA, too few GPUs, one GPU for several ranks, another kind)."""
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ValueError(f"--device {spec!r}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.index is not None and world_size() > 1:
+        raise ValueError(f"--device {spec}: under torchrun pass --device cuda (rank r takes GPU LOCAL_RANK), "
+                         "not one GPU for every rank")
+    index = dev.index if dev.index is not None else local
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: GPU {index} asked for, {torch.cuda.device_count()} visible"
+                         + (" (one per process on this machine)" if dev.index is None else ""))
+    return torch.device("cuda", index)
 
 
 def shutdown() -> None:

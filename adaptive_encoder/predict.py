@@ -61,13 +61,17 @@ def _stat(path: str):
     return (os.path.basename(path), st.st_size, st.st_mtime_ns)
 
 
-def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split, depth_dir: str) -> str:
+def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split, depth_dir: str,
+                      device: str = "cpu", dtype: str = "torch.float32") -> str:
     """What a shard's lines depend on: the checkpoint's files (path, sizes, times), the shard's
-    texts and indices, and for a dataset split the reconstruction depth file a run may read."""
+    texts and indices, for a dataset split the reconstruction depth file a run may read, and the
+    device type and dtype the model ran in (another rounding can flip a near-tie label)."""
     depth_file = None
     if dataset_split is not None:
         depth_file = _stat(os.path.join(depth_dir, dataset_split[0], "depths_reconstruction.pt"))
     key = [os.path.abspath(checkpoint), _stat(checkpoint), texts, indices, dataset_split, depth_file]
+    if (device, dtype) != ("cpu", "torch.float32"):  # (the key of the default is as before)
+        key += [device, dtype]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 
@@ -120,6 +124,7 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
     from .train import Encoded, _progress, batches
 
     ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
+    device = next(model.parameters()).device  # the batches go where the model is
     data = Encoded(ids, [0] * len(ids), depths)
     lines = []
     computed = tokens = 0
@@ -127,7 +132,8 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
     with torch.inference_mode():
         for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
                                                       "predict", progress, n_batches)):
-            res = model(x, mask, d)
+            x, mask = x.to(device), mask.to(device)
+            res = model(x, mask, None if d is None else d.to(device))
             real = mask != 0
             per_text = (res.depths * real).sum(1).double() / real.sum(1)
             for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
@@ -144,22 +150,25 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
 
 def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progress: bool = True,
             data_root=None, depth_dir: str = "runs/depths", dataset_split: tuple | None = None,
-            indices: list | None = None) -> dict:
+            indices: list | None = None, device="cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Write `out` (see the module docstring); returns {"texts", "computed_texts" (those not
     taken from a finished shard of an earlier run), "seconds" (the slowest computing rank's),
     "token_layer_fraction" (over every text)}. `indices` (one int per text, default 0, 1, ...)
-    are written as each line's "index"."""
+    are written as each line's "index". The model runs on `device` in `dtype`."""
     from .depth.pipeline import tokenizer_words
     from .train import load_checkpoint
 
     rank, W = distributed.rank(), distributed.world_size()
     shard_path = f"{out}.shard{rank}of{W}"
     model, tokenizer, meta = load_checkpoint(checkpoint)
+    device = torch.device(device)
+    model.to(device=device, dtype=dtype)
     indices = list(range(len(texts))) if indices is None else list(indices)
     if len(indices) != len(texts):
         raise ValueError(f"predict: {len(indices)} indices for {len(texts)} texts")
     lo, hi = rank * len(texts) // W, (rank + 1) * len(texts) // W
-    fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir)
+    fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir,
+                                    device.type, str(dtype))
     t0 = time.perf_counter()
     reused = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
     complete = reused is not None

@@ -178,8 +178,10 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
 
 @torch.inference_mode()
 def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: int = 64) -> dict:
-    """accuracy, average depth of real tokens, computed token-layer fraction, samples/s."""
+    """accuracy, average depth of real tokens, computed token-layer fraction, samples/s. The
+    batches go to the model's device (its parameters')."""
     model.eval()
+    device = next(model.parameters()).device
     correct = tokens = computed = 0
     depth_sum = 0
     preds = []
@@ -190,8 +192,9 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
         index = index[r * len(data) // W:(r + 1) * len(data) // W]
         data = data.subset(index)
     for ids, mask, depths, labels in batches(data, batch_size, pad_id):
-        out = model(ids, mask, depths)
-        p = out.logits.argmax(-1)
+        ids, mask = ids.to(device), mask.to(device)
+        out = model(ids, mask, None if depths is None else depths.to(device))
+        p = out.logits.argmax(-1).cpu()
         preds += p.tolist()
         correct += int((p == labels).sum())
         tokens += out.real_tokens

@@ -59,6 +59,7 @@ def test_every_readme_command_parses(argv, tmp_path, monkeypatch):
     (["train", "--dat", "/x"], "unrecognized arguments: --dat"),  # no abbreviations
     (["experiment", "--variants", "bogus"], "invalid choice"),
     (["demo", "--seq", "1"], "--seq: must be >= 2"),
+    (["predict", "c", "--input", "i", "--out", "o", "--dtype", "float64"], "--dtype: invalid choice: 'float64'"),
 ])
 def test_bad_flags_are_refused_naming_the_value(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
@@ -95,6 +96,14 @@ def test_train_then_evaluate_a_limited_checkpoint_says_so(tmp_path, capsys):
     assert line.startswith("trec mi N=2: accuracy ") and line.endswith("(on the first 16 test texts: trained with --limit)")
     accuracy = re.search(r"accuracy ([0-9.]+)%", line).group(1)
     assert f"test accuracy {accuracy}%" in trained  # the same model on the same texts
+    # --dtype: the same depths, the accuracy within a text of float32's; a device that cannot
+    # run is named before anything is loaded.
+    assert main(["evaluate", str(tmp_path / "trec_mi_N2_seed0"), "--dtype", "bfloat16"]) == 0
+    half = capsys.readouterr().out.strip().splitlines()[-1]
+    assert abs(float(re.search(r"accuracy ([0-9.]+)%", half).group(1)) - float(accuracy)) <= 100 / 16
+    assert re.search(r"avg depth ([0-9.]+)", half).group(1) == re.search(r"avg depth ([0-9.]+)", line).group(1)
+    with pytest.raises(SystemExit, match=r"^error: --device cuda:99: (CUDA is not available|GPU 99 asked for)"):
+        main(["evaluate", str(tmp_path / "trec_mi_N2_seed0"), "--device", "cuda:99"])
     # Other training data (here its lines reversed) refits other MI depths than the checkpoint's
     # table: evaluate and predict refuse it instead of running the model on depths it never saw.
     import shutil

@@ -292,3 +292,62 @@ def test_process_group_is_gloo_also_where_cuda_is_present(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend))
     assert distributed.init_from_env() and seen == {"backend": "gloo"}
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_predict_runs_the_model_on_the_asked_device_and_dtype(tmp_path, device):
+    """predict --device/--dtype: the model and every batch (ids, mask, MI depths) go there; the
+    depths are the CPU float32 run's exactly, the labels its labels (bfloat16: nearly all), and a
+    shard made in another dtype or on another device is never reused as this run's."""
+    from adaptive_encoder.predict import predict, shard_fingerprint
+
+    ckpt = _tiny_checkpoint(tmp_path, "mi", limit=60)
+    from adaptive_encoder.data import load_dataset
+
+    texts = load_dataset("trec")["test"].texts[:40]  # words the MI table has seen, at many depths
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for dev in sorted({"cpu", device}):
+            out = tmp_path / f"{dev}_{dtype}.jsonl"
+            summary = predict(str(ckpt), texts, str(out), batch_size=8, progress=False, device=dev, dtype=dtype)
+            assert summary["computed_texts"] == 40 and 0 < summary["token_layer_fraction"] < 1
+            runs[dev, dtype] = [json.loads(line) for line in out.read_text().splitlines()]
+    base = runs["cpu", torch.float32]
+    assert len({r["depth_mean"] for r in base}) > 3  # MI depths, not one fixed depth
+    for (dev, dtype), rows in runs.items():
+        assert [r["index"] for r in rows] == list(range(40))
+        assert [r["depth_mean"] for r in rows] == [r["depth_mean"] for r in base], (dev, dtype)
+        same = sum(r["label"] == b["label"] for r, b in zip(rows, base))
+        assert same == 40 if dtype == torch.float32 else same >= 36, (dev, dtype, same)
+    keys = {shard_fingerprint(str(ckpt), texts, list(range(40)), None, "runs/depths", dev, str(dtype))
+            for dev in ("cpu", "cuda") for dtype in (torch.float32, torch.bfloat16)}
+    assert len(keys) == 4
+
+
+def test_local_device_names_what_cannot_run(monkeypatch):
+    from adaptive_encoder import distributed
+
+    assert distributed.local_device("cpu") == torch.device("cpu")
+    for spec in ("tpu", "nonsense", "meta"):
+        with pytest.raises(ValueError, match="expected cpu, cuda or cuda:N"):
+            distributed.local_device(spec)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        distributed.local_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.local_device("cuda") == torch.device("cuda", 0)
+    assert distributed.local_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="GPU 2 asked for, 2 visible$"):
+        distributed.local_device("cuda:2")
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)  # under torchrun: GPU = LOCAL_RANK
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device("cuda") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match=r"GPU 2 asked for, 2 visible \(one per process on this machine\)"):
+        distributed.local_device("cuda")
+    with pytest.raises(ValueError, match="under torchrun pass --device cuda"):
+        distributed.local_device("cuda:0")
