@@ -105,6 +105,7 @@ def _estimate_depths(args) -> int:
         written += ["mi_estimator.json", "depths_mi.pt"]
         summary["mi"] = {"seconds": t.seconds, **{k: summarize(v, N) for k, v in results["mi"].items()}}
     if "reconstruction" in methods:
+        bert.to(args.device)  # the anytime MLM trains and computes its loss tables there
         with Timer() as t:
             saved, losses, _ = estimate_reconstruction(
                 splits, bert, tokenizer, args.out, lam=args.lam, steps=args.mlm_steps, max_length=args.max_length,
@@ -172,10 +173,10 @@ def _train(args) -> int:
     _check_layers(args.layers, args.model)
     data = prepare(args.dataset, tokenizer, args.layers, cfg.max_length, os.path.join(args.depths, args.dataset),
                    args.model, progress=True, limit=args.limit or 0, variants=[args.depth], data_root=args.data,
-                   estimate_missing=args.estimate_missing)[args.depth]
+                   estimate_missing=args.estimate_missing, device=args.device)[args.depth]
     num_labels = max(data[0].labels + data[1].labels) + 1
     r = run_one(args.dataset, args.depth, args.seed, data, cfg, args.layers, num_labels, args.model,
-                progress=True, checkpoint_dir=args.out, limit=args.limit or 0)
+                progress=True, checkpoint_dir=args.out, limit=args.limit or 0, device=args.device)
     from adaptive_encoder.experiment import checkpoint_name
 
     path = os.path.join(args.out, checkpoint_name(args.dataset, args.depth, args.layers, args.seed))
@@ -188,20 +189,15 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import os
 
-    from adaptive_encoder import distributed
+    import torch
+
     from adaptive_encoder.experiment import prepare
     from adaptive_encoder.train import evaluate, load_checkpoint
 
     if not os.path.exists(args.checkpoint):
         raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
-    error = device = dtype = None
-    try:  # every rank checks its device; any failure ends every rank with the message
-        device, dtype = _inference_device(args)
-    except ValueError as e:
-        error = str(e)
-    distributed.all_ok(error)
     model, tokenizer, meta = load_checkpoint(args.checkpoint)
-    model.to(device=device, dtype=dtype)
+    model.to(device=args.device, dtype=getattr(torch, args.dtype))
     data = prepare(meta["dataset"], tokenizer, meta["layers"], meta["config"]["max_length"],
                    f"{args.depths}/{meta['dataset']}", meta["model_path"], limit=meta.get("limit", 0),
                    variants=[meta["variant"]], data_root=args.data, estimate_missing=False)
@@ -220,12 +216,13 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     import os
 
+    import torch
+
     from adaptive_encoder import distributed
     from adaptive_encoder.predict import predict, read_texts
 
-    error, texts, split, indices, device, dtype = None, None, None, None, None, None
+    error, texts, split, indices = None, None, None, None
     try:  # every rank checks its inputs; any failure ends every rank with the message
-        device, dtype = _inference_device(args)
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint} not found")
         if args.input:
@@ -243,8 +240,8 @@ def _predict(args) -> int:
         error = str(e)
     distributed.all_ok(error)
     summary = predict(args.checkpoint, texts, args.out, batch_size=args.batch_size, data_root=args.data,
-                      depth_dir=args.depths, dataset_split=split, indices=indices, device=device,
-                      dtype=dtype)
+                      depth_dir=args.depths, dataset_split=split, indices=indices, device=args.device,
+                      dtype=getattr(torch, args.dtype))
     if distributed.is_main():
         n, done = summary["texts"], summary["computed_texts"]
         rate = f"{done / summary['seconds']:.1f} texts/s" if done else "every shard reused from an earlier run"
@@ -281,7 +278,8 @@ def _experiment(args) -> int:
     _check_layers(args.layers, args.model)
     run_experiment(args.datasets, args.variants, args.seeds, _train_config(args), args.layers, args.out,
                    command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, notes=args.notes,
-                   checkpoint_dir=args.checkpoints, data_root=args.data, estimate_missing=args.estimate_missing)
+                   checkpoint_dir=args.checkpoints, data_root=args.data, estimate_missing=args.estimate_missing,
+                   device=args.device)
     _say(f"wrote {args.out}/accuracy.json and accuracy.md")
     return 0
 
@@ -301,7 +299,7 @@ def _sweep_layers(args) -> int:
 
     run_layer_sweep(args.dataset, args.variants, args.layer_counts, args.seeds, _train_config(args), args.out,
                     command, depth_root=args.depths, model_path=args.model, limit=args.limit or 0, reuse=args.reuse,
-                    data_root=args.data, estimate_missing=args.estimate_missing)
+                    data_root=args.data, estimate_missing=args.estimate_missing, device=args.device)
     _say(f"wrote {args.out}/accuracy_vs_layers.json, .md and {sweep_figure_name(args.dataset, model_label(args.model))}")
     return 0
 
@@ -381,18 +379,30 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def _add_inference_args(p) -> None:
     """--device and --dtype of the commands that only run a trained model (evaluate, predict)."""
-    p.add_argument("--device", default="cpu",
-                   help="cpu, cuda (under torchrun each process takes the GPU of its local rank) or cuda:N")
+    _add_device_arg(p)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's dtype")
 
 
-def _inference_device(args) -> tuple:
-    """(torch.device, torch.dtype) of --device and --dtype; ValueError if the device cannot run."""
+def _resolve_device(args) -> None:
+    """args.device (a --device string) -> this rank's torch.device, the current CUDA device for
+    a GPU; a device that cannot run ends every rank with the message."""
     import torch
 
     from adaptive_encoder import distributed
 
-    return distributed.local_device(args.device), getattr(torch, args.dtype)
+    error = None
+    try:
+        args.device = distributed.local_device(args.device)
+    except ValueError as e:
+        error = str(e)
+    distributed.all_ok(error)
+    if args.device.type == "cuda":
+        torch.cuda.set_device(args.device)
+
+
+def _add_device_arg(p) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun each process takes the GPU of its local rank) or cuda:N")
 
 
 def _add_train_args(p, layers: bool = True) -> None:
@@ -406,6 +416,7 @@ def _add_train_args(p, layers: bool = True) -> None:
     p.add_argument("--limit", type=POSITIVE, default=None, help="first K texts of each split only (smoke runs)")
     p.add_argument("--depths", default="runs/depths",
                    help="folder of estimate-depths outputs, one subfolder per dataset (reconstruction depths)")
+    _add_device_arg(p)
     p.add_argument("--estimate-missing", action="store_true",
                    help="train the anytime MLM (on every layer of the model, as estimate-depths does) when "
                         "reconstruction depths are missing (minutes) instead of failing")
@@ -438,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--max-length", type=POSITIVE, default=512, help="inputs clipped at this many tokens")
     est.add_argument("--limit", type=POSITIVE, default=None, help="use only the first K texts of each split")
     est.add_argument("--out", default="runs/depths", help="output folder")
+    _add_device_arg(est)
     _add_common(est, seed=False)
     est.set_defaults(func=_estimate_depths)
 
@@ -507,8 +519,10 @@ def main(argv=None) -> int:
         return args.func(args)
     from adaptive_encoder import distributed
 
-    distributed.init_from_env()  # under torchrun: one process group for the command
+    distributed.init_from_env(getattr(args, "device", "cpu"))  # under torchrun: one group for the command
     try:
+        if hasattr(args, "device"):  # every rank checks its device; any failure ends every rank
+            _resolve_device(args)
         return args.func(args)
     except (distributed.InputError, FileNotFoundError) as e:
         # A path or input the user gave: the message says what to do, a traceback adds nothing.

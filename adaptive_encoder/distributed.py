@@ -7,12 +7,11 @@ on every collective so a rank that dies ends the others with an error instead of
 ($ADAPTIVE_ENCODER_DIST_TIMEOUT seconds, default 600). Without torchrun everything here is
 a no-op for a world of one process.
 
-The backend is gloo, also on a machine with GPUs: the commands train and estimate with CPU
-tensors (their models are never moved to a GPU), and DistributedDataParallel over CPU
-parameters fails on an nccl-only group, which is what `torchrun ... train` got on a GPU
-machine before. evaluate and predict can run their model on a GPU (`--device cuda`,
-local_device) but exchange only a few numbers and objects between ranks, which gloo carries
-from the CPU; nccl only pays once training computes on GPUs.
+The backend follows the command's `--device`: gloo for the CPU (the default, also on a
+machine with GPUs: DistributedDataParallel over CPU parameters fails on an nccl-only group,
+which is what `torchrun ... train` got on a GPU machine before), and "cpu:gloo,cuda:nccl" for
+`--device cuda`, where each rank computes on the GPU of its local rank (local_device): nccl
+carries the gradients, gloo the few numbers and objects the ranks exchange from the CPU.
 """
 import datetime
 import os
@@ -37,12 +36,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> bool:
-    """Initialise from torchrun's environment (WORLD_SIZE > 1); returns whether it did."""
+def init_from_env(device: str = "cpu") -> bool:
+    """Initialise from torchrun's environment (WORLD_SIZE > 1); returns whether it did.
+    device: the command's --device. On the CPU the group is gloo; for a GPU it is gloo for CPU
+    tensors and objects plus nccl for CUDA tensors (DistributedDataParallel's gradients)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
     timeout = datetime.timedelta(seconds=float(os.environ.get("ADAPTIVE_ENCODER_DIST_TIMEOUT", "600")))
-    dist.init_process_group("gloo", timeout=timeout)  # CPU tensors only (module docstring)
+    try:
+        gpu = torch.device(device).type == "cuda"
+    except RuntimeError:  # a bad --device: local_device names it once the group is up
+        gpu = False
+    dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo", timeout=timeout)  # module docstring
     return True
 
 
@@ -132,7 +137,9 @@ def data_parallel(module):
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, find_unused_parameters=True)
+    device = next(module.parameters()).device  # a module on a GPU: its replica is that GPU's
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
 def everywhere(flag: bool) -> bool:

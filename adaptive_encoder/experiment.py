@@ -2,7 +2,7 @@
 
 Writes results incrementally (a long run that stops keeps what it finished):
     <out>/accuracy.json  list of {"dataset", "variant", "seed", "accuracy", "avg_depth",
-                         "token_layer_fraction", "train_seconds", ...}
+                         "token_layer_fraction", "train_seconds", "device", ...}
     <out>/accuracy.md    mean +- std per dataset and variant beside the paper's numbers
     <out>/accuracy.png   each (dataset, model, N): accuracy against the token-layers computed
 The layer sweep (paper's Figure 3a) writes <out>/accuracy_vs_layers.{json,md} and a PNG: the same
@@ -31,7 +31,7 @@ PAPER = {
 
 def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_dir: str | None = None,
             model_path: str | None = None, mlm_steps: int = 300, progress: bool = False, limit: int = 0,
-            variants=VARIANTS, data_root=None, estimate_missing: bool = True) -> dict:
+            variants=VARIANTS, data_root=None, estimate_missing: bool = True, device="cpu") -> dict:
     """{variant: (train Encoded, test Encoded)} with each variant's depths.
 
     Reconstruction depths are read from <depth_dir>/depths_reconstruction.pt (written by
@@ -39,7 +39,7 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
     pretrained encoder, whatever N is). For N below the depth there, they come from the saved
     anytime MLM's loss tables cut to the first N layers.
     With estimate_missing=False a missing depth file is a FileNotFoundError naming it (the CLI:
-    no surprise multi-minute MLM training)."""
+    no surprise multi-minute MLM training). An anytime MLM trained here trains on `device`."""
     splits = load_dataset(dataset, root=data_root)
     if limit:
         splits = {k: v.subset(range(min(limit, len(v)))) for k, v in splits.items()}
@@ -51,7 +51,8 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
         est, depth_sets["mi"] = mi_depths(splits, tokenizer, layers, max_length=max_length)
     if "reconstruction" in variants:
         depth_sets["reconstruction"] = _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir,
-                                                       model_path, mlm_steps, progress, estimate_missing, dataset)
+                                                       model_path, mlm_steps, progress, estimate_missing, dataset,
+                                                       device)
     out = {}
     for v, d in depth_sets.items():
         meta = {"mi_estimator": est} if v == "mi" else {}  # a checkpoint's depth table is made from it
@@ -61,7 +62,7 @@ def prepare(dataset: str, tokenizer, layers: int, max_length: int = 512, depth_d
 
 
 def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model_path, mlm_steps, progress,
-                    estimate_missing, dataset) -> dict:
+                    estimate_missing, dataset, device="cpu") -> dict:
     """Reconstruction depth lists for an N-layer encoder: argmin over the first N layers' losses
     of the anytime MLM trained on the whole pretrained encoder, read from depth_dir or (when
     allowed) estimated now and written there. Estimating on the whole encoder, whatever N asks
@@ -78,6 +79,7 @@ def _reconstruction(splits, ids, tokenizer, layers, max_length, depth_dir, model
             f"(or pass --estimate-missing to train the anytime MLM now, several minutes)")
     else:
         bert, _ = load_pretrained(model_path)
+        bert.to(device)
         saved, _, tables = estimate_reconstruction(splits, bert, tokenizer, depth_dir, steps=mlm_steps,
                                                    max_length=max_length, progress=progress, model=model_path)
     _check_saved_depths(saved, recon_file, ids, dataset, layers, model_path, max_length)
@@ -116,10 +118,12 @@ def checkpoint_name(dataset: str, variant: str, layers: int, seed: int) -> str:
 
 
 def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, model_path=None,
-            progress=False, checkpoint_dir: str | None = None, limit: int = 0) -> dict:
-    """Train and evaluate one variant; with checkpoint_dir, save <dataset>_<variant>_N<layers>_seed<seed>.pt."""
+            progress=False, checkpoint_dir: str | None = None, limit: int = 0, device="cpu") -> dict:
+    """Train and evaluate one variant on `device`; with checkpoint_dir, save
+    <dataset>_<variant>_N<layers>_seed<seed> (its weights on the CPU)."""
     torch.manual_seed(seed)  # the new head's initialisation too, not only training (see the sweep notes)
     model, tokenizer = build_model(model_path, num_labels, layers, halting=variant == "halting", dropout=cfg.dropout)
+    model.to(device)
     cfg = TrainConfig(**{**cfg.__dict__, "seed": seed})
     hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
     ev = evaluate(model, data[1], tokenizer.pad_token_id)
@@ -128,6 +132,7 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
         from .depth.mi import TokenDepthLookup
 
         est = data[0].meta.get("mi_estimator") if variant == "mi" else None
+        model.cpu()  # a checkpoint loads anywhere
         save_checkpoint(os.path.join(checkpoint_dir, checkpoint_name(dataset, variant, layers, seed)), model,
                         {"model_path": model_path, "num_labels": num_labels, "layers": layers,
                          "halting": variant == "halting", "dropout": cfg.dropout, "dataset": dataset,
@@ -137,6 +142,7 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
             "accuracy": ev["accuracy"],
             "avg_depth": ev["avg_depth"], "token_layer_fraction": ev["token_layer_fraction"],
             "train_seconds": hist["seconds"], "eval_samples_per_s": ev["samples_per_s"], "layers": layers,
+            "device": torch.device(device).type,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "final_train_loss": hist["losses"][-1] if hist["losses"] else None,
             "settings": run_settings(cfg, limit)}
@@ -271,7 +277,7 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> d
 def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out_dir: str, command: str,
                    depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
                    notes: str = "", log=print, checkpoint_dir: str | None = None, data_root=None,
-                   estimate_missing: bool = True) -> list:
+                   estimate_missing: bool = True, device="cpu") -> list:
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "accuracy.json")
     records = json.load(open(json_path)) if os.path.exists(json_path) else []
@@ -284,13 +290,14 @@ def run_experiment(datasets, variants, seeds, cfg: TrainConfig, layers: int, out
     for ds in datasets:
         data = prepare(ds, tokenizer, layers, cfg.max_length, os.path.join(depth_root, ds), model_path,
                        data_root=data_root, estimate_missing=estimate_missing,
-                       progress=progress, limit=limit, variants=variants)
+                       progress=progress, limit=limit, variants=variants, device=device)
         num_labels = _num_labels(data)
         for seed in seeds:
             for v in variants:
                 if (ds, label, layers, v, seed) in done:
                     continue
-                r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit)
+                r = run_one(ds, v, seed, data[v], cfg, layers, num_labels, model_path, progress, checkpoint_dir, limit,
+                            device)
                 r["command"] = command
                 records.append(r)
                 if not distributed.is_main():  # under torchrun every rank has the record; rank 0 writes
@@ -363,7 +370,8 @@ def write_sweep_markdown(records: list, path: str, command: str) -> dict:
 
 def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfig, out_dir: str, command: str,
                     depth_root: str = "runs/depths", model_path=None, progress: bool = True, limit: int = 0,
-                    log=print, reuse: str | None = None, data_root=None, estimate_missing: bool = True) -> list:
+                    log=print, reuse: str | None = None, data_root=None, estimate_missing: bool = True,
+                    device="cpu") -> list:
     """Train every (N, variant, seed) on one dataset; resumes from <out>/accuracy_vs_layers.json.
 
     reuse: an accuracy.json whose records with the same dataset, model, N, variant, seed and
@@ -409,10 +417,10 @@ def run_layer_sweep(dataset: str, variants, layer_counts, seeds, cfg: TrainConfi
             _, tokenizer = load_pretrained(model_path)
         data = prepare(dataset, tokenizer, n, cfg.max_length, os.path.join(depth_root, dataset), model_path,
                        progress=progress, limit=limit, variants=need, data_root=data_root,
-                       estimate_missing=estimate_missing)
+                       estimate_missing=estimate_missing, device=device)
         num_labels = _num_labels(data)
         for seed, v in todo:
-            r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit)
+            r = run_one(dataset, v, seed, data[v], cfg, n, num_labels, model_path, progress, None, limit, device)
             r["command"] = command
             records.append(r)
             if distributed.is_main():

@@ -116,7 +116,7 @@ def _shard():
 
 
 def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, progress: bool = False) -> dict:
-    """Train in place; returns {"losses": [...], "seconds": float}."""
+    """Train in place, on the model's device; returns {"losses": [...], "seconds": float}."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     halting = model.halting is not None
@@ -124,6 +124,7 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         n_hold = max(1, int(round(len(data) * cfg.halting_holdout)))
         data, held_out = data.subset(order[n_hold:]), data.subset(order[:n_hold])
+    device = next(model.parameters()).device  # the batches go where the model is
     params = [p for n, p in model.named_parameters() if not n.startswith("halting.")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     losses = []
@@ -134,6 +135,8 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     for epoch in range(cfg.epochs):
         for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                                    f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            depths = None if depths is None else depths.to(device)
             if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
                 logits = net(ids, mask, anytime=True)
                 loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="sum")
@@ -158,9 +161,11 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
     unit = distributed.data_parallel(model.halting)
     losses = []
+    device = next(model.parameters()).device
     for epoch in range(cfg.halting_epochs):
         for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                               f"halting unit {epoch + 1}/{cfg.halting_epochs}", progress):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             model.eval()
             with torch.no_grad():
                 target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N

@@ -17,7 +17,7 @@ from .. import distributed
 from ..pretrained import load_pretrained, model_label, truncate_layers
 
 from .mi import MIDepthEstimator
-from .reconstruction import AnytimeMLM, cached_anytime_mlm, cached_loss_tables, loss_tables, table_depths, train_anytime_mlm
+from .reconstruction import AnytimeMLM, cached_anytime_mlm, cached_loss_tables, cpu_state, loss_tables, table_depths, train_anytime_mlm
 
 
 def tokenizer_words(tokenizer, text: str) -> list:
@@ -112,7 +112,7 @@ def estimate_reconstruction(splits: dict, bert, tokenizer, out_dir: str | None =
              "model": model_label(model), "depths": depths}
     if out_dir and distributed.is_main():  # under torchrun every rank has them; rank 0 writes
         os.makedirs(out_dir, exist_ok=True)
-        distributed.save_atomically(mlm.state_dict(), os.path.join(out_dir, "anytime_mlm.pt"))
+        distributed.save_atomically(cpu_state(mlm), os.path.join(out_dir, "anytime_mlm.pt"))
         distributed.save_atomically(saved, os.path.join(out_dir, "depths_reconstruction.pt"))
     distributed.barrier()  # the files are there for every rank's next read
     return saved, losses, tables

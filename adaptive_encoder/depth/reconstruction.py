@@ -94,6 +94,7 @@ def train_anytime_mlm(model: AnytimeMLM, tokenizer, texts, steps: int, batch_siz
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
+    device = next(model.parameters()).device  # the masks are drawn on the CPU (the same on any device)
     for _ in tqdm(range(steps), desc="anytime MLM", disable=not progress):
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
         enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
@@ -102,7 +103,8 @@ def train_anytime_mlm(model: AnytimeMLM, tokenizer, texts, steps: int, batch_siz
                                   tokenizer.mask_token_id, len(tokenizer), generator=gen)
         count = int((labels != -100).sum())  # the whole batch's masked tokens
         mine = slice(rank, None, world)
-        share = (net(ids[mine], enc["attention_mask"][mine], labels[mine], reduction="sum") / count).sum()
+        share = (net(ids[mine].to(device), enc["attention_mask"][mine].to(device), labels[mine].to(device),
+                     reduction="sum") / count).sum()
         loss = share * world  # one process: exactly the sum of the per-layer means
         opt.zero_grad()
         loss.backward()
@@ -179,7 +181,8 @@ def loss_tables(model: AnytimeMLM, tokenizer, texts, max_length: int = 128, chun
 
 
 def _chunk_losses(model: AnytimeMLM, tokenizer, ids_list, part) -> torch.Tensor:
-    """(copies, N) float32 layer losses of the (text, position) copies in `part`, each masked alone."""
+    """(copies, N) float32 layer losses (on the CPU) of the (text, position) copies in `part`, each
+    masked alone; the model runs on its own device."""
     T = max(len(ids_list[i]) for i, _ in part)
     ids = torch.full((len(part), T), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(part), T), dtype=torch.long)
@@ -190,9 +193,11 @@ def _chunk_losses(model: AnytimeMLM, tokenizer, ids_list, part) -> torch.Tensor:
     pos = torch.tensor([t for _, t in part])
     target = ids[rows, pos].clone()
     ids[rows, pos] = tokenizer.mask_token_id
-    states = model.layer_states(ids, mask)
+    device = next(model.parameters()).device
+    states = model.layer_states(ids.to(device), mask.to(device))
+    rows, pos, target = rows.to(device), pos.to(device), target.to(device)
     return torch.stack([F.cross_entropy(model.logits(h[rows, pos]), target, reduction="none")
-                        for h in states], dim=1).float()
+                        for h in states], dim=1).float().cpu()
 
 
 def _read_partials(partial: str | None, job: dict) -> dict:
@@ -234,6 +239,11 @@ def cache_key(model: nn.Module, texts, max_length: int) -> str:
     return h.hexdigest()[:16]
 
 
+def cpu_state(model: nn.Module) -> dict:
+    """The model's state dict on the CPU: what is saved, so that the file loads on any machine."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def cached_anytime_mlm(model: AnytimeMLM, tokenizer, texts, cache_dir: str, steps: int, batch_size: int = 32,
                        lr: float = 5e-5, max_length: int = 128, seed: int = 0, progress: bool = False) -> list:
     """train_anytime_mlm, done once per (initial weights, texts, max_length, steps, batch_size,
@@ -257,7 +267,7 @@ def cached_anytime_mlm(model: AnytimeMLM, tokenizer, texts, cache_dir: str, step
                                max_length=max_length, seed=seed, progress=progress)
     if distributed.is_main():
         os.makedirs(cache_dir, exist_ok=True)
-        distributed.save_atomically({"state_dict": model.state_dict(), "losses": losses}, path)
+        distributed.save_atomically({"state_dict": cpu_state(model), "losses": losses}, path)
     distributed.barrier()
     return losses
 
