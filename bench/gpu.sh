@@ -106,13 +106,16 @@ stage cpp_errors 30 bash -c cpp_errors
 # passed 608 tests in its 130 s and was cut there, and those seconds went from the benchmark
 # suite, which has never reached its speed sweeps on a GPU since run 3 (gpu gather/scatter
 # check=False now: its kernel benchmarks took 21 s in run 5's follow-up).
+# test_devices (the CLI's --device cuda: training, the anytime MLM, predict) last: it runs if the
+# stage's seconds reach it.
 # Not -x: a machine whose C++ errors crash fails the few tests that provoke one (conftest's
 # cpp_errors_raise) and the others still run; --maxfail bounds a cascade.
 if [ "$SMOKE" = 1 ]; then
   stage tests 300 python -m pytest tests/test_ops.py -q --maxfail=10 -p no:cacheprovider
 else
   stage tests 80 python -m pytest tests/test_norm.py tests/test_ops.py tests/test_graphs.py tests/test_attention.py \
-    tests/test_dispatch.py tests/test_encoder.py tests/test_properties.py -q --maxfail=10 -p no:cacheprovider -m "not slow"
+    tests/test_dispatch.py tests/test_encoder.py tests/test_properties.py tests/test_devices.py \
+    -q --maxfail=10 -p no:cacheprovider -m "not slow"
 fi
 
 # Adaptive vs full depth past the suite's batch sizes, where a GPU stops being launch-bound
