@@ -104,10 +104,11 @@ def test_predict_runs_the_model_on_the_asked_device_and_dtype(tmp_path, device):
 
     from test_distributed import _tiny_checkpoint
 
-    ckpt = _tiny_checkpoint(tmp_path, "mi", limit=60)
     from adaptive_encoder.data import load_dataset
 
-    texts = load_dataset("trec")["test"].texts[:40]  # words the MI table has seen, at many depths
+    # Words the MI table has seen (many depths) and words the tiny model's vocabulary has.
+    texts = [f"{t} w{(7 * i) % 95} w{(3 * i + 1) % 95}" for i, t in enumerate(load_dataset("trec")["test"].texts[:40])]
+    ckpt = _tiny_checkpoint(tmp_path, "mi", limit=60, spread_on=texts)
     runs = {}
     for dtype in (torch.float32, torch.bfloat16):
         for dev in sorted({"cpu", device}):
@@ -117,6 +118,7 @@ def test_predict_runs_the_model_on_the_asked_device_and_dtype(tmp_path, device):
             runs[dev, dtype] = [json.loads(line) for line in out.read_text().splitlines()]
     base = runs["cpu", torch.float32]
     assert len({r["depth_mean"] for r in base}) > 3  # MI depths, not one fixed depth
+    assert len({r["label"] for r in base}) > 1
     for (dev, dtype), rows in runs.items():
         assert [r["index"] for r in rows] == list(range(40))
         assert [r["depth_mean"] for r in rows] == [r["depth_mean"] for r in base], (dev, dtype)

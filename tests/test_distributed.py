@@ -116,8 +116,11 @@ def test_estimate_depths_under_torchrun_writes_the_one_process_files(tmp_path):
         sorted(p.name for p in (tmp_path / "one" / "cache").iterdir())  # no partial files left
 
 
-def _tiny_checkpoint(tmp_path, variant="fixed", limit=0):
-    """A checkpoint of a tiny random BERT saved as a local model folder (no pretrained package)."""
+def _tiny_checkpoint(tmp_path, variant="fixed", limit=0, spread_on=None):
+    """A checkpoint of a tiny random BERT saved as a local model folder (no pretrained package).
+    spread_on (texts): the random head is centred on these texts' mean pooled features and
+    scaled, so that its labels differ among them (uncentred, the features' common level picks
+    one class for every text)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from adaptive_encoder.classifier import AdaptiveClassifier
@@ -133,6 +136,15 @@ def _tiny_checkpoint(tmp_path, variant="fixed", limit=0):
                                 vocab_size=100, max_position_embeddings=64))
     bert.save_pretrained(str(folder))
     model = AdaptiveClassifier(bert, 3)
+    if spread_on is not None:
+        from adaptive_encoder.classifier import pool
+
+        enc = BertTokenizerFast.from_pretrained(str(folder))(spread_on, padding=True, return_tensors="pt")
+        mask = enc["attention_mask"].bool()
+        with torch.no_grad():
+            states = model.encoder(model.embed(enc["input_ids"], mask), None, mask).last_hidden_state
+            model.head.weight.mul_(10.0)
+            model.head.bias.copy_(-model.head.weight @ pool(states, mask).mean(0))
     path = tmp_path / "ckpt.pt"
     save_checkpoint(str(path), model, {"model_path": str(folder), "num_labels": 3, "layers": 3, "halting": False,
                                        "dropout": 0.1, "dataset": "trec", "variant": variant,
