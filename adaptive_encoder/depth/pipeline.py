@@ -17,7 +17,8 @@ from .. import distributed
 from ..pretrained import load_pretrained, model_label, truncate_layers
 
 from .mi import MIDepthEstimator
-from .reconstruction import AnytimeMLM, cached_anytime_mlm, cached_loss_tables, cpu_state, loss_tables, table_depths, train_anytime_mlm
+from .reconstruction import (AnytimeMLM, cached_anytime_mlm, cached_loss_tables, cpu_state, loss_tables, table_depths,
+                             train_anytime_mlm)
 
 
 def tokenizer_words(tokenizer, text: str) -> list:
