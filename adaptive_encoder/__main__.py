@@ -159,7 +159,7 @@ def _train_config(args):
     from adaptive_encoder.train import TrainConfig
 
     return TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=getattr(args, "seed", 0),
-                       max_length=args.max_length, halting_epochs=args.halting_epochs)
+                       max_length=args.max_length, halting_epochs=args.halting_epochs, bf16=args.bf16)
 
 
 def _train(args) -> int:
@@ -417,6 +417,8 @@ def _add_train_args(p, layers: bool = True) -> None:
     p.add_argument("--depths", default="runs/depths",
                    help="folder of estimate-depths outputs, one subfolder per dataset (reconstruction depths)")
     _add_device_arg(p)
+    p.add_argument("--bf16", action="store_true",
+                   help="forward passes under torch.autocast(bfloat16), weights and Adam in float32 (pays on a GPU)")
     p.add_argument("--estimate-missing", action="store_true",
                    help="train the anytime MLM (on every layer of the model, as estimate-depths does) when "
                         "reconstruction depths are missing (minutes) instead of failing")

@@ -156,9 +156,10 @@ def run_settings(cfg: TrainConfig, limit: int) -> dict:
 
 def _settings_of(record: dict) -> dict:
     """A record's run_settings; records written before they were recorded ran with the defaults
-    (every committed command set only --epochs 3, the default) on the whole data."""
+    (every committed command set only --epochs 3, the default) on the whole data, and settings
+    added since (bf16) had their default value then."""
     if "settings" in record:
-        return record["settings"]
+        return {**run_settings(TrainConfig(), 0), **record["settings"]}
     return {**run_settings(TrainConfig(), 0), "epochs": record.get("epochs"), "lr": record.get("lr"),
             "batch_size": record.get("batch_size")}
 

@@ -16,7 +16,10 @@ Variants (same code path; only where depths come from differs):
                     "depth 1" everywhere (measured on TREC: the unit then put every token at
                     depth 1, 79.2 % test accuracy against 95.8 % at fixed depth).
 
-Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens.
+Adam, gradient-norm clipping at 5, dropout 0.1, inputs clipped at 512 tokens. Training runs
+on the model's device; with bf16=True its forward passes run under torch.autocast(bfloat16)
+(weights, gradients and Adam stay float32; no loss scaling is needed with bfloat16's range),
+which is what pays on a GPU. Evaluation is float32.
 
 Data parallel under `torchrun` (adaptive_encoder/distributed.py): every rank draws the same
 shuffled order, each global batch of `batch_size` examples is split across the ranks
@@ -50,6 +53,7 @@ class TrainConfig:
     halting_epochs: int = 5
     halting_lr: float = 1e-3
     halting_holdout: float = 0.1
+    bf16: bool = False  # forward passes under torch.autocast(bfloat16) (module docstring)
 
 
 @dataclass
@@ -111,6 +115,11 @@ def _global_mean(loss_sum: torch.Tensor, count: int) -> tuple:
     return loss, (distributed.sum_([loss_sum.item()])[0] / n if W > 1 else loss.item())
 
 
+def _autocast(device: torch.device, cfg: TrainConfig):
+    """The context of a training forward: autocast to bfloat16 with cfg.bf16, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
 def _shard():
     return (distributed.rank(), distributed.world_size()) if distributed.active() else None
 
@@ -131,18 +140,20 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     t0 = time.perf_counter()
     n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
     net = distributed.data_parallel(model)
+    autocast = _autocast(device, cfg)
     model.train()
     for epoch in range(cfg.epochs):
         for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
                                                    f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             depths = None if depths is None else depths.to(device)
-            if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
-                logits = net(ids, mask, anytime=True)
-                loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="sum")
-                loss_sum = loss_sum / logits.shape[0]
-            else:
-                loss_sum = F.cross_entropy(net(ids, mask, depths).logits, labels, reduction="sum")
+            with autocast:
+                if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
+                    logits = net(ids, mask, anytime=True).float()
+                    loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.repeat(logits.shape[0]), reduction="sum")
+                    loss_sum = loss_sum / logits.shape[0]
+                else:
+                    loss_sum = F.cross_entropy(net(ids, mask, depths).logits.float(), labels, reduction="sum")
             loss, logged = _global_mean(loss_sum, len(labels))
             opt.zero_grad()
             loss.backward()
@@ -167,11 +178,12 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
                                               f"halting unit {epoch + 1}/{cfg.halting_epochs}", progress):
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(device, cfg):
                 target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N
                 m = mask != 0
                 h1 = model.encoder(model.embed(ids, m), m.long(), m).last_hidden_state
-            logits = unit(h1)[m]  # the unit's logits over depths 1..N
+            with _autocast(device, cfg):
+                logits = unit(h1)[m].float()  # the unit's logits over depths 1..N
             tok_target = (target.unsqueeze(1).expand_as(mask)[m]) - 1
             loss, logged = _global_mean(F.cross_entropy(logits, tok_target, reduction="sum"), int(m.sum()))
             opt.zero_grad()

@@ -42,6 +42,34 @@ def test_training_on_a_device_follows_the_cpu(device, halting):
     assert d_ev["avg_depth"] == ev["avg_depth"] and abs(d_ev["accuracy"] - ev["accuracy"]) <= 1 / 12
 
 
+@pytest.mark.parametrize("halting", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_runs_the_forward_in_bfloat16_and_follows_float32(device, halting):
+    """TrainConfig(bf16=True) / --bf16: the layers' GEMMs run in bfloat16 under autocast (seen by a
+    hook), weights and Adam stay float32, and the losses follow the float32 run's loosely."""
+    seen = set()
+    runs = {}
+    for bf16 in (False, True):
+        model = _tiny_classifier(halting).to(device)
+        hook = model.head.register_forward_hook(lambda m, i, o: seen.add((bf16, o.dtype)))
+        hist = train(model, data(), TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=0, halting_epochs=1,
+                                                bf16=bf16), pad_id=0)
+        hook.remove()
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[bf16] = hist["losses"]
+    assert seen == {(False, torch.float32), (True, torch.bfloat16)}
+    torch.testing.assert_close(torch.tensor(runs[True]), torch.tensor(runs[False]), rtol=5e-2, atol=5e-2)
+
+
+def test_records_written_before_a_setting_existed_read_as_its_default():
+    from adaptive_encoder.experiment import _settings_of, run_settings
+
+    now = run_settings(TrainConfig(epochs=3), 0)
+    older = {k: v for k, v in now.items() if k != "bf16"}  # a record of before --bf16
+    assert _settings_of({"settings": older}) == now
+    assert _settings_of({"settings": {**older, "bf16": True}}) != now
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_anytime_mlm_and_loss_tables_on_a_device_follow_the_cpu(device, tmp_path):
     """The reconstruction estimate on a device: the masks are drawn on the CPU (the same draws),
