@@ -26,7 +26,8 @@ def _tiny_classifier(halting=False):
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_on_a_device_follows_the_cpu(device, halting):
     """train() and evaluate() move every batch to the model's device: the losses (both stages
-    of the halting baseline) and the final weights are the CPU run's up to float rounding."""
+    of the halting baseline) and the final weights are the CPU run's up to float rounding (on
+    the CPU itself, exactly the same run)."""
     runs = {}
     for dev in sorted({"cpu", device}):
         model = _tiny_classifier(halting).to(dev)
@@ -36,9 +37,10 @@ def test_training_on_a_device_follows_the_cpu(device, halting):
         runs[dev] = hist["losses"], [p.detach().cpu() for p in model.parameters()], ev
     (losses, params, ev), (d_losses, d_params, d_ev) = runs["cpu"], runs[device]
     assert len(losses) == (7 if halting else 6) and len(d_losses) == len(losses)
-    torch.testing.assert_close(torch.tensor(d_losses), torch.tensor(losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(d_losses), torch.tensor(losses), rtol=1e-3, atol=1e-4)
+    # Adam moves a weight whose gradient is rounding noise by up to lr per step either way.
     for a, b in zip(d_params, params):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(a, b, rtol=0, atol=7 * 1e-3)
     assert d_ev["avg_depth"] == ev["avg_depth"] and abs(d_ev["accuracy"] - ev["accuracy"]) <= 1 / 12
 
 
