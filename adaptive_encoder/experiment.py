@@ -231,6 +231,16 @@ def _without_notes(command: str) -> str:
 FIGURE = "accuracy.png"  # beside accuracy.md: each (dataset, model, N) as accuracy against token-layers
 
 
+def _train_seconds_cell(rs: list) -> str:
+    """Mean training wall time of a row's runs, naming the device when it is not the CPU (records
+    of before --device ran on the CPU); runs on different devices have no meaningful mean."""
+    devices = sorted({r.get("device", "cpu") for r in rs})
+    if len(devices) > 1:
+        return f"mixed ({', '.join(devices)})"
+    mean = f"{statistics.mean(r['train_seconds'] for r in rs):.0f}"
+    return mean if devices == ["cpu"] else f"{mean} ({devices[0]})"
+
+
 def write_markdown(records: list, path: str, command: str, notes: str = "") -> dict:
     """accuracy.md (mean +- std per dataset, model, N and variant) and FIGURE beside it.
     Returns the figure's points: {(dataset, model, N): {variant: (token-layers %, accuracy %,
@@ -265,7 +275,7 @@ def write_markdown(records: list, path: str, command: str, notes: str = "") -> d
             paper = PAPER.get(ds, {}).get(v)
             lines.append(f"| {ds} | {model} | {n} | {v} | {len(rs)} | {_mean_pm(mean, sd, len(rs))} | "
                          f"{statistics.mean(r['avg_depth'] for r in rs):.2f} | {frac:.1%} | "
-                         f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
+                         f"{_train_seconds_cell(rs)} | "
                          f"{'' if paper is None else f'{paper:.2f}'} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

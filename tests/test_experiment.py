@@ -53,6 +53,19 @@ def test_accuracy_markdown_mean_std_and_paper_column(tmp_path):
     assert "| trec | all-mpnet-base-v2 | 12 | fixed | 2 | 50.00 ± 0.00 |" in text
 
 
+def test_train_seconds_name_their_device_and_are_not_averaged_across_devices(tmp_path):
+    path = tmp_path / "acc.md"
+    recs = [r for r in _records() if r["layers"] == 6]
+    gpu = [dict(r, device="cuda", train_seconds=2.0) if r["variant"] == "mi" else r for r in recs]
+    write_markdown(gpu, str(path), "cmd")
+    text = path.read_text()
+    assert "| fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | 10 | 96.00 |" in text  # no device: the CPU
+    assert "| mi | 2 | 97.00 ± 1.41 | 3.00 | 50.0% | 2 (cuda) | 96.50 |" in text
+    mixed = [dict(r, device="cuda", train_seconds=2.0) if r["seed"] == 1 else r for r in recs]
+    write_markdown(mixed, str(path), "cmd")
+    assert "| fixed | 2 | 97.00 ± 1.41 | 6.00 | 100.0% | mixed (cpu, cuda) | 96.00 |" in path.read_text()
+
+
 def test_accuracy_figure_draws_each_group_mean_and_std(tmp_path):
     recs = [dict(r, model="all-MiniLM-L6-v2") for r in _records()]
     recs.append({**recs[0], "variant": "halting", "token_layer_fraction": 0.7})  # one seed only
