@@ -10,8 +10,9 @@
     convert-checkpoint  rewrite an old pickled .pt checkpoint as a transformers-format folder
 
 train, experiment, sweep-layers, evaluate and predict run data parallel under torchrun
-(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`; gloo: the commands compute on
-the CPU); estimate-depths shares its longest part, the reconstruction loss tables, among the ranks.
+(`torchrun --nproc_per_node=K -m adaptive_encoder train ...`); estimate-depths shares its
+longest part, the reconstruction loss tables, among the ranks. Every command but
+convert-checkpoint takes --device (cpu, the default; cuda; cuda:N), see distributed.py.
 """
 import argparse
 import sys
@@ -22,10 +23,14 @@ def _demo(args) -> int:
     import torch
     from transformers import BertConfig, BertModel
 
-    from adaptive_encoder import AdaptiveEncoder
+    from adaptive_encoder import AdaptiveEncoder, distributed
     from adaptive_encoder.dense import masked_forward
     from adaptive_encoder.flops import ideal_speedup
 
+    try:
+        device = distributed.local_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     torch.manual_seed(0)
     N, D = args.layers, args.hidden
     heads = args.heads or max(1, D // 64)
@@ -35,7 +40,7 @@ def _demo(args) -> int:
         raise SystemExit("error: --seq must be >= 2 (the demo pads half of some sequences)")
     cfg = BertConfig(hidden_size=D, num_hidden_layers=N, num_attention_heads=heads,
                      intermediate_size=4 * D, attn_implementation="sdpa")
-    bert = BertModel(cfg).eval()
+    bert = BertModel(cfg).eval().to(device)
     enc = AdaptiveEncoder.from_bert(bert)
     B, T = args.batch, args.seq
     x = torch.randn(B, T, D)
@@ -44,6 +49,8 @@ def _demo(args) -> int:
     depths[:, 0] = N
     mask = torch.ones(B, T, dtype=torch.long)
     mask[1:, T // 2:] = 0  # ragged batch
+    x, depths, mask = x.to(device), depths.to(device), mask.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # a GPU's clock: its queue
     with torch.inference_mode():
         out = enc(x, depths, mask)
         ref = masked_forward(bert, x, depths, mask)
@@ -52,12 +59,14 @@ def _demo(args) -> int:
         timings = {}
         for name, d in (("adaptive", depths), ("full depth", torch.full_like(depths, N))):
             enc(x, d, mask)
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.repeats):
                 enc(x, d, mask)
+            sync()
             timings[name] = (time.perf_counter() - t0) / args.repeats
     print(f"BERT-like encoder: {N} layers, hidden {D}, batch {B} x {T} (ragged), backend "
-          f"{enc.backend or 'auto'}")
+          f"{enc.backend or 'auto'}, on {device}")
     print(f"n_max {out.plan.n_max}, active token-layers {out.plan.active_fraction:.1%}")
     print(f"relative error vs dense masked reference: {err:.2e}")
     ideal = ideal_speedup(depths, mask, N, D, 4 * D)
@@ -440,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch", type=POSITIVE, default=4, help="batch size")
     demo.add_argument("--seq", type=_int_at_least(2), default=64, help="sequence length")
     demo.add_argument("--repeats", type=POSITIVE, default=5, help="timed forwards per variant")
+    _add_device_arg(demo)
     demo.set_defaults(func=_demo)
 
     est = command("estimate-depths", "per-token depths of a real dataset")

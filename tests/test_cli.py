@@ -73,6 +73,8 @@ def test_demo_checks_heads_and_runs_small(capsys):
         main(["demo", "--hidden", "32", "--heads", "3"])
     assert main(["demo", "--hidden", "32", "--layers", "2", "--batch", "2", "--seq", "6", "--repeats", "1"]) == 0
     assert "relative error" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"^error: --device cuda:99: (CUDA is not available|GPU 99 asked for)"):
+        main(["demo", "--device", "cuda:99"])
 
 
 @needs_minilm

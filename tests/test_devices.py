@@ -185,6 +185,16 @@ def test_local_device_names_what_cannot_run(monkeypatch):
         distributed.local_device("cuda:0")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_demo_on_a_device(device, capsys):
+    from adaptive_encoder.__main__ import main
+
+    assert main(["demo", "--hidden", "32", "--layers", "2", "--batch", "2", "--seq", "6", "--repeats", "1",
+                 "--device", device]) == 0
+    out = capsys.readouterr().out
+    assert f"on {device}" in out and "relative error" in out
+
+
 def test_process_group_follows_the_device(monkeypatch):
     """gloo for the CPU (DistributedDataParallel over CPU parameters fails on an nccl group,
     which `torchrun ... train` used on any machine with a GPU before); gloo + nccl for a GPU."""
@@ -202,7 +212,8 @@ def test_process_group_follows_the_device(monkeypatch):
     assert seen == ["gloo", "gloo", "cpu:gloo,cuda:nccl", "cpu:gloo,cuda:nccl", "gloo"]
 
 
-@pytest.mark.parametrize("command", ["estimate-depths", "train", "experiment", "sweep-layers", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["demo", "estimate-depths", "train", "experiment", "sweep-layers", "evaluate",
+                                     "predict"])
 def test_a_device_that_cannot_run_is_refused_before_any_work(command, monkeypatch, tmp_path):
     from adaptive_encoder.__main__ import main
 
