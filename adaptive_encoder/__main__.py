@@ -214,7 +214,7 @@ def _evaluate(args) -> int:
         from adaptive_encoder.checkpoint import check_mi_refit
 
         check_mi_refit(args.checkpoint, data["mi"][0].meta["mi_estimator"], tokenizer)
-    ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id)
+    ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id, progress=True)
     _say(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
           f"{ev['samples_per_s']:.0f} samples/s"

@@ -126,7 +126,7 @@ def run_one(dataset, variant, seed, data, cfg: TrainConfig, layers, num_labels, 
     model.to(device)
     cfg = TrainConfig(**{**cfg.__dict__, "seed": seed})
     hist = train(model, data[0], cfg, tokenizer.pad_token_id, progress=progress)
-    ev = evaluate(model, data[1], tokenizer.pad_token_id)
+    ev = evaluate(model, data[1], tokenizer.pad_token_id, progress=progress)
     if checkpoint_dir:
         from .checkpoint import save_checkpoint
         from .depth.mi import TokenDepthLookup

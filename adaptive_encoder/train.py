@@ -194,7 +194,8 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
 
 
 @torch.inference_mode()
-def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: int = 64) -> dict:
+def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: int = 64,
+             progress: bool = False) -> dict:
     """accuracy, average depth of real tokens, computed token-layer fraction, samples/s. The
     batches go to the model's device (its parameters')."""
     model.eval()
@@ -208,7 +209,8 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
         r, W = distributed.rank(), distributed.world_size()
         index = index[r * len(data) // W:(r + 1) * len(data) // W]
         data = data.subset(index)
-    for ids, mask, depths, labels in batches(data, batch_size, pad_id):
+    n_batches = (len(data) + batch_size - 1) // batch_size
+    for ids, mask, depths, labels in _progress(batches(data, batch_size, pad_id), "evaluate", progress, n_batches):
         ids, mask = ids.to(device), mask.to(device)
         out = model(ids, mask, None if depths is None else depths.to(device))
         p = out.logits.argmax(-1).cpu()
