@@ -44,6 +44,17 @@ def save_checkpoint(path: str, model, meta: dict, tokenizer=None, depth_table=No
         depth_table.save(path)
 
 
+def read_meta(path: str) -> dict:
+    """The checkpoint's meta (variant, dataset, layers, config, ...) without loading its model
+    (an old pickled `.pt` file is read whole)."""
+    if os.path.isfile(path):
+        return torch.load(path, weights_only=False)["meta"]
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        raise FileNotFoundError(f"{path} is not a checkpoint (no {CONFIG_FILE} there, and not a .pt file)")
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        return json.load(f)
+
+
 def load_checkpoint(path: str):
     """(AdaptiveClassifier in eval mode, tokenizer, meta) from a checkpoint folder, or from an
     old pickled `.pt` file (deprecated)."""

@@ -155,27 +155,30 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
     taken from a finished shard of an earlier run), "seconds" (the slowest computing rank's),
     "token_layer_fraction" (over every text)}. `indices` (one int per text, default 0, 1, ...)
     are written as each line's "index". The model runs on `device` in `dtype`."""
+    from .checkpoint import load_checkpoint, read_meta
     from .depth.pipeline import tokenizer_words
-    from .train import load_checkpoint
 
     rank, W = distributed.rank(), distributed.world_size()
     shard_path = f"{out}.shard{rank}of{W}"
-    model, tokenizer, meta = load_checkpoint(checkpoint)
+    meta = read_meta(checkpoint)
     device = torch.device(device)
-    model.to(device=device, dtype=dtype)
     indices = list(range(len(texts))) if indices is None else list(indices)
     if len(indices) != len(texts):
         raise ValueError(f"predict: {len(indices)} indices for {len(texts)} texts")
     lo, hi = rank * len(texts) // W, (rank + 1) * len(texts) // W
     fingerprint = shard_fingerprint(checkpoint, texts[lo:hi], indices[lo:hi], dataset_split, depth_dir,
                                     device.type, str(dtype))
-    t0 = time.perf_counter()
     reused = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
     complete = reused is not None
     computed, tokens = reused if complete else (0, 0)
+    t0 = time.perf_counter()
     # The depths' set-up can be collective (an MI refit sums counts over the ranks), so every
-    # rank runs it while any rank has a shard to compute; only those ranks run the model.
+    # rank runs it while any rank has a shard to compute; only those ranks run the model. The
+    # model is loaded only then (a rerun whose shards are all finished merges them at once).
     if not distributed.everywhere(complete):
+        model, tokenizer, meta = load_checkpoint(checkpoint)
+        model.to(device=device, dtype=dtype)
+        t0 = time.perf_counter()
         words = [tokenizer_words(tokenizer, t) for t in texts[lo:hi]]
         if dataset_split is not None and meta["variant"] == "reconstruction":
             from .experiment import prepare
