@@ -47,8 +47,8 @@ def test_training_on_a_device_follows_the_cpu(device, halting):
 @pytest.mark.parametrize("halting", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_runs_the_forward_in_bfloat16_and_follows_float32(device, halting):
-    """TrainConfig(bf16=True) / --bf16: the layers' GEMMs run in bfloat16 under autocast (seen by a
-    hook), weights and Adam stay float32, and the losses follow the float32 run's loosely."""
+    """TrainConfig(bf16=True) / --bf16: the forward runs in bfloat16 under autocast (the head's
+    output, seen by a hook), weights and Adam stay float32, and the losses follow float32's loosely."""
     seen = set()
     runs = {}
     for bf16 in (False, True):
@@ -130,11 +130,9 @@ def test_predict_runs_the_model_on_the_asked_device_and_dtype(tmp_path, device):
     """predict --device/--dtype: the model and every batch (ids, mask, MI depths) go there; the
     depths are the CPU float32 run's exactly, the labels its labels (bfloat16: nearly all), and a
     shard made in another dtype or on another device is never reused as this run's."""
-    from adaptive_encoder.predict import predict, shard_fingerprint
-
-    from test_distributed import _tiny_checkpoint
-
     from adaptive_encoder.data import load_dataset
+    from adaptive_encoder.predict import predict, shard_fingerprint
+    from test_distributed import _tiny_checkpoint
 
     # Words the MI table has seen (many depths) and words the tiny model's vocabulary has.
     texts = [f"{t} w{(7 * i) % 95} w{(3 * i + 1) % 95}" for i, t in enumerate(load_dataset("trec")["test"].texts[:40])]
