@@ -217,7 +217,7 @@ def _evaluate(args) -> int:
     ev = evaluate(model, data[meta["variant"]][1], tokenizer.pad_token_id, progress=True)
     _say(f"{meta['dataset']} {meta['variant']} N={meta['layers']}: accuracy {100 * ev['accuracy']:.2f}%, "
           f"avg depth {ev['avg_depth']:.2f}, token-layers {ev['token_layer_fraction']:.1%}, "
-          f"{ev['samples_per_s']:.0f} samples/s"
+          f"{ev['samples_per_s']:.0f} samples/s ({args.device}, {args.dtype})"
           + (f" (on the first {meta['limit']} test texts: trained with --limit)" if meta.get("limit") else ""))
     return 0
 
@@ -256,7 +256,8 @@ def _predict(args) -> int:
         rate = f"{done / summary['seconds']:.1f} texts/s" if done else "every shard reused from an earlier run"
         if 0 < done < n:
             rate += f" over the {done} computed ({n - done} from finished shards of an earlier run)"
-        print(f"wrote {args.out}: {n} texts, {rate} on {distributed.world_size()} process(es), "
+        print(f"wrote {args.out}: {n} texts, {rate} on {distributed.world_size()} process(es) "
+              f"({args.device.type}, {args.dtype}), "
               f"token-layers {summary['token_layer_fraction']:.1%}")
     return 0
 

@@ -102,6 +102,7 @@ def test_train_then_evaluate_a_limited_checkpoint_says_so(tmp_path, capsys):
     # run is named before anything is loaded.
     assert main(["evaluate", str(tmp_path / "trec_mi_N2_seed0"), "--dtype", "bfloat16"]) == 0
     half = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "samples/s (cpu, bfloat16)" in half and "samples/s (cpu, float32)" in line
     assert abs(float(re.search(r"accuracy ([0-9.]+)%", half).group(1)) - float(accuracy)) <= 100 / 16
     assert re.search(r"avg depth ([0-9.]+)", half).group(1) == re.search(r"avg depth ([0-9.]+)", line).group(1)
     with pytest.raises(SystemExit, match=r"^error: --device cuda:99: (CUDA is not available|GPU 99 asked for)"):

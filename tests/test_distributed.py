@@ -190,7 +190,7 @@ def test_predict_one_and_two_processes_write_identical_files(tmp_path):
     (tmp_path / "two.jsonl.shard0of2").write_text(header(first, 30, 20) + "".join(x + "\n" for x in lines[:11]))
     (tmp_path / "two.jsonl.shard1of2").write_text(header(fingerprint, 30, 20) + kept)
     out = _torchrun(*args, "--out", str(tmp_path / "two.jsonl")).stdout
-    assert "23 texts, every shard reused from an earlier run on 2 process(es), token-layers 50.0%" in out, out
+    assert "23 texts, every shard reused from an earlier run on 2 process(es) (cpu, float32), token-layers 50.0%" in out, out
     assert "".join((tmp_path / "two.jsonl").read_text().splitlines(True)[11:]) == kept
     # A shard left by a run on other texts (another fingerprint, or none: an older version) is
     # recomputed, never merged into this run's output.
