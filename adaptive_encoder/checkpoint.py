@@ -71,13 +71,10 @@ def load_checkpoint(path: str):
                                        meta["halting"], meta.get("dropout", 0.1))
         model.load_state_dict(ckpt["state_dict"])
         return model.eval(), tokenizer, meta
-    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
-        raise FileNotFoundError(f"{path} is not a checkpoint (no {CONFIG_FILE} there, and not a .pt file)")
+    meta = read_meta(path)
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        meta = json.load(f)
     bert = AutoModel.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AdaptiveClassifier(bert, meta["num_labels"], dropout=meta.get("dropout", 0.1), halting=meta["halting"])

@@ -69,9 +69,7 @@ def shard_fingerprint(checkpoint: str, texts: list, indices: list, dataset_split
     depth_file = None
     if dataset_split is not None:
         depth_file = _stat(os.path.join(depth_dir, dataset_split[0], "depths_reconstruction.pt"))
-    key = [os.path.abspath(checkpoint), _stat(checkpoint), texts, indices, dataset_split, depth_file]
-    if (device, dtype) != ("cpu", "torch.float32"):  # (the key of the default is as before)
-        key += [device, dtype]
+    key = [os.path.abspath(checkpoint), _stat(checkpoint), texts, indices, dataset_split, depth_file, device, dtype]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 
@@ -121,19 +119,17 @@ def _write_shard(model, tokenizer, meta, words, depths, indices, batch_size, pro
     """Predict this rank's texts (word lists) into shard_path, header line first; returns
     (computed token-layers, real tokens)."""
     from .depth.pipeline import encode_words
-    from .train import Encoded, _progress, batches
+    from .train import Encoded, _device, _progress, batches
 
     ids = encode_words(tokenizer, words, meta["config"]["max_length"])["input_ids"]
-    device = next(model.parameters()).device  # the batches go where the model is
     data = Encoded(ids, [0] * len(ids), depths)
     lines = []
     computed = tokens = 0
     n_batches = (len(ids) + batch_size - 1) // batch_size
     with torch.inference_mode():
-        for b, (x, mask, d, _) in enumerate(_progress(batches(data, batch_size, tokenizer.pad_token_id),
-                                                      "predict", progress, n_batches)):
-            x, mask = x.to(device), mask.to(device)
-            res = model(x, mask, None if d is None else d.to(device))
+        batched = batches(data, batch_size, tokenizer.pad_token_id, device=_device(model))
+        for b, (x, mask, d, _) in enumerate(_progress(batched, "predict", progress, n_batches)):
+            res = model(x, mask, d)
             real = mask != 0
             per_text = (res.depths * real).sum(1).double() / real.sum(1)
             for j, (label, dm) in enumerate(zip(res.logits.argmax(-1).tolist(), per_text.tolist())):
@@ -171,7 +167,6 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
     reused = _complete_shard(shard_path, fingerprint)  # a shard of an earlier run on the same inputs is kept
     complete = reused is not None
     computed, tokens = reused if complete else (0, 0)
-    t0 = time.perf_counter()
     # The depths' set-up can be collective (an MI refit sums counts over the ranks), so every
     # rank runs it while any rank has a shard to compute; only those ranks run the model. The
     # model is loaded only then (a rerun whose shards are all finished merges them at once).
@@ -199,7 +194,8 @@ def predict(checkpoint: str, texts: list, out: str, batch_size: int = 64, progre
             computed, tokens = _write_shard(model, tokenizer, meta, words, depths, indices[lo:hi], batch_size,
                                             progress, fingerprint, shard_path)
     seconds = time.perf_counter() - t0 if not complete else 0.0
-    computed, tokens, computed_texts = (int(v) for v in distributed.sum_([computed, tokens, 0 if complete else hi - lo]))
+    sums = distributed.sum_([computed, tokens, 0 if complete else hi - lo])
+    computed, tokens, computed_texts = (int(v) for v in sums)
     seconds = max(distributed.gather_objects(seconds))
     distributed.barrier()
     if distributed.is_main():

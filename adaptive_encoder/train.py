@@ -74,8 +74,9 @@ class Encoded:
 
 
 def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, generator=None,
-            shard: tuple | None = None):
-    """Yields (input_ids, attention_mask, depths or None, labels), padded to the batch's longest.
+            shard: tuple | None = None, device=None):
+    """Yields (input_ids, attention_mask, depths or None, labels), padded to the batch's longest,
+    built on the CPU and moved to `device` when one is given (a model's: see _device).
 
     shard=(rank, world): this rank's rows (rank, rank+world, ...) of every global batch; a
     global batch with fewer rows than `world` is skipped on every rank."""
@@ -96,7 +97,16 @@ def batches(data: Encoded, batch_size: int, pad_id: int, shuffle: bool = False, 
             mask[r, :n] = 1
             if depths is not None:
                 depths[r, :n] = torch.as_tensor(data.depths[i][:n])
-        yield ids, mask, depths, torch.tensor([data.labels[i] for i in idx])
+        labels = torch.tensor([data.labels[i] for i in idx])
+        if device is not None:
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            depths = None if depths is None else depths.to(device)
+        yield ids, mask, depths, labels
+
+
+def _device(model) -> torch.device:
+    """Where a model's batches go: its parameters' device."""
+    return next(model.parameters()).device
 
 
 def _progress(iterable, desc, enabled, total=None):
@@ -133,7 +143,7 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         n_hold = max(1, int(round(len(data) * cfg.halting_holdout)))
         data, held_out = data.subset(order[n_hold:]), data.subset(order[:n_hold])
-    device = next(model.parameters()).device  # the batches go where the model is
+    device = _device(model)  # the batches go where the model is
     params = [p for n, p in model.named_parameters() if not n.startswith("halting.")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     losses = []
@@ -143,10 +153,8 @@ def train(model: AdaptiveClassifier, data: Encoded, cfg: TrainConfig, pad_id: in
     autocast = _autocast(device, cfg)
     model.train()
     for epoch in range(cfg.epochs):
-        for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
+        for ids, mask, depths, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard(), device),
                                                    f"epoch {epoch + 1}/{cfg.epochs}", progress, n_batches):
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            depths = None if depths is None else depths.to(device)
             with autocast:
                 if halting:  # anytime classifier: mean loss over the layers' shared-head predictions
                     logits = net(ids, mask, anytime=True).float()
@@ -172,11 +180,10 @@ def train_halting_unit(model, data, cfg, pad_id, gen, progress) -> list:
     opt = torch.optim.Adam(model.halting.parameters(), lr=cfg.halting_lr)
     unit = distributed.data_parallel(model.halting)
     losses = []
-    device = next(model.parameters()).device
+    device = _device(model)
     for epoch in range(cfg.halting_epochs):
-        for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard()),
+        for ids, mask, _, labels in _progress(batches(data, cfg.batch_size, pad_id, True, gen, _shard(), device),
                                               f"halting unit {epoch + 1}/{cfg.halting_epochs}", progress):
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             model.eval()
             with torch.no_grad(), _autocast(device, cfg):
                 target = halting_pseudo_labels(model.layer_logits(ids, mask), labels)  # (B,) in 1..N
@@ -199,7 +206,6 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
     """accuracy, average depth of real tokens, computed token-layer fraction, samples/s. The
     batches go to the model's device (its parameters')."""
     model.eval()
-    device = next(model.parameters()).device
     correct = tokens = computed = 0
     depth_sum = 0
     preds = []
@@ -210,10 +216,10 @@ def evaluate(model: AdaptiveClassifier, data: Encoded, pad_id: int, batch_size: 
         index = index[r * len(data) // W:(r + 1) * len(data) // W]
         data = data.subset(index)
     n_batches = (len(data) + batch_size - 1) // batch_size
-    for ids, mask, depths, labels in _progress(batches(data, batch_size, pad_id), "evaluate", progress, n_batches):
-        ids, mask = ids.to(device), mask.to(device)
-        out = model(ids, mask, None if depths is None else depths.to(device))
-        p = out.logits.argmax(-1).cpu()
+    batched = batches(data, batch_size, pad_id, device=_device(model))
+    for ids, mask, depths, labels in _progress(batched, "evaluate", progress, n_batches):
+        out = model(ids, mask, depths)
+        p = out.logits.argmax(-1)
         preds += p.tolist()
         correct += int((p == labels).sum())
         tokens += out.real_tokens
